@@ -1,0 +1,432 @@
+//! What a VM is made of, and the checks that run before anything is built.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Longest kernel command line accepted (Linux's x86 `COMMAND_LINE_SIZE`).
+pub const MAX_CMDLINE_LEN: usize = 2048;
+/// Smallest guest memory accepted, in MiB: below this not even the boot
+/// structures and a small kernel fit.
+pub const MIN_MEMORY_MIB: u32 = 16;
+
+/// A virtual machine's definition. Plain data, saved as JSON by the app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// Human-readable name.
+    pub name: String,
+    /// Number of virtual CPUs.
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Kernel image: a bzImage, a Linux vmlinux ELF, or a bare ELF program.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// What kind of program the kernel file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KernelKind {
+    /// A Linux bzImage (boot protocol header "HdrS").
+    BzImage,
+    /// An uncompressed Linux kernel (vmlinux ELF with Linux/Xen notes).
+    LinuxElf,
+    /// A bare 64-bit ELF program, such as Hangar's own test guests.
+    BareElf,
+}
+
+impl KernelKind {
+    /// True for a Linux kernel, which needs hardware virtualization to run.
+    pub fn is_linux(self) -> bool {
+        matches!(self, KernelKind::BzImage | KernelKind::LinuxElf)
+    }
+}
+
+/// Why a configuration cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The name is empty.
+    #[error("the machine needs a name")]
+    EmptyName,
+    /// vCPU count of zero.
+    #[error("a machine needs at least one virtual CPU")]
+    NoVcpus,
+    /// More vCPUs than KVM allows.
+    #[error("{requested} virtual CPUs requested, but this host's KVM allows at most {max}")]
+    TooManyVcpus {
+        /// What was asked for.
+        requested: u8,
+        /// KVM's limit on this host.
+        max: usize,
+    },
+    /// Memory below the minimum.
+    #[error("{0} MiB of memory is too little: a machine needs at least {MIN_MEMORY_MIB} MiB")]
+    TooLittleMemory(u32),
+    /// Memory above what the host has.
+    #[error("{requested} MiB of memory requested, but this host has only {host} MiB")]
+    TooMuchMemory {
+        /// What was asked for.
+        requested: u32,
+        /// The host's total RAM.
+        host: u64,
+    },
+    /// The command line is longer than the kernel accepts.
+    #[error("the kernel command line is {0} bytes long; the limit is {MAX_CMDLINE_LEN}")]
+    CmdlineTooLong(usize),
+    /// The command line has a NUL byte.
+    #[error("the kernel command line contains a NUL byte")]
+    CmdlineNul,
+    /// The kernel file is missing or unreadable.
+    #[error("cannot read kernel {path}")]
+    KernelUnreadable {
+        /// The path given.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel file is not a kernel.
+    #[error("{path} is not a bootable kernel: {why}")]
+    NotAKernel {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The initramfs is missing or unreadable.
+    #[error("cannot read initramfs {path}")]
+    InitrdUnreadable {
+        /// The path given.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Host limits that validation checks against.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLimits {
+    /// KVM's maximum vCPUs per VM.
+    pub max_vcpus: usize,
+    /// Host RAM in MiB.
+    pub host_memory_mib: u64,
+}
+
+impl HostLimits {
+    /// Read the host's total memory; `max_vcpus` comes from KVM.
+    pub fn with_max_vcpus(max_vcpus: usize) -> Self {
+        Self {
+            max_vcpus,
+            host_memory_mib: host_memory_mib(),
+        }
+    }
+}
+
+/// Total host RAM in MiB (0 if unknown, which rejects nothing by itself).
+pub fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(0)
+}
+
+impl VmConfig {
+    /// Check everything that can be checked without building the VM, and
+    /// tell what kind of kernel it boots.
+    pub fn validate(&self, limits: &HostLimits) -> Result<KernelKind, ConfigError> {
+        if self.name.trim().is_empty() {
+            return Err(ConfigError::EmptyName);
+        }
+        if self.vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if usize::from(self.vcpus) > limits.max_vcpus {
+            return Err(ConfigError::TooManyVcpus {
+                requested: self.vcpus,
+                max: limits.max_vcpus,
+            });
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::TooLittleMemory(self.memory_mib));
+        }
+        if limits.host_memory_mib > 0 && u64::from(self.memory_mib) > limits.host_memory_mib {
+            return Err(ConfigError::TooMuchMemory {
+                requested: self.memory_mib,
+                host: limits.host_memory_mib,
+            });
+        }
+        // The boot protocol needs room for the terminating NUL.
+        if self.cmdline.len() >= MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
+        }
+        if self.cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        let kind = detect_kernel_kind(&self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            File::open(initrd)
+                .and_then(|f| f.metadata())
+                .and_then(|m| {
+                    if m.is_file() {
+                        Ok(())
+                    } else {
+                        Err(io::Error::other("not a regular file"))
+                    }
+                })
+                .map_err(|source| ConfigError::InitrdUnreadable {
+                    path: initrd.clone(),
+                    source,
+                })?;
+        }
+        Ok(kind)
+    }
+}
+
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const PT_NOTE: u32 = 4;
+
+/// Look at a kernel file's headers and say what it is.
+pub fn detect_kernel_kind(path: &Path) -> Result<KernelKind, ConfigError> {
+    let unreadable = |source| ConfigError::KernelUnreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let not_kernel = |why| ConfigError::NotAKernel {
+        path: path.to_path_buf(),
+        why,
+    };
+    let mut f = File::open(path).map_err(unreadable)?;
+    if !f.metadata().map_err(unreadable)?.is_file() {
+        return Err(not_kernel("it is not a regular file"));
+    }
+    let mut head = vec![0u8; 4096];
+    let n = read_up_to(&mut f, &mut head).map_err(unreadable)?;
+    head.truncate(n);
+
+    if head.len() >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        // Boot protocol 2.06+ is needed for the 64-bit entry point and the
+        // cmdline size field; every kernel from the last decade has it.
+        let version = u16::from_le_bytes([head[0x206], head[0x207]]);
+        if version < 0x206 {
+            return Err(not_kernel("its boot protocol is older than 2.06"));
+        }
+        let xloadflags = u16::from_le_bytes([head[0x236], head[0x237]]);
+        if xloadflags & 1 == 0 {
+            return Err(not_kernel("it is not a 64-bit kernel (no 64-bit entry point)"));
+        }
+        return Ok(KernelKind::BzImage);
+    }
+    if head.len() >= 64 && &head[..4] == ELF_MAGIC {
+        if head[4] != 2 || head[5] != 1 {
+            return Err(not_kernel("it is not a 64-bit little-endian ELF file"));
+        }
+        let machine = u16::from_le_bytes([head[18], head[19]]);
+        if machine != 62 {
+            return Err(not_kernel("it is an ELF file for another CPU (not x86-64)"));
+        }
+        return if elf_has_linux_notes(&mut f, &head).map_err(unreadable)? {
+            Ok(KernelKind::LinuxElf)
+        } else {
+            Ok(KernelKind::BareElf)
+        };
+    }
+    Err(not_kernel(
+        "it is neither a Linux bzImage nor an ELF kernel",
+    ))
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// A Linux vmlinux carries ELF notes named "Linux" or "Xen" (PVH entry,
+/// build salt); Hangar's bare test guests carry none.
+fn elf_has_linux_notes(f: &mut File, head: &[u8]) -> io::Result<bool> {
+    let u16_at = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
+    let u64_at = |b: &[u8], o: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(a)
+    };
+    let phoff = u64_at(head, 32);
+    let phentsize = u64::from(u16_at(54));
+    let phnum = u64::from(u16_at(56)).min(256);
+    if phentsize < 56 {
+        return Ok(false);
+    }
+    let file_len = f.metadata()?.len();
+    for i in 0..phnum {
+        let mut ph = [0u8; 56];
+        f.seek(SeekFrom::Start(phoff + i * phentsize))?;
+        if read_up_to(f, &mut ph)? < ph.len() {
+            return Ok(false);
+        }
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) != PT_NOTE {
+            continue;
+        }
+        let offset = u64_at(&ph, 8);
+        let size = u64_at(&ph, 32).min(64 * 1024);
+        if offset.saturating_add(size) > file_len {
+            continue;
+        }
+        let mut notes = vec![0u8; size as usize];
+        f.seek(SeekFrom::Start(offset))?;
+        let got = read_up_to(f, &mut notes)?;
+        notes.truncate(got);
+        let mut p = 0usize;
+        while p + 12 <= notes.len() {
+            let namesz = u32::from_le_bytes([notes[p], notes[p + 1], notes[p + 2], notes[p + 3]]) as usize;
+            let descsz = u32::from_le_bytes([notes[p + 4], notes[p + 5], notes[p + 6], notes[p + 7]]) as usize;
+            let name_start = p + 12;
+            let name_end = name_start.saturating_add(namesz);
+            if name_end > notes.len() {
+                break;
+            }
+            let name = &notes[name_start..name_end];
+            let name = name.strip_suffix(&[0]).unwrap_or(name);
+            if name == b"Linux" || name == b"Xen" {
+                return Ok(true);
+            }
+            p = name_start + namesz.next_multiple_of(4) + descsz.next_multiple_of(4);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn limits() -> HostLimits {
+        HostLimits {
+            max_vcpus: 8,
+            host_memory_mib: 4096,
+        }
+    }
+
+    fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hangar-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
+        p
+    }
+
+    fn bzimage_bytes(version: u16, xloadflags: u16) -> Vec<u8> {
+        let mut b = vec![0u8; 0x300];
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        b[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+        b[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+        b
+    }
+
+    fn elf_bytes(with_linux_note: bool) -> Vec<u8> {
+        let mut b = vec![0u8; 0x200];
+        b[..4].copy_from_slice(ELF_MAGIC);
+        b[4] = 2;
+        b[5] = 1;
+        b[18..20].copy_from_slice(&62u16.to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&1u16.to_le_bytes());
+        let ph = 64;
+        b[ph..ph + 4].copy_from_slice(&(if with_linux_note { PT_NOTE } else { 1 }).to_le_bytes());
+        b[ph + 8..ph + 16].copy_from_slice(&0x100u64.to_le_bytes());
+        b[ph + 32..ph + 40].copy_from_slice(&20u64.to_le_bytes());
+        // Note: namesz 6 ("Linux\0"), descsz 4, type 1.
+        b[0x100..0x104].copy_from_slice(&6u32.to_le_bytes());
+        b[0x104..0x108].copy_from_slice(&4u32.to_le_bytes());
+        b[0x108..0x10c].copy_from_slice(&1u32.to_le_bytes());
+        b[0x10c..0x112].copy_from_slice(b"Linux\0");
+        b
+    }
+
+    fn config(kernel: PathBuf) -> VmConfig {
+        VmConfig {
+            name: "t".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel,
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+        }
+    }
+
+    #[test]
+    fn test_detect_kernel_kinds() {
+        let bz = temp_file("bz", &bzimage_bytes(0x20f, 1));
+        assert_eq!(detect_kernel_kind(&bz).unwrap(), KernelKind::BzImage);
+        let linux = temp_file("vmlinux", &elf_bytes(true));
+        assert_eq!(detect_kernel_kind(&linux).unwrap(), KernelKind::LinuxElf);
+        let bare = temp_file("bare", &elf_bytes(false));
+        assert_eq!(detect_kernel_kind(&bare).unwrap(), KernelKind::BareElf);
+    }
+
+    #[test]
+    fn test_validate_not_a_kernel_returns_not_a_kernel() {
+        let junk = temp_file("junk", b"#!/bin/sh\necho hi\n");
+        let err = config(junk).validate(&limits()).unwrap_err();
+        assert!(matches!(err, ConfigError::NotAKernel { .. }), "{err}");
+        let old = temp_file("old-bz", &bzimage_bytes(0x204, 1));
+        assert!(matches!(detect_kernel_kind(&old), Err(ConfigError::NotAKernel { .. })));
+        let bz32 = temp_file("bz32", &bzimage_bytes(0x20f, 0));
+        assert!(matches!(detect_kernel_kind(&bz32), Err(ConfigError::NotAKernel { .. })));
+        let mut arm = elf_bytes(false);
+        arm[18] = 183;
+        let arm = temp_file("arm", &arm);
+        assert!(matches!(detect_kernel_kind(&arm), Err(ConfigError::NotAKernel { .. })));
+    }
+
+    #[test]
+    fn test_validate_missing_kernel_returns_unreadable() {
+        let err = config("/nonexistent/vmlinuz".into()).validate(&limits()).unwrap_err();
+        assert!(matches!(err, ConfigError::KernelUnreadable { .. }));
+        assert!(err.to_string().contains("/nonexistent/vmlinuz"));
+    }
+
+    #[test]
+    fn test_validate_impossible_sizes() {
+        let bz = temp_file("bz-sizes", &bzimage_bytes(0x20f, 1));
+        let mut c = config(bz);
+        c.vcpus = 0;
+        assert!(matches!(c.validate(&limits()), Err(ConfigError::NoVcpus)));
+        c.vcpus = 9;
+        assert!(matches!(c.validate(&limits()), Err(ConfigError::TooManyVcpus { requested: 9, max: 8 })));
+        c.vcpus = 1;
+        c.memory_mib = 0;
+        assert!(matches!(c.validate(&limits()), Err(ConfigError::TooLittleMemory(0))));
+        c.memory_mib = 8192;
+        assert!(matches!(c.validate(&limits()), Err(ConfigError::TooMuchMemory { .. })));
+        c.memory_mib = 128;
+        c.cmdline = "x".repeat(MAX_CMDLINE_LEN);
+        assert!(matches!(c.validate(&limits()), Err(ConfigError::CmdlineTooLong(_))));
+        c.cmdline = "a\0b".into();
+        assert!(matches!(c.validate(&limits()), Err(ConfigError::CmdlineNul)));
+        c.cmdline.clear();
+        c.initrd = Some("/nonexistent/initrd".into());
+        assert!(matches!(c.validate(&limits()), Err(ConfigError::InitrdUnreadable { .. })));
+        c.initrd = None;
+        assert_eq!(c.validate(&limits()).unwrap(), KernelKind::BzImage);
+    }
+}

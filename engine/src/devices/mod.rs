@@ -1,0 +1,31 @@
+//! Device models and the buses they sit on.
+//!
+//! A device never sees the VM: it gets an offset inside its own range, an
+//! [`IrqLine`] if it raises interrupts, and (later) guest memory. Address and
+//! IRQ allocation happen in one place, [`manager::DeviceManager`]. Every
+//! device's state is a serde struct so that a whole VM can be saved later.
+
+pub mod bus;
+pub mod cmos;
+pub mod debug_port;
+pub mod i8042;
+pub mod irq;
+pub mod manager;
+pub mod serial;
+
+pub use bus::{Bus, BusDevice, BusError};
+pub use irq::IrqLine;
+
+/// Something a guest asked of the machine through a device register.
+///
+/// Devices return these from [`BusDevice::write`]; the vCPU loop acts on them.
+/// This keeps devices free of any handle to the VM itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestRequest {
+    /// The guest pulsed the reset line (i8042 command 0xFE): the VM stops.
+    Reset,
+    /// The guest asked to power off with an exit status (debug port).
+    Exit(u8),
+    /// The guest wrote a boot-progress marker (debug port).
+    Marker(u8),
+}

@@ -1,0 +1,201 @@
+//! The engine's public API: commands in, events out.
+//!
+//! Protocol: the caller creates an [`Engine`] with a waker callback and gets
+//! the receiving end of the event channel. [`Engine::execute`] never blocks on
+//! a guest: it validates what it can at once (returning an error) and hands
+//! the rest to the VM's own threads, which report through [`Event`]s and call
+//! the waker after each one.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, VmConfig};
+
+/// Names a VM; chosen by the caller (the app uses its machine id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VmId(pub String);
+
+impl std::fmt::Display for VmId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the caller asks of the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Build and boot a VM.
+    Start {
+        /// The new VM's id; must not be in use by a VM that is still running.
+        id: VmId,
+        /// Its definition.
+        config: VmConfig,
+    },
+    /// Freeze all vCPUs.
+    Pause(VmId),
+    /// Let paused vCPUs run again.
+    Resume(VmId),
+    /// Ask the guest to shut down (Ctrl+Alt+Del on its keyboard); after
+    /// `timeout` the VM is stopped by force.
+    Stop {
+        /// Which VM.
+        id: VmId,
+        /// How long the guest gets to shut down by itself. Zero forces at once.
+        timeout: Duration,
+    },
+    /// Bytes typed into the guest's serial console.
+    SerialInput {
+        /// Which VM.
+        id: VmId,
+        /// The bytes, as a terminal would send them.
+        bytes: Vec<u8>,
+    },
+}
+
+/// A VM's life-cycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Memory, devices and vCPUs are being set up.
+    Starting,
+    /// vCPUs are running.
+    Running,
+    /// vCPUs are frozen.
+    Paused,
+    /// A stop was requested; waiting for the guest or the timeout.
+    Stopping,
+    /// Everything is torn down.
+    Stopped,
+}
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitReason {
+    /// The guest reset the machine (e.g. `reboot`): a clean stop.
+    GuestReset,
+    /// The guest powered off through the debug port with this status.
+    GuestExit(u8),
+    /// The caller stopped it; `forced` if the guest did not stop by itself in time.
+    Stopped {
+        /// True if the VM was torn down by force after the timeout.
+        forced: bool,
+    },
+    /// The VM failed: a triple fault, an emulation failure, a set-up error.
+    Failed(String),
+}
+
+/// A vCPU's registers at the moment of a fault, for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterDump {
+    /// vCPU index.
+    pub vcpu: u8,
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// Flags.
+    pub rflags: u64,
+    /// General registers rax, rbx, rcx, rdx, rsi, rdi, rbp.
+    pub gprs: [u64; 7],
+    /// Control registers cr0, cr2, cr3, cr4.
+    pub cr: [u64; 4],
+    /// Extended feature enable register.
+    pub efer: u64,
+    /// Code segment selector.
+    pub cs: u16,
+}
+
+impl std::fmt::Display for RegisterDump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [rax, rbx, rcx, rdx, rsi, rdi, rbp] = self.gprs;
+        let [cr0, cr2, cr3, cr4] = self.cr;
+        write!(
+            f,
+            "vcpu{} rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} rax={rax:#x} rbx={rbx:#x} rcx={rcx:#x} rdx={rdx:#x} rsi={rsi:#x} rdi={rdi:#x} rbp={rbp:#x} cr0={cr0:#x} cr2={cr2:#x} cr3={cr3:#x} cr4={cr4:#x} efer={:#x}",
+            self.vcpu, self.rip, self.rsp, self.rflags, self.cs, self.efer
+        )
+    }
+}
+
+/// What the engine reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A VM moved to a new state.
+    StateChanged {
+        /// Which VM.
+        id: VmId,
+        /// Its new state.
+        state: VmState,
+    },
+    /// Bytes the guest wrote to its serial console.
+    SerialOutput {
+        /// Which VM.
+        id: VmId,
+        /// The bytes, raw (a terminal emulator interprets them).
+        bytes: Vec<u8>,
+    },
+    /// The guest wrote a boot-progress marker to the debug port.
+    BootMarker {
+        /// Which VM.
+        id: VmId,
+        /// The marker value; [`MARKER_INIT_REACHED`] means its init started.
+        value: u8,
+        /// Time since the Start command was accepted.
+        since_start: Duration,
+    },
+    /// Something went wrong; the VM may or may not still run (see `Exited`).
+    Error {
+        /// Which VM.
+        id: VmId,
+        /// A sentence for the user and the log.
+        message: String,
+        /// Registers of the vCPU involved, when a guest fault caused it.
+        registers: Option<RegisterDump>,
+    },
+    /// The VM is gone; this is its last event.
+    Exited {
+        /// Which VM.
+        id: VmId,
+        /// Why.
+        reason: ExitReason,
+    },
+}
+
+/// The marker value the default kit's `/init` writes when it starts.
+pub const MARKER_INIT_REACHED: u8 = 1;
+
+/// Why a command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The host cannot run this guest.
+    #[error("{0}")]
+    HostCannotRun(String),
+    /// No VM with this id.
+    #[error("no running machine named {0}")]
+    UnknownVm(VmId),
+    /// A VM with this id is still running.
+    #[error("machine {0} is already running")]
+    AlreadyRunning(VmId),
+    /// The VM's control thread is gone.
+    #[error("machine {0} no longer responds")]
+    VmGone(VmId),
+    /// A file the VM needs could not be read.
+    #[error("cannot read {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Setting up the VM's threads failed.
+    #[error("cannot start the machine's threads")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Placeholder until the implementation lands.
+pub struct Engine;

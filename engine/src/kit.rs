@@ -1,0 +1,104 @@
+//! The default guest kit: Debian's kernel and a busybox initramfs, built by
+//! `packaging/setup.sh` into the user's data directory.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::VmConfig;
+
+/// Environment variable that overrides Hangar's data directory.
+pub const DATA_DIR_ENV: &str = "HANGAR_DATA_DIR";
+
+/// Kernel command line of the default kit: serial console, reset through the
+/// keyboard controller (no ACPI), reboot on panic so a dead guest stops.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+/// Default memory for the kit: a bzImage decompresses in place and needs room.
+pub const DEFAULT_MEMORY_MIB: u32 = 512;
+
+/// Where the default kit's files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultKit {
+    /// Debian's bzImage.
+    pub kernel: PathBuf,
+    /// The generated initramfs.
+    pub initrd: PathBuf,
+    /// The kernel's version string, as packaged.
+    pub version: String,
+}
+
+/// Why the default kit cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KitError {
+    /// No home or data directory could be determined.
+    #[error("cannot determine Hangar's data directory (is HOME set?)")]
+    NoDataDir,
+    /// A kit file is missing.
+    #[error("the default guest kit is missing {0}: run packaging/setup.sh to build it")]
+    Missing(PathBuf),
+}
+
+/// Hangar's data directory: `$HANGAR_DATA_DIR`, else the XDG data dir.
+pub fn data_dir() -> Result<PathBuf, KitError> {
+    if let Some(d) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    directories::ProjectDirs::from("", "", "hangar")
+        .map(|p| p.data_dir().to_path_buf())
+        .ok_or(KitError::NoDataDir)
+}
+
+impl DefaultKit {
+    /// The kit in Hangar's data directory.
+    pub fn locate() -> Result<Self, KitError> {
+        Self::in_dir(&data_dir()?.join("kit"))
+    }
+
+    /// The kit in `dir`, checking that its files exist.
+    pub fn in_dir(dir: &Path) -> Result<Self, KitError> {
+        let kernel = dir.join("vmlinuz");
+        let initrd = dir.join("initramfs.cpio.gz");
+        for f in [&kernel, &initrd] {
+            if !f.is_file() {
+                return Err(KitError::Missing(f.clone()));
+            }
+        }
+        let version = std::fs::read_to_string(dir.join("VERSION"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        Ok(Self {
+            kernel,
+            initrd,
+            version,
+        })
+    }
+
+    /// A machine definition that boots the kit.
+    pub fn vm_config(&self, name: &str, vcpus: u8) -> VmConfig {
+        VmConfig {
+            name: name.to_string(),
+            vcpus,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            kernel: self.kernel.clone(),
+            initrd: Some(self.initrd.clone()),
+            cmdline: DEFAULT_CMDLINE.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_kit_in_empty_dir_returns_missing() {
+        let dir = std::env::temp_dir().join(format!("hangar-kit-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = DefaultKit::in_dir(&dir).unwrap_err();
+        assert!(err.to_string().contains("setup.sh"), "{err}");
+        std::fs::write(dir.join("vmlinuz"), b"k").unwrap();
+        std::fs::write(dir.join("initramfs.cpio.gz"), b"i").unwrap();
+        std::fs::write(dir.join("VERSION"), b"6.1.0-test\n").unwrap();
+        let kit = DefaultKit::in_dir(&dir).unwrap();
+        assert_eq!(kit.version, "6.1.0-test");
+        assert_eq!(kit.vm_config("d", 2).vcpus, 2);
+    }
+}

@@ -1,0 +1,18 @@
+//! Hangar's engine: KVM guests, their devices and the host checks, behind a
+//! plain-data API. Commands go in through [`Engine::execute`]; events come out
+//! of a channel, and a waker callback tells the caller (the GUI's repaint, the
+//! CLI's loop) that there is something to drain. No KVM or guest-memory type
+//! crosses this API.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod devices;
+pub mod engine;
+pub mod host;
+pub mod kit;
+pub mod vmm;
+
+pub use config::{ConfigError, KernelKind, VmConfig};
+pub use engine::{Command, Engine, EngineError, Event, ExitReason, VmId, VmState};
+pub use host::{HostCapability, HostProbe};
+pub use kit::{DefaultKit, KitError};

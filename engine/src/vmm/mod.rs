@@ -1,0 +1,4 @@
+//! The virtual machine monitor: memory, boot, vCPU threads and the VM's
+//! control thread. Only [`crate::engine`] uses this module directly.
+
+pub mod boot;
