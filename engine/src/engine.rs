@@ -6,12 +6,21 @@
 //! the rest to the VM's own threads, which report through [`Event`]s and call
 //! the waker after each one.
 
+#![cfg_attr(not(feature = "vmm"), allow(unused_imports, dead_code))]
+
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{ConfigError, HostLimits, VmConfig};
+use crate::host::{HostCapability, HostProbe};
+#[cfg(feature = "vmm")]
+use crate::vmm::vm::{spawn_vm, ControlMsg, VmRequest};
 
 /// Names a VM; chosen by the caller (the app uses its machine id).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -128,6 +137,14 @@ pub enum Event {
         /// Its new state.
         state: VmState,
     },
+    /// The VM is built and its vCPUs are entering the guest.
+    Started {
+        /// Which VM.
+        id: VmId,
+        /// Time from the Start command to the vCPU threads' launch: memory,
+        /// devices, kernel loading and vCPU set-up.
+        setup: Duration,
+    },
     /// Bytes the guest wrote to its serial console.
     SerialOutput {
         /// Which VM.
@@ -197,5 +214,173 @@ pub enum EngineError {
     Spawn(#[source] std::io::Error),
 }
 
-/// Placeholder until the implementation lands.
-pub struct Engine;
+
+#[cfg(feature = "vmm")]
+/// Sends events and wakes the caller.
+#[derive(Clone)]
+pub(crate) struct EventSink {
+    tx: Sender<Event>,
+    waker: Arc<dyn Fn() + Send + Sync>,
+}
+
+#[cfg(feature = "vmm")]
+impl EventSink {
+    pub(crate) fn emit(&self, event: Event) {
+        // A caller that dropped its receiver no longer listens; the VM goes on.
+        if self.tx.send(event).is_ok() {
+            (self.waker)();
+        }
+    }
+}
+
+#[cfg(feature = "vmm")]
+struct VmHandle {
+    tx: Sender<ControlMsg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[cfg(feature = "vmm")]
+impl VmHandle {
+    fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+#[cfg(feature = "vmm")]
+/// Runs VMs. One per process is enough; it can run many VMs at once.
+pub struct Engine {
+    sink: EventSink,
+    capability: HostCapability,
+    vms: HashMap<VmId, VmHandle>,
+}
+
+#[cfg(feature = "vmm")]
+impl Engine {
+    /// A new engine. `waker` is called after every event (the GUI maps it to
+    /// a repaint request); events are read from the returned receiver.
+    pub fn new(waker: impl Fn() + Send + Sync + 'static) -> (Self, Receiver<Event>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let engine = Self {
+            sink: EventSink {
+                tx,
+                waker: Arc::new(waker),
+            },
+            capability: HostProbe::probe(),
+            vms: HashMap::new(),
+        };
+        (engine, rx)
+    }
+
+    /// What this host can run, probed once when the engine was created.
+    pub fn capability(&self) -> &HostCapability {
+        &self.capability
+    }
+
+    /// Apply a command. Errors are returned here only for what can be told
+    /// at once; everything after a successful start arrives as events.
+    pub fn execute(&mut self, command: Command) -> Result<(), EngineError> {
+        match command {
+            Command::Start { id, config } => self.start(id, config),
+            Command::Pause(id) => self.request(&id, VmRequest::Pause),
+            Command::Resume(id) => self.request(&id, VmRequest::Resume),
+            Command::Stop { id, timeout } => self.request(&id, VmRequest::Stop { timeout }),
+            Command::SerialInput { id, bytes } => self.request(&id, VmRequest::SerialInput(bytes)),
+        }
+    }
+
+    /// Ids of VMs whose threads are still alive.
+    pub fn running(&self) -> Vec<VmId> {
+        let mut ids: Vec<VmId> = self
+            .vms
+            .iter()
+            .filter(|(_, h)| h.is_running())
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn start(&mut self, id: VmId, config: VmConfig) -> Result<(), EngineError> {
+        let accepted = Instant::now();
+        self.reap();
+        if self.vms.contains_key(&id) {
+            return Err(EngineError::AlreadyRunning(id));
+        }
+        if !self.capability.has_kvm() {
+            return Err(EngineError::HostCannotRun(self.capability.summary()));
+        }
+        let max_vcpus = kvm_ioctls::Kvm::new()
+            .map(|k| k.get_max_vcpus())
+            .map_err(|e| EngineError::HostCannotRun(format!("/dev/kvm cannot be opened: {e}")))?;
+        let kind = config.validate(&HostLimits::with_max_vcpus(max_vcpus))?;
+        // Refuse at once rather than after a minute of instruction emulation.
+        if kind.is_linux() {
+            if let Some(why) = self.capability.linux_refusal() {
+                return Err(EngineError::HostCannotRun(why));
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = spawn_vm(id.clone(), config, kind, self.sink.clone(), (tx.clone(), rx), accepted)
+            .map_err(EngineError::Spawn)?;
+        self.vms.insert(
+            id,
+            VmHandle {
+                tx,
+                thread: Some(thread),
+            },
+        );
+        Ok(())
+    }
+
+    fn request(&mut self, id: &VmId, request: VmRequest) -> Result<(), EngineError> {
+        self.reap();
+        let vm = self.vms.get(id).ok_or_else(|| EngineError::UnknownVm(id.clone()))?;
+        vm.tx
+            .send(ControlMsg::Request(request))
+            .map_err(|_| EngineError::VmGone(id.clone()))
+    }
+
+    /// Forget VMs whose control thread has ended.
+    fn reap(&mut self) {
+        self.vms.retain(|_, h| {
+            if h.is_running() {
+                return true;
+            }
+            if let Some(t) = h.thread.take() {
+                if t.join().is_err() {
+                    log::error!("a VM control thread panicked");
+                }
+            }
+            false
+        });
+    }
+}
+
+#[cfg(feature = "vmm")]
+impl Drop for Engine {
+    /// Stop every VM by force and wait: guests never outlive the engine.
+    fn drop(&mut self) {
+        for h in self.vms.values() {
+            let _ = h.tx.send(ControlMsg::Request(VmRequest::Stop {
+                timeout: Duration::ZERO,
+            }));
+        }
+        for (_, mut h) in self.vms.drain() {
+            if let Some(t) = h.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::GuestReset => f.write_str("guest reset"),
+            ExitReason::GuestExit(code) => write!(f, "guest powered off with status {code}"),
+            ExitReason::Stopped { forced: false } => f.write_str("stopped (the guest shut down)"),
+            ExitReason::Stopped { forced: true } => f.write_str("stopped by force"),
+            ExitReason::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}

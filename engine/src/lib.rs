@@ -13,6 +13,8 @@ pub mod kit;
 pub mod vmm;
 
 pub use config::{ConfigError, KernelKind, VmConfig};
-pub use engine::{Command, Engine, EngineError, Event, ExitReason, VmId, VmState};
+#[cfg(feature = "vmm")]
+pub use engine::Engine;
+pub use engine::{Command, EngineError, Event, ExitReason, VmId, VmState};
 pub use host::{HostCapability, HostProbe};
 pub use kit::{DefaultKit, KitError};

@@ -61,7 +61,9 @@ impl Bus {
         if len == 0 {
             return Err(BusError::Empty(base));
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         let before = self.ranges.range(..end).next_back();
         if let Some((&b, r)) = before {
             if b + r.len > base {
@@ -81,14 +83,18 @@ impl Bus {
     /// Read from the device at `addr`. Unmapped addresses are an error and
     /// leave `data` untouched; the caller decides what the guest sees.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> Result<(), BusError> {
-        let (offset, device) = self.find(addr, data.len()).ok_or(BusError::Unmapped(addr))?;
+        let (offset, device) = self
+            .find(addr, data.len())
+            .ok_or(BusError::Unmapped(addr))?;
         lock(device).read(offset, data);
         Ok(())
     }
 
     /// Write to the device at `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<Option<GuestRequest>, BusError> {
-        let (offset, device) = self.find(addr, data.len()).ok_or(BusError::Unmapped(addr))?;
+        let (offset, device) = self
+            .find(addr, data.len())
+            .ok_or(BusError::Unmapped(addr))?;
         Ok(lock(device).write(offset, data))
     }
 }
@@ -136,7 +142,10 @@ mod tests {
         let a = Arc::new(Mutex::new(Echo { last: vec![] }));
         bus.insert(a.clone(), 0x60, 1).unwrap();
         bus.insert(a.clone(), 0x64, 1).unwrap();
-        assert_eq!(bus.insert(a.clone(), 0x5f, 2), Err(BusError::Overlap { base: 0x5f, len: 2 }));
+        assert_eq!(
+            bus.insert(a.clone(), 0x5f, 2),
+            Err(BusError::Overlap { base: 0x5f, len: 2 })
+        );
         assert_eq!(bus.insert(a.clone(), 0x70, 0), Err(BusError::Empty(0x70)));
         let mut b = [0u8; 1];
         assert_eq!(bus.read(0x61, &mut b), Err(BusError::Unmapped(0x61)));

@@ -1,1 +1,146 @@
-//! Placeholder, being written.
+//! The one place that decides where devices live and which interrupt each
+//! gets. Devices themselves only see their offset and their [`IrqLine`].
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::bus::{lock, Bus, BusError};
+use super::cmos::{Cmos, CmosState, CMOS_BASE, CMOS_IRQ, CMOS_LEN};
+use super::debug_port::{DebugPort, DEBUG_PORT_BASE, DEBUG_PORT_LEN};
+use super::i8042::{
+    I8042Controller, I8042State, I8042_AUX_IRQ, I8042_BASE, I8042_KBD_IRQ, I8042_LEN,
+};
+use super::serial::{
+    SerialConsole, SerialConsoleState, SERIAL_COM1_BASE, SERIAL_COM1_IRQ, SERIAL_COM1_LEN,
+};
+use super::IrqLine;
+
+/// Errors while placing devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceManagerError {
+    /// An interrupt line could not be created.
+    #[error("cannot create an interrupt line")]
+    Irq(#[source] io::Error),
+    /// Two devices claimed the same addresses.
+    #[error("cannot place a device on the bus")]
+    Bus(#[source] BusError),
+}
+
+/// The state of every device, for snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStates {
+    /// COM1.
+    pub serial: SerialConsoleState,
+    /// Keyboard controller.
+    pub i8042: I8042State,
+    /// RTC and CMOS RAM.
+    pub cmos: CmosState,
+}
+
+/// A VM's legacy devices and the buses they sit on.
+pub struct DeviceManager {
+    io_bus: Bus,
+    mmio_bus: Bus,
+    serial: Arc<Mutex<SerialConsole>>,
+    i8042: Arc<Mutex<I8042Controller>>,
+    cmos: Arc<Mutex<Cmos>>,
+    irq_lines: Vec<IrqLine>,
+}
+
+impl DeviceManager {
+    /// Create the PC's legacy devices: COM1, the i8042, the RTC and
+    /// Hangar's debug port. `serial_out` receives everything the guest
+    /// writes to COM1.
+    pub fn new(
+        serial_out: Box<dyn Write + Send>,
+        ram_below_4g: u64,
+        ram_above_4g: u64,
+    ) -> Result<Self, DeviceManagerError> {
+        let mut irq_lines = Vec::new();
+        let mut line = |gsi| -> Result<IrqLine, DeviceManagerError> {
+            let l = IrqLine::new(gsi).map_err(DeviceManagerError::Irq)?;
+            irq_lines.push(l.try_clone().map_err(DeviceManagerError::Irq)?);
+            Ok(l)
+        };
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            line(SERIAL_COM1_IRQ)?,
+            serial_out,
+        )));
+        let i8042 = Arc::new(Mutex::new(I8042Controller::new(
+            line(I8042_KBD_IRQ)?,
+            line(I8042_AUX_IRQ)?,
+        )));
+        let cmos = Arc::new(Mutex::new(Cmos::new(
+            ram_below_4g,
+            ram_above_4g,
+            line(CMOS_IRQ)?,
+        )));
+        let debug = Arc::new(Mutex::new(DebugPort::default()));
+
+        let mut io_bus = Bus::new();
+        let place = |bus: &mut Bus, dev, base: u16, len| {
+            bus.insert(dev, u64::from(base), len)
+                .map_err(DeviceManagerError::Bus)
+        };
+        place(
+            &mut io_bus,
+            serial.clone(),
+            SERIAL_COM1_BASE,
+            SERIAL_COM1_LEN,
+        )?;
+        place(&mut io_bus, i8042.clone(), I8042_BASE, I8042_LEN)?;
+        place(&mut io_bus, cmos.clone(), CMOS_BASE, CMOS_LEN)?;
+        place(&mut io_bus, debug, DEBUG_PORT_BASE, DEBUG_PORT_LEN)?;
+        Ok(Self {
+            io_bus,
+            mmio_bus: Bus::new(),
+            serial,
+            i8042,
+            cmos,
+            irq_lines,
+        })
+    }
+
+    /// The port-I/O bus, shared with the vCPU threads.
+    pub fn io_bus(&self) -> &Bus {
+        &self.io_bus
+    }
+
+    /// The MMIO bus, shared with the vCPU threads.
+    pub fn mmio_bus(&self) -> &Bus {
+        &self.mmio_bus
+    }
+
+    /// Every interrupt line, for registering with the hypervisor.
+    pub fn irq_lines(&self) -> &[IrqLine] {
+        &self.irq_lines
+    }
+
+    /// Feed typed bytes to COM1; returns how many it took (the rest must be
+    /// offered again once the guest has read some).
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        lock(&self.serial).enqueue_input(bytes)
+    }
+
+    /// Let time-driven device state advance (the RTC's update and alarm
+    /// interrupts); called a few times a second by the VM's control thread.
+    pub fn tick(&self) {
+        lock(&self.cmos).tick();
+    }
+
+    /// Press Ctrl+Alt+Del on the guest's keyboard.
+    pub fn send_ctrl_alt_del(&self) {
+        lock(&self.i8042).send_ctrl_alt_del();
+    }
+
+    /// The state of every device.
+    pub fn state(&self) -> DeviceStates {
+        DeviceStates {
+            serial: lock(&self.serial).state(),
+            i8042: lock(&self.i8042).state(),
+            cmos: lock(&self.cmos).state(),
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! `hangar bench boot`: boot timings and memory overhead, Hangar against
+//! QEMU's microvm in the same run.
+//!
+//! Each run is a fresh process, as a user would start it: the bench spawns
+//! `hangar run --timings …` (and `qemu-system-x86_64 -M microvm …` for the
+//! peer), timestamps the child's output lines from the moment of spawning,
+//! samples the child's memory when the guest's init starts, and kills it.
+//! Figures are medians; the machine is noisy, so nothing here is a pass/fail
+//! test.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hangar_engine::{DefaultKit, HostProbe};
+
+/// The default kit's /init prints this once it runs; QEMU runs see it too.
+const GUEST_READY: &str = "Hangar guest ready";
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BenchWhat {
+    /// Boot a guest repeatedly and report set-up time, first serial byte,
+    /// time to init and VMM memory outside guest RAM.
+    Boot(BootArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BootArgs {
+    /// Runs per VMM (medians need at least 10).
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Kernel to boot instead of the default kit (e.g. a bare test guest).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs for --kernel.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+    /// Skip the QEMU microvm peer.
+    #[arg(long)]
+    no_qemu: bool,
+    /// Give up on one boot after this many seconds.
+    #[arg(long, default_value_t = 180)]
+    timeout: u64,
+}
+
+/// What one boot measured; `None` where the guest never got there.
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    setup: Option<Duration>,
+    first_serial: Option<Duration>,
+    init: Option<Duration>,
+    rss_outside_guest_kib: Option<u64>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.what {
+        BenchWhat::Boot(a) => boot(a),
+    }
+}
+
+fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let (kernel, initrd, cmdline) = match &args.kernel {
+        Some(k) => (k.clone(), args.initrd.clone(), "console=ttyS0 reboot=k panic=-1 quiet".to_string()),
+        None => {
+            let kit = DefaultKit::locate().context("cannot use the default guest kit")?;
+            (kit.kernel, Some(kit.initrd), hangar_engine::kit::DEFAULT_CMDLINE.to_string())
+        }
+    };
+    let cap = HostProbe::probe();
+    println!("host: {}", cap.summary());
+    println!(
+        "guest: {} {} {} MiB, {} runs per VMM",
+        kernel.display(),
+        initrd.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        args.memory,
+        args.runs
+    );
+    let exe = std::env::current_exe().context("cannot find the hangar binary")?;
+    let timeout = Duration::from_secs(args.timeout);
+
+    let mut ours = Vec::new();
+    for i in 0..args.runs {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["run", "--timings", "--memory", &args.memory.to_string(), "--cmdline", &cmdline, "--kernel"])
+            .arg(&kernel);
+        if let Some(i) = &initrd {
+            cmd.arg("--initrd").arg(i);
+        }
+        let s = measure(cmd, args.memory, timeout).with_context(|| format!("hangar run {}", i + 1))?;
+        eprintln!("hangar run {}: {s:?}", i + 1);
+        ours.push(s);
+    }
+    report("hangar", &ours);
+
+    let peer = if args.no_qemu {
+        None
+    } else if !qemu_can_run(&cap) {
+        println!("qemu microvm: not run (needs hardware KVM, which this host lacks)");
+        None
+    } else {
+        let mut theirs = Vec::new();
+        for i in 0..args.runs {
+            let mut cmd = Command::new("qemu-system-x86_64");
+            cmd.args([
+                "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-smp", "1", "-nodefaults",
+                "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
+            ])
+            .args(["-m", &args.memory.to_string(), "-append", &cmdline, "-kernel"])
+            .arg(&kernel);
+            if let Some(i) = &initrd {
+                cmd.arg("-initrd").arg(i);
+            }
+            let s = measure(cmd, args.memory, timeout).with_context(|| format!("qemu run {}", i + 1))?;
+            eprintln!("qemu run {}: {s:?}", i + 1);
+            theirs.push(s);
+        }
+        report("qemu -M microvm", &theirs);
+        Some(theirs)
+    };
+    if let Some(theirs) = peer {
+        println!("ratios (hangar / qemu, lower is better):");
+        ratio("  first serial byte", &ours, &theirs, |s| s.first_serial.map(ms));
+        ratio("  init reached", &ours, &theirs, |s| s.init.map(ms));
+        ratio("  RSS outside guest RAM", &ours, &theirs, |s| s.rss_outside_guest_kib.map(|k| k as f64));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn qemu_can_run(cap: &hangar_engine::HostCapability) -> bool {
+    cap.can_run_linux()
+        && Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+enum Line {
+    Out(String, Instant),
+    Err(String, Instant),
+}
+
+fn forward_lines(r: impl Read + Send + 'static, tx: mpsc::Sender<Line>, err: bool) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut buf = Vec::new();
+        while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf).into_owned();
+            let now = Instant::now();
+            let msg = if err { Line::Err(line, now) } else { Line::Out(line, now) };
+            if tx.send(msg).is_err() {
+                return;
+            }
+            buf.clear();
+        }
+    });
+}
+
+/// Spawn one VMM, time its output, sample its memory at init, kill it.
+fn measure(mut cmd: Command, memory_mib: u32, timeout: Duration) -> anyhow::Result<Sample> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = KillOnDrop(cmd.spawn().context("cannot start the VMM")?);
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = child.0.stdout.take() {
+        forward_lines(out, tx.clone(), false);
+    }
+    if let Some(err) = child.0.stderr.take() {
+        forward_lines(err, tx, true);
+    }
+    let mut s = Sample::default();
+    let deadline = t0 + timeout;
+    let mut last_err = String::new();
+    while s.init.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("no init after {timeout:?} (last stderr line: {last_err:?})");
+        }
+        match rx.recv_timeout(left) {
+            Ok(Line::Out(line, at)) => {
+                s.first_serial.get_or_insert(at - t0);
+                if line.contains(GUEST_READY) && s.init.is_none() {
+                    // QEMU has no debug port: its init is the banner.
+                    s.init = Some(at - t0);
+                }
+            }
+            Ok(Line::Err(line, at)) => {
+                if line.starts_with("hangar: vcpus started") {
+                    s.setup = Some(at - t0);
+                } else if line.starts_with("hangar: init reached") || line.starts_with("hangar: boot marker") {
+                    s.init = Some(at - t0);
+                } else if line.starts_with("hangar: exited") {
+                    bail!("the guest exited before its init: {}", line.trim());
+                }
+                last_err = line.trim().to_string();
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the VMM ended before the guest's init (last stderr line: {last_err:?})")
+            }
+        }
+        if s.init.is_some() {
+            s.rss_outside_guest_kib = rss_outside_guest(child.0.id(), memory_mib).ok();
+        }
+    }
+    Ok(s)
+}
+
+/// Kills the child however `measure` returns.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resident memory of `pid` outside its guest RAM mapping: the sum of Rss
+/// over all mappings except anonymous ones the size of guest memory (the
+/// VMM's RAM block; QEMU may round it up by a little).
+fn rss_outside_guest(pid: u32, memory_mib: u32) -> anyhow::Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).context("cannot read smaps")?;
+    let guest = u64::from(memory_mib) * 1024;
+    let mut total = 0u64;
+    let mut skip = false;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Size:") {
+            let size = parse_kib(kib);
+            skip = size >= guest && size <= guest + 4 * 1024;
+        } else if let Some(kib) = line.strip_prefix("Rss:") {
+            if !skip {
+                total += parse_kib(kib);
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn parse_kib(s: &str) -> u64 {
+    s.trim().trim_end_matches("kB").trim().parse().unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+fn column(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Vec<f64> {
+    samples.iter().filter_map(f).collect()
+}
+
+fn report(name: &str, samples: &[Sample]) {
+    let line = |label: &str, v: Vec<f64>, unit: &str| match median(v.clone()) {
+        Some(m) => println!(
+            "{name}: {label}: median {m:.2} {unit} (min {:.2}, max {:.2}, n={})",
+            v.iter().copied().fold(f64::INFINITY, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+            v.len()
+        ),
+        None => println!("{name}: {label}: not measured"),
+    };
+    line("set-up (spawn to vCPU entry)", column(samples, |s| s.setup.map(ms)), "ms");
+    line("first serial byte", column(samples, |s| s.first_serial.map(ms)), "ms");
+    line("init reached", column(samples, |s| s.init.map(ms)), "ms");
+    line(
+        "RSS outside guest RAM",
+        column(samples, |s| s.rss_outside_guest_kib.map(|k| k as f64)),
+        "KiB",
+    );
+}
+
+fn ratio(label: &str, ours: &[Sample], theirs: &[Sample], f: impl Fn(&Sample) -> Option<f64> + Copy) {
+    match (median(column(ours, f)), median(column(theirs, f))) {
+        (Some(a), Some(b)) if b > 0.0 => println!("{label}: {:.2}x", a / b),
+        _ => println!("{label}: n/a"),
+    }
+}

@@ -1,0 +1,36 @@
+//! The `hangar` command line: one file per subcommand.
+
+mod bench;
+mod host;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Hangar: virtual machines and containers side by side.
+#[derive(Debug, Parser)]
+#[command(name = "hangar", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<CliCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CliCommand {
+    /// Boot a VM with its serial console on this terminal.
+    Run(run::RunArgs),
+    /// Say what kind of virtualization this computer offers.
+    Host,
+    /// Measure boot times and memory overhead against QEMU.
+    Bench(bench::BenchArgs),
+}
+
+/// Run the parsed command line; the exit code reflects the guest's outcome.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(CliCommand::Run(args)) => run::run(args),
+        Some(CliCommand::Bench(args)) => bench::run(args),
+        Some(CliCommand::Host) | None => host::run(),
+    }
+}

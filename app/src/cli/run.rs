@@ -1,0 +1,228 @@
+//! `hangar run`: boot one VM, its serial console on stdin/stdout.
+//!
+//! Progress goes to stderr as `hangar: …` lines (the nested test lane reads
+//! them): `hangar: init reached after N ms` when the guest's init writes its
+//! marker, and `hangar: exited: REASON` at the end. The exit code is the
+//! guest's: 0 for a reboot, the status it wrote to the exit port, 1 if it
+//! failed.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
+
+use anyhow::Context;
+use hangar_engine::engine::MARKER_INIT_REACHED;
+use hangar_engine::{Command, DefaultKit, Engine, Event, ExitReason, VmConfig, VmId};
+use vmm_sys_util::terminal::Terminal;
+
+/// Ctrl-A, then `x`, leaves (as in QEMU) when stdin is a terminal.
+const ESCAPE: u8 = 0x01;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Boot the default guest kit built by packaging/setup.sh.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd"])]
+    default: bool,
+    /// Kernel: a bzImage, a vmlinux, or a bare 64-bit ELF program.
+    #[arg(long, required_unless_present = "default")]
+    kernel: Option<PathBuf>,
+    /// Initramfs to load next to the kernel.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest memory in MiB (default: 512 for the default kit, 256 otherwise).
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Kernel command line (default for the kit: its own).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Print set-up timings to stderr (used by `hangar bench`).
+    #[arg(long, hide = true)]
+    timings: bool,
+    /// Seconds the guest gets to shut down after Ctrl-A x before it is forced.
+    #[arg(long, default_value_t = 10)]
+    stop_timeout: u64,
+}
+
+impl RunArgs {
+    fn config(&self) -> anyhow::Result<VmConfig> {
+        if self.default {
+            let kit = DefaultKit::locate().context("cannot use the default guest kit")?;
+            let mut config = kit.vm_config("default", self.vcpus);
+            if let Some(m) = self.memory {
+                config.memory_mib = m;
+            }
+            if let Some(c) = &self.cmdline {
+                config.cmdline = c.clone();
+            }
+            return Ok(config);
+        }
+        let kernel = self.kernel.clone().context("--kernel or --default is required")?;
+        Ok(VmConfig {
+            name: kernel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "vm".into()),
+            vcpus: self.vcpus,
+            memory_mib: self.memory.unwrap_or(256),
+            kernel,
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone().unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".into()),
+        })
+    }
+}
+
+/// Raw terminal mode for the duration of the run, restored on drop.
+struct RawTerminal;
+
+impl RawTerminal {
+    fn enable() -> Option<Self> {
+        let stdin = std::io::stdin();
+        if !stdin.lock().is_tty() {
+            return None;
+        }
+        stdin.lock().set_raw_mode().ok().map(|_| RawTerminal)
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = std::io::stdin().lock().set_canon_mode();
+    }
+}
+
+enum Input {
+    Bytes(Vec<u8>),
+    Quit,
+}
+
+/// Forward stdin to the VM until EOF; in raw mode, Ctrl-A x asks to quit.
+fn spawn_stdin_reader(raw: bool, tx: mpsc::Sender<Input>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 1024];
+            let mut escape_pending = false;
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut out = Vec::with_capacity(n);
+                for &b in &buf[..n] {
+                    if raw && escape_pending {
+                        escape_pending = false;
+                        match b {
+                            b'x' | b'X' => {
+                                let _ = tx.send(Input::Quit);
+                                return;
+                            }
+                            ESCAPE => out.push(ESCAPE),
+                            other => out.extend_from_slice(&[ESCAPE, other]),
+                        }
+                    } else if raw && b == ESCAPE {
+                        escape_pending = true;
+                    } else {
+                        out.push(b);
+                    }
+                }
+                if !out.is_empty() && tx.send(Input::Bytes(out)).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("cannot start the stdin thread")?;
+    Ok(())
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    let (mut engine, events) = Engine::new(|| {});
+    let id = VmId(config.name.clone());
+    engine
+        .execute(Command::Start {
+            id: id.clone(),
+            config,
+        })
+        .context("cannot start the machine")?;
+
+    let raw = RawTerminal::enable();
+    if raw.is_some() {
+        eprint!("hangar: press Ctrl-A x to stop the machine\r\n");
+    }
+    let (input_tx, input_rx) = mpsc::channel();
+    spawn_stdin_reader(raw.is_some(), input_tx)?;
+
+    let mut stdout = std::io::stdout().lock();
+    let nl = if raw.is_some() { "\r\n" } else { "\n" };
+    loop {
+        while let Ok(input) = input_rx.try_recv() {
+            let cmd = match input {
+                Input::Bytes(bytes) => Command::SerialInput {
+                    id: id.clone(),
+                    bytes,
+                },
+                Input::Quit => Command::Stop {
+                    id: id.clone(),
+                    timeout: Duration::from_secs(args.stop_timeout),
+                },
+            };
+            // The VM may have just ended; its Exited event follows.
+            if let Err(e) = engine.execute(cmd) {
+                log::debug!("{e}");
+            }
+        }
+        let event = match events.recv_timeout(Duration::from_millis(10)) {
+            Ok(ev) => ev,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => anyhow::bail!("the engine stopped unexpectedly"),
+        };
+        match event {
+            Event::SerialOutput { bytes, .. } => {
+                stdout.write_all(&bytes).context("cannot write to stdout")?;
+                stdout.flush().context("cannot write to stdout")?;
+            }
+            Event::BootMarker {
+                value, since_start, ..
+            } => {
+                if value == MARKER_INIT_REACHED {
+                    eprint!("hangar: init reached after {} ms{nl}", since_start.as_millis());
+                } else {
+                    eprint!("hangar: boot marker {value} after {} ms{nl}", since_start.as_millis());
+                }
+            }
+            Event::Error {
+                message, registers, ..
+            } => {
+                eprint!("hangar: error: {message}{nl}");
+                if let Some(r) = registers {
+                    eprint!("hangar: registers: {r}{nl}");
+                }
+            }
+            Event::Started { setup, .. } => {
+                if args.timings {
+                    eprint!("hangar: vcpus started after {} us{nl}", setup.as_micros());
+                }
+            }
+            Event::StateChanged { .. } => {}
+            Event::Exited { reason, .. } => {
+                drop(raw);
+                eprintln!("hangar: exited: {reason}");
+                return Ok(exit_code(&reason));
+            }
+        }
+    }
+}
+
+fn exit_code(reason: &ExitReason) -> ExitCode {
+    match reason {
+        ExitReason::GuestReset | ExitReason::Stopped { .. } => ExitCode::SUCCESS,
+        ExitReason::GuestExit(code) => ExitCode::from(*code),
+        ExitReason::Failed(_) => ExitCode::FAILURE,
+    }
+}

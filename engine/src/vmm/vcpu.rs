@@ -1,0 +1,366 @@
+//! One thread per virtual CPU, running `KVM_RUN` and dispatching its exits.
+//!
+//! The VM's control thread drives each vCPU through a command channel and a
+//! kick: it sends the command, then signals the thread. The signal handler
+//! sets `kvm_run.immediate_exit`, so the vCPU leaves (or never enters)
+//! `KVM_RUN` and reads its commands before running again.
+
+use std::cell::Cell;
+use std::sync::mpsc::{Receiver, Sender};
+
+/// Where a vCPU sends its reports (the VM's control channel).
+pub(crate) type ReportFn = Box<dyn Fn(VcpuReport) + Send>;
+use std::sync::Once;
+use std::thread::JoinHandle;
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::devices::{Bus, GuestRequest};
+use crate::engine::RegisterDump;
+
+/// Real-time signal used to kick vCPU threads out of `KVM_RUN`.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+thread_local! {
+    // The kvm_run page of the vCPU owned by this thread, for the signal
+    // handler. Const-initialised without a destructor, so reading it from a
+    // signal handler is a plain TLS load.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's own mmapped kvm_run page, set by
+        // the vCPU loop before its first KVM_RUN and cleared before the VcpuFd
+        // (and so the mapping) is dropped. A byte store is async-signal-safe.
+        unsafe { (*run).immediate_exit = 1 };
+    }
+}
+
+/// Install the kick handler once per process.
+pub(crate) fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| result = register_signal_handler(kick_signal(), handle_kick));
+    result
+}
+
+/// What the control thread tells a vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VcpuCommand {
+    /// Stop running and wait for Resume or Exit.
+    Pause,
+    /// Run again after a Pause.
+    Resume,
+    /// Leave the thread.
+    Exit,
+}
+
+/// Why a vCPU's loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum VcpuOutcome {
+    /// The control thread asked it to exit.
+    Stopped,
+    /// The guest reset the machine.
+    Reset,
+    /// The guest powered off with a status.
+    PowerOff(u8),
+    /// The guest did something the VM cannot survive.
+    Fault {
+        /// What happened, in words.
+        message: String,
+        /// Registers at the time, if they could be read.
+        registers: Option<RegisterDump>,
+    },
+}
+
+/// Messages from vCPU threads to the VM's control thread.
+#[derive(Debug)]
+pub(crate) enum VcpuReport {
+    /// The vCPU is parked after a Pause.
+    Paused(u8),
+    /// A boot-progress marker from the debug port.
+    Marker(u8),
+    /// The guest did something wrong but the VM goes on (unknown MMIO).
+    GuestError {
+        /// What happened.
+        message: String,
+        /// Registers at the time.
+        registers: Option<RegisterDump>,
+    },
+    /// The vCPU thread is ending.
+    Exited(u8, VcpuOutcome),
+}
+
+/// At most this many unknown-MMIO reports per vCPU reach the user; the rest
+/// are only counted in the log, so a guest cannot flood the UI.
+const MAX_MMIO_REPORTS: u32 = 8;
+
+/// A running vCPU thread and the way to talk to it.
+pub(crate) struct VcpuThread {
+    index: u8,
+    commands: Sender<VcpuCommand>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl VcpuThread {
+    /// Start the thread; it runs the guest at once.
+    pub(crate) fn spawn(
+        index: u8,
+        vcpu: VcpuFd,
+        io_bus: Bus,
+        mmio_bus: Bus,
+        reports: ReportFn,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                let mut runner = VcpuRunner {
+                    index,
+                    vcpu,
+                    io_bus,
+                    mmio_bus,
+                    reports,
+                    commands: rx,
+                    mmio_reports: 0,
+                };
+                let outcome = runner.run();
+                (runner.reports)(VcpuReport::Exited(index, outcome));
+            })?;
+        Ok(Self {
+            index,
+            commands: tx,
+            handle: Some(handle),
+        })
+    }
+
+    /// Send a command and kick the vCPU so it sees it promptly.
+    pub(crate) fn send(&self, cmd: VcpuCommand) {
+        // A vCPU whose thread already ended has nothing to do with commands.
+        if self.commands.send(cmd).is_ok() {
+            self.kick();
+        }
+    }
+
+    fn kick(&self) {
+        if let Some(h) = &self.handle {
+            if let Err(e) = h.kill(kick_signal()) {
+                log::debug!("vcpu{}: kick failed: {e}", self.index);
+            }
+        }
+    }
+
+    /// True once the thread has ended.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Wait for the thread to end.
+    pub(crate) fn join(mut self) {
+        if let Some(h) = self.handle.take() {
+            if h.join().is_err() {
+                log::error!("vcpu{} thread panicked", self.index);
+            }
+        }
+    }
+}
+
+struct VcpuRunner {
+    index: u8,
+    vcpu: VcpuFd,
+    io_bus: Bus,
+    mmio_bus: Bus,
+    reports: ReportFn,
+    commands: Receiver<VcpuCommand>,
+    mmio_reports: u32,
+}
+
+/// Clears the TLS pointer on every way out of the loop.
+struct KvmRunGuard;
+
+impl Drop for KvmRunGuard {
+    fn drop(&mut self) {
+        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
+}
+
+impl VcpuRunner {
+    fn run(&mut self) -> VcpuOutcome {
+        KVM_RUN.with(|c| c.set(self.vcpu.get_kvm_run() as *mut kvm_run));
+        let _guard = KvmRunGuard;
+        loop {
+            if let Some(outcome) = self.handle_commands() {
+                return outcome;
+            }
+            if let Some(outcome) = self.run_once() {
+                return outcome;
+            }
+        }
+    }
+
+    /// Apply pending commands; parks while paused.
+    fn handle_commands(&mut self) -> Option<VcpuOutcome> {
+        let mut paused = false;
+        loop {
+            let cmd = if paused {
+                match self.commands.recv() {
+                    Ok(c) => c,
+                    Err(_) => return Some(VcpuOutcome::Stopped),
+                }
+            } else {
+                match self.commands.try_recv() {
+                    Ok(c) => c,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        return Some(VcpuOutcome::Stopped)
+                    }
+                }
+            };
+            match cmd {
+                VcpuCommand::Exit => return Some(VcpuOutcome::Stopped),
+                VcpuCommand::Pause => {
+                    if !paused {
+                        paused = true;
+                        (self.reports)(VcpuReport::Paused(self.index));
+                    }
+                }
+                VcpuCommand::Resume => paused = false,
+            }
+        }
+    }
+
+    /// One `KVM_RUN` and its exit. Returns an outcome when the loop must end.
+    fn run_once(&mut self) -> Option<VcpuOutcome> {
+        let exit = match self.vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.vcpu.set_kvm_immediate_exit(0);
+                return None;
+            }
+            Err(e) => return Some(self.fault(format!("KVM_RUN failed: {e}"))),
+        };
+        // Copy what we need out of the exit: it borrows the vCPU.
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if self.io_bus.read(u64::from(port), data).is_err() {
+                    // Like an empty ISA bus: floating lines read all-ones.
+                    data.fill(0xff);
+                }
+                None
+            }
+            VcpuExit::IoOut(port, data) => match self.io_bus.write(u64::from(port), data) {
+                Ok(Some(req)) => self.guest_request(req),
+                Ok(None) => None,
+                Err(_) => {
+                    log::trace!("vcpu{}: write to unmapped port {port:#x}", self.index);
+                    None
+                }
+            },
+            VcpuExit::MmioRead(addr, data) => {
+                if self.mmio_bus.read(addr, data).is_err() {
+                    data.fill(0xff);
+                    let len = data.len();
+                    self.unknown_mmio(format!("read of {len} bytes from {addr:#x}"));
+                }
+                None
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                let what = format!("write of {} bytes to {addr:#x}", data.len());
+                match self.mmio_bus.write(addr, data) {
+                    Ok(Some(req)) => self.guest_request(req),
+                    Ok(None) => None,
+                    Err(_) => {
+                        self.unknown_mmio(what);
+                        None
+                    }
+                }
+            }
+            VcpuExit::Intr => None,
+            // With the in-kernel LAPIC, HLT waits in the kernel; an exit here
+            // only means the kernel let go early. Just run again.
+            VcpuExit::Hlt => None,
+            VcpuExit::Shutdown => {
+                Some(self.fault("the guest triple-faulted (CPU shutdown)".to_string()))
+            }
+            VcpuExit::InternalError => {
+                let run = self.vcpu.get_kvm_run();
+                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the
+                // `internal` member of the exit union is the valid one.
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                let suberror = internal.suberror;
+                let why = match suberror {
+                    1 => "KVM could not emulate an instruction",
+                    2 => "KVM hit a nested exception while delivering an event",
+                    3 => "KVM could not deliver an event",
+                    _ => "KVM reported an internal error",
+                };
+                Some(self.fault(format!("{why} (internal error, suberror {suberror})")))
+            }
+            VcpuExit::FailEntry(reason, cpu) => Some(self.fault(format!(
+                "the CPU refused to enter the guest (hardware reason {reason:#x}, host cpu {cpu})"
+            ))),
+            VcpuExit::SystemEvent(kind, _) => match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => Some(VcpuOutcome::Reset),
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Some(VcpuOutcome::PowerOff(0)),
+                _ => Some(self.fault(format!("the guest crashed (system event {kind})"))),
+            },
+            other => {
+                let what = format!("{other:?}");
+                Some(self.fault(format!("unexpected vCPU exit {what}")))
+            }
+        }
+    }
+
+    fn guest_request(&mut self, req: GuestRequest) -> Option<VcpuOutcome> {
+        match req {
+            GuestRequest::Reset => Some(VcpuOutcome::Reset),
+            GuestRequest::Exit(code) => Some(VcpuOutcome::PowerOff(code)),
+            GuestRequest::Marker(value) => {
+                (self.reports)(VcpuReport::Marker(value));
+                None
+            }
+        }
+    }
+
+    fn unknown_mmio(&mut self, what: String) {
+        self.mmio_reports += 1;
+        if self.mmio_reports > MAX_MMIO_REPORTS {
+            log::debug!("vcpu{}: unknown MMIO {what} (not reported)", self.index);
+            return;
+        }
+        let registers = self.registers();
+        let mut message = format!("the guest touched memory that has no device: {what}");
+        if self.mmio_reports == MAX_MMIO_REPORTS {
+            message.push_str(" (further reports from this vCPU are suppressed)");
+        }
+        (self.reports)(VcpuReport::GuestError { message, registers });
+    }
+
+    fn fault(&mut self, message: String) -> VcpuOutcome {
+        VcpuOutcome::Fault {
+            message,
+            registers: self.registers(),
+        }
+    }
+
+    fn registers(&self) -> Option<RegisterDump> {
+        let regs = self.vcpu.get_regs().ok()?;
+        let sregs = self.vcpu.get_sregs().ok()?;
+        Some(RegisterDump {
+            vcpu: self.index,
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rflags: regs.rflags,
+            gprs: [regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp],
+            cr: [sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4],
+            efer: sregs.efer,
+            cs: sregs.cs.selector,
+        })
+    }
+}

@@ -1,0 +1,437 @@
+//! A VM's control thread: builds the machine, runs its vCPU threads, applies
+//! commands and turns everything that happens into [`Event`]s.
+
+use std::io::Write;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::boot::{self, BootError, BootSpec};
+use super::vcpu::{install_kick_handler, VcpuCommand, VcpuOutcome, VcpuReport, VcpuThread};
+use crate::config::{KernelKind, VmConfig};
+use crate::devices::bus::lock;
+use crate::devices::manager::{DeviceManager, DeviceManagerError};
+use crate::engine::{Event, EventSink, ExitReason, VmId, VmState};
+
+/// Where the TSS the hypervisor needs on Intel sits: three pages just below
+/// the BIOS area at the top of the 32-bit space, inside the MMIO gap.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// How often the control thread looks at timers and queued input.
+const TICK: Duration = Duration::from_millis(20);
+/// How long the vCPUs get to leave after being told to.
+const VCPU_EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors while building a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A KVM call failed.
+    #[error("KVM refused to {what}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Loading the kernel or building boot structures failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// Placing devices failed.
+    #[error(transparent)]
+    Devices(#[from] DeviceManagerError),
+    /// A thread could not be started.
+    #[error("cannot start a vCPU thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// What the engine asks of a running VM.
+#[derive(Debug)]
+pub(crate) enum VmRequest {
+    Pause,
+    Resume,
+    Stop { timeout: Duration },
+    SerialInput(Vec<u8>),
+}
+
+/// Everything the control thread waits on, in one channel.
+#[derive(Debug)]
+pub(crate) enum ControlMsg {
+    Request(VmRequest),
+    Vcpu(VcpuReport),
+    /// The serial buffer went from empty to non-empty.
+    SerialOutput,
+}
+
+/// COM1's output: bytes collect here and the control thread sends them on
+/// in batches, so a chatty guest costs one event per burst, not per byte.
+struct SerialSink {
+    buf: Arc<Mutex<Vec<u8>>>,
+    notify: Sender<ControlMsg>,
+}
+
+impl Write for SerialSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buf = lock(&self.buf);
+        let was_empty = buf.is_empty();
+        buf.extend_from_slice(data);
+        drop(buf);
+        if was_empty {
+            // The control thread may already be gone during teardown.
+            let _ = self.notify.send(ControlMsg::SerialOutput);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Start a VM's control thread. It reports through `sink` and ends after
+/// sending `Exited`. `started` is when the Start command was accepted.
+pub(crate) fn spawn_vm(
+    id: VmId,
+    config: VmConfig,
+    kind: KernelKind,
+    sink: EventSink,
+    channel: (Sender<ControlMsg>, Receiver<ControlMsg>),
+    started: Instant,
+) -> std::io::Result<JoinHandle<()>> {
+    let (tx, rx) = channel;
+    std::thread::Builder::new()
+        .name("vm-control".into())
+        .spawn(move || {
+            let control = VmControl {
+                id,
+                sink,
+                started,
+            };
+            control.run(&config, kind, tx, rx);
+        })
+}
+
+/// Everything a built VM holds. Dropped only after its vCPU threads ended.
+struct Machine {
+    // Kept alive for the vCPUs: the VM fd and the guest memory mapping.
+    _vm: VmFd,
+    _memory: GuestMemoryMmap,
+    devices: DeviceManager,
+    serial_out: Arc<Mutex<Vec<u8>>>,
+    vcpus: Vec<VcpuThread>,
+}
+
+struct VmControl {
+    id: VmId,
+    sink: EventSink,
+    started: Instant,
+}
+
+impl VmControl {
+    fn emit(&self, event: Event) {
+        self.sink.emit(event);
+    }
+
+    fn state(&self, state: VmState) {
+        self.emit(Event::StateChanged {
+            id: self.id.clone(),
+            state,
+        });
+    }
+
+    fn run(&self, config: &VmConfig, kind: KernelKind, tx: Sender<ControlMsg>, rx: Receiver<ControlMsg>) {
+        self.state(VmState::Starting);
+        let reason = match build(config, kind, &tx) {
+            Ok(mut machine) => {
+                self.emit(Event::Started {
+                    id: self.id.clone(),
+                    setup: self.started.elapsed(),
+                });
+                self.state(VmState::Running);
+                let reason = self.supervise(&mut machine, &rx);
+                self.teardown(&mut machine, &rx);
+                self.flush_serial(&machine);
+                reason
+            }
+            Err(e) => {
+                let message = format!("cannot start {}: {}", config.name, error_chain(&e));
+                log::error!("{}: {message}", self.id);
+                self.emit(Event::Error {
+                    id: self.id.clone(),
+                    message: message.clone(),
+                    registers: None,
+                });
+                ExitReason::Failed(message)
+            }
+        };
+        log::info!("{}: exited: {reason:?}", self.id);
+        self.state(VmState::Stopped);
+        self.emit(Event::Exited {
+            id: self.id.clone(),
+            reason,
+        });
+    }
+
+    /// Run until the VM must stop; returns why.
+    fn supervise(&self, m: &mut Machine, rx: &Receiver<ControlMsg>) -> ExitReason {
+        let mut pending_input: Vec<u8> = Vec::new();
+        let mut paused_acks = 0usize;
+        let mut pause_wanted = false;
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let msg = match rx.recv_timeout(TICK) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                // Cannot happen while we hold a sender; treat as a stop.
+                Err(RecvTimeoutError::Disconnected) => return ExitReason::Stopped { forced: true },
+            };
+            match msg {
+                Some(ControlMsg::SerialOutput) => self.flush_serial(m),
+                Some(ControlMsg::Request(req)) => match req {
+                    VmRequest::Pause => {
+                        if !pause_wanted {
+                            pause_wanted = true;
+                            paused_acks = 0;
+                            m.vcpus.iter().for_each(|v| v.send(VcpuCommand::Pause));
+                        }
+                    }
+                    VmRequest::Resume => {
+                        if pause_wanted {
+                            pause_wanted = false;
+                            m.vcpus.iter().for_each(|v| v.send(VcpuCommand::Resume));
+                            self.state(VmState::Running);
+                        }
+                    }
+                    VmRequest::Stop { timeout } => {
+                        if timeout.is_zero() {
+                            return ExitReason::Stopped { forced: true };
+                        }
+                        if stop_deadline.is_none() {
+                            self.state(VmState::Stopping);
+                            // A paused guest cannot react to the keyboard.
+                            if pause_wanted {
+                                pause_wanted = false;
+                                m.vcpus.iter().for_each(|v| v.send(VcpuCommand::Resume));
+                            }
+                            m.devices.send_ctrl_alt_del();
+                            stop_deadline = Some(Instant::now() + timeout);
+                        }
+                    }
+                    VmRequest::SerialInput(bytes) => pending_input.extend_from_slice(&bytes),
+                },
+                Some(ControlMsg::Vcpu(report)) => match report {
+                    VcpuReport::Paused(_) => {
+                        paused_acks += 1;
+                        if pause_wanted && paused_acks == m.vcpus.len() {
+                            self.state(VmState::Paused);
+                        }
+                    }
+                    VcpuReport::Marker(value) => self.emit(Event::BootMarker {
+                        id: self.id.clone(),
+                        value,
+                        since_start: self.started.elapsed(),
+                    }),
+                    VcpuReport::GuestError { message, registers } => {
+                        log::warn!(
+                            "{}: {message}{}",
+                            self.id,
+                            registers.as_ref().map(|r| format!(" [{r}]")).unwrap_or_default()
+                        );
+                        self.emit(Event::Error {
+                            id: self.id.clone(),
+                            message,
+                            registers,
+                        });
+                    }
+                    VcpuReport::Exited(index, outcome) => {
+                        return self.outcome_reason(index, outcome, stop_deadline.is_some())
+                    }
+                },
+                None => {}
+            }
+            if !pending_input.is_empty() {
+                let taken = m.devices.serial_input(&pending_input);
+                pending_input.drain(..taken);
+            }
+            if stop_deadline.is_some_and(|d| Instant::now() >= d) {
+                return ExitReason::Stopped { forced: true };
+            }
+        }
+    }
+
+    fn outcome_reason(&self, index: u8, outcome: VcpuOutcome, stopping: bool) -> ExitReason {
+        match outcome {
+            // A guest that resets while we asked it to stop did what we asked.
+            VcpuOutcome::Reset if stopping => ExitReason::Stopped { forced: false },
+            VcpuOutcome::Reset => ExitReason::GuestReset,
+            VcpuOutcome::PowerOff(_) if stopping => ExitReason::Stopped { forced: false },
+            VcpuOutcome::PowerOff(code) => ExitReason::GuestExit(code),
+            VcpuOutcome::Stopped => ExitReason::Failed(format!("vCPU {index} stopped unexpectedly")),
+            VcpuOutcome::Fault { message, registers } => {
+                log::error!(
+                    "{}: {message}{}",
+                    self.id,
+                    registers.as_ref().map(|r| format!(" [{r}]")).unwrap_or_default()
+                );
+                self.emit(Event::Error {
+                    id: self.id.clone(),
+                    message: message.clone(),
+                    registers,
+                });
+                ExitReason::Failed(message)
+            }
+        }
+    }
+
+    /// Tell every vCPU to leave and wait for them, so none is still inside
+    /// KVM_RUN when the guest memory goes away.
+    fn teardown(&self, m: &mut Machine, rx: &Receiver<ControlMsg>) {
+        m.vcpus.iter().for_each(|v| v.send(VcpuCommand::Exit));
+        let deadline = Instant::now() + VCPU_EXIT_GRACE;
+        while !m.vcpus.iter().all(VcpuThread::is_finished) {
+            if Instant::now() >= deadline {
+                log::error!("{}: vCPU threads did not stop in time", self.id);
+                break;
+            }
+            match rx.recv_timeout(TICK) {
+                Ok(ControlMsg::SerialOutput) => self.flush_serial(m),
+                Ok(_) => {}
+                // Kick again: a signal may have landed between two checks.
+                Err(RecvTimeoutError::Timeout) => m.vcpus.iter().for_each(|v| v.send(VcpuCommand::Exit)),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for v in m.vcpus.drain(..) {
+            v.join();
+        }
+    }
+
+    fn flush_serial(&self, m: &Machine) {
+        let bytes = std::mem::take(&mut *lock(&m.serial_out));
+        if !bytes.is_empty() {
+            self.emit(Event::SerialOutput {
+                id: self.id.clone(),
+                bytes,
+            });
+        }
+    }
+}
+
+/// Create the VM, its memory, devices and vCPUs, and start the vCPUs.
+fn build(config: &VmConfig, kind: KernelKind, tx: &Sender<ControlMsg>) -> Result<Machine, VmError> {
+    let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS).map_err(kvm_err("set the TSS address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create the interrupt controllers"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("create the PIT timer"))?;
+
+    let memory = boot::create_guest_memory(config.memory_mib)?;
+    for (slot, region) in memory.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmError::Boot(BootError::from(e)))?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mmap owned by `memory`, which the
+        // returned Machine keeps until every vCPU thread has been joined.
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("map guest memory"))?;
+    }
+
+    let serial_out = Arc::new(Mutex::new(Vec::new()));
+    let sink = SerialSink {
+        buf: serial_out.clone(),
+        notify: tx.clone(),
+    };
+    let devices = DeviceManager::new(
+        Box::new(sink),
+        boot::ram_below_4g(&memory),
+        boot::ram_above_4g(&memory),
+    )?;
+    for line in devices.irq_lines() {
+        vm.register_irqfd(line.eventfd(), line.gsi())
+            .map_err(kvm_err("connect an interrupt line"))?;
+    }
+
+    let spec = BootSpec {
+        kernel: &config.kernel,
+        kind,
+        initrd: config.initrd.as_deref(),
+        cmdline: &config.cmdline,
+        vcpus: config.vcpus,
+    };
+    let setup = boot::setup_guest(&memory, &spec)?;
+
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("report its supported CPUID"))?;
+    let mut fds = Vec::with_capacity(usize::from(config.vcpus));
+    for index in 0..config.vcpus {
+        let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("create a vCPU"))?;
+        boot::configure_vcpu(&fd, &cpuid, index, config.vcpus, &setup)?;
+        fds.push(fd);
+    }
+
+    install_kick_handler().map_err(|e| VmError::Spawn(std::io::Error::from_raw_os_error(e.errno())))?;
+    let mut vcpus = Vec::with_capacity(fds.len());
+    for (index, fd) in fds.into_iter().enumerate() {
+        let tx = tx.clone();
+        let report = Box::new(move |r| {
+            let _ = tx.send(ControlMsg::Vcpu(r));
+        });
+        let thread = VcpuThread::spawn(
+            index as u8,
+            fd,
+            devices.io_bus().clone(),
+            devices.mmio_bus().clone(),
+            report,
+        );
+        match thread {
+            Ok(t) => vcpus.push(t),
+            Err(e) => {
+                // Stop the ones already running before the memory goes away.
+                for v in vcpus.drain(..) {
+                    let v: VcpuThread = v;
+                    v.send(VcpuCommand::Exit);
+                    v.join();
+                }
+                return Err(VmError::Spawn(e));
+            }
+        }
+    }
+    Ok(Machine {
+        _vm: vm,
+        _memory: memory,
+        devices,
+        serial_out,
+        vcpus,
+    })
+}
+
+/// "outer: inner: innermost", for one-line messages.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

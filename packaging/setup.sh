@@ -1,0 +1,411 @@
+#!/usr/bin/env bash
+# Hangar set-up: installs the host packages the project uses and builds the
+# default guest kit (Debian's kernel + a busybox initramfs) into
+#   ${HANGAR_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/hangar}/kit/
+#
+# Idempotent: a re-run checks installed packages with dpkg-query and the kit
+# against a stamp of the package versions it was built from, and does nothing
+# (needing no network) when both are current.
+#
+# Usage: packaging/setup.sh [--force-kit] [--skip-packages] [--quiet]
+#   --force-kit      rebuild the kit even if it is current
+#   --skip-packages  do not check or install apt packages
+#   --quiet          print only the summary line and errors
+#
+# Run it as your user (it uses sudo for apt) or as root. Run through sudo, it
+# installs the packages as root and builds the kit for $SUDO_USER.
+set -euo pipefail
+
+prog=setup.sh
+start_s=$(date +%s%N)
+
+die() {
+    echo "$prog: error: $*" >&2
+    exit 1
+}
+log() {
+    [[ $quiet == 1 ]] || echo "$prog: $*" >&2
+}
+
+force_kit=0
+skip_packages=0
+quiet=0
+orig_args=("$@")
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --force-kit) force_kit=1 ;;
+    --skip-packages) skip_packages=1 ;;
+    --quiet | -q) quiet=1 ;;
+    -h | --help)
+        sed -n '2,17s/^# \{0,1\}//p' "$0"
+        exit 0
+        ;;
+    *) die "unknown option '$1' (try --help)" ;;
+    esac
+    shift
+done
+
+# Every Debian package the project uses anywhere: build, guest kit, tests, GUI.
+PACKAGES=(
+    build-essential pkg-config
+    qemu-system-x86
+    busybox-static cpio gzip xz-utils zstd kmod file
+    xvfb libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
+    imagemagick
+)
+# The Rust target of the project's own no_std test guests.
+RUST_TARGETS=(x86_64-unknown-none)
+
+[[ $(uname -m) == x86_64 ]] || die "Hangar runs x86-64 guests with KVM: this host is $(uname -m)"
+command -v dpkg-query >/dev/null && command -v apt-get >/dev/null ||
+    die "this script needs a Debian-based system (dpkg and apt)"
+
+# ---------------------------------------------------------------- packages --
+
+sudo_cmd=()
+if [[ $EUID -ne 0 ]]; then
+    sudo_cmd=(sudo)
+fi
+
+apt_update_done=0
+apt_update() {
+    [[ $apt_update_done == 0 ]] || return 0
+    log "apt-get update"
+    "${sudo_cmd[@]}" apt-get update -qq || die "apt-get update failed (is the network to the package mirror up?)"
+    apt_update_done=1
+}
+
+missing_packages() {
+    # Prints the packages of "$@" that are not fully installed.
+    local installed
+    installed=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "$@" 2>/dev/null |
+        awk '$2 == "ii" { print $1 }' || true)
+    local p
+    for p in "$@"; do
+        grep -qx -- "$p" <<<"$installed" || echo "$p"
+    done
+}
+
+pkg_note="packages skipped"
+if [[ $skip_packages == 0 ]]; then
+    mapfile -t missing < <(missing_packages "${PACKAGES[@]}")
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        if [[ $EUID -ne 0 ]] && ! command -v sudo >/dev/null; then
+            die "packages missing (${missing[*]}) and sudo is not installed: run this script as root"
+        fi
+        log "installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        if ! "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+            apt_update
+            "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+                die "apt-get install ${missing[*]} failed"
+        fi
+        pkg_note="installed ${#missing[@]} packages"
+    else
+        pkg_note="${#PACKAGES[@]} packages present"
+    fi
+fi
+
+# Run through sudo: the rest (rustup, the kit) belongs to the invoking user.
+if [[ $EUID -eq 0 && -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then
+    log "continuing as $SUDO_USER"
+    exec sudo -u "$SUDO_USER" -H -- env \
+        ${HANGAR_DATA_DIR:+HANGAR_DATA_DIR="$HANGAR_DATA_DIR"} \
+        "$0" --skip-packages "${orig_args[@]}"
+fi
+
+# ------------------------------------------------------------- rust target --
+
+if command -v rustup >/dev/null; then
+    installed_targets=$(rustup target list --installed 2>/dev/null || true)
+    for t in "${RUST_TARGETS[@]}"; do
+        if ! grep -qx -- "$t" <<<"$installed_targets"; then
+            log "rustup target add $t"
+            rustup target add "$t" >/dev/null || die "rustup target add $t failed"
+        fi
+    done
+else
+    log "rustup not found: skipping 'rustup target add ${RUST_TARGETS[*]}' (needed for the test guests)"
+fi
+
+# --------------------------------------------------------------------- kit --
+
+if [[ -n ${HANGAR_DATA_DIR:-} ]]; then
+    data_dir=$HANGAR_DATA_DIR
+elif [[ ${XDG_DATA_HOME:-} == /* ]]; then
+    data_dir=$XDG_DATA_HOME/hangar
+else
+    [[ -n ${HOME:-} ]] || die "cannot determine Hangar's data directory: set HOME or HANGAR_DATA_DIR"
+    data_dir=$HOME/.local/share/hangar
+fi
+kit_dir=$data_dir/kit
+deb_dir=$data_dir/cache/debs
+
+for tool in dpkg-deb depmod modprobe cpio gzip xz; do
+    command -v "$tool" >/dev/null || die "'$tool' not found: run without --skip-packages to install it"
+done
+
+# Which packages the kit is built from, according to the local apt lists
+# (no network). linux-image-amd64 is a metapackage: resolve it to the image.
+candidate_version() {
+    apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2; exit }'
+}
+resolve_kernel_package() {
+    apt-cache depends linux-image-amd64 2>/dev/null |
+        awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
+}
+
+kpkg=$(resolve_kernel_package || true)
+if [[ -z $kpkg && ( $force_kit == 1 || ! -s $kit_dir/.stamp ) ]]; then
+    # Empty apt lists (apt-get update never ran) and a kit to build: fetch them.
+    if [[ $EUID -ne 0 ]] && ! command -v sudo >/dev/null; then
+        die "apt does not know linux-image-amd64: run 'apt-get update' as root, then re-run"
+    fi
+    apt_update
+    kpkg=$(resolve_kernel_package || true)
+fi
+kpkg_ver=""
+bb_ver=""
+if [[ -n $kpkg ]]; then
+    kpkg_ver=$(candidate_version "$kpkg")
+    bb_ver=$(candidate_version busybox-static)
+fi
+
+script_sum=$(sha256sum "$0" | cut -c1-16)
+wanted_stamp="recipe=$script_sum kernel=$kpkg=$kpkg_ver busybox=$bb_ver"
+
+kit_current() {
+    [[ -s $kit_dir/vmlinuz && -s $kit_dir/initramfs.cpio.gz && -s $kit_dir/VERSION && -s $kit_dir/.stamp ]] || return 1
+    if [[ -z $kpkg_ver || -z $bb_ver || $kpkg_ver == "(none)" ]]; then
+        log "apt lists do not name a kernel package: keeping the existing kit"
+        return 0
+    fi
+    [[ $(cat "$kit_dir/.stamp") == "$wanted_stamp" ]]
+}
+
+kit_note=""
+if [[ $force_kit == 0 ]] && kit_current; then
+    kit_note="up to date"
+else
+    [[ -n $kpkg && -n $kpkg_ver && $kpkg_ver != "(none)" && -n $bb_ver && $bb_ver != "(none)" ]] ||
+        die "apt does not know linux-image-amd64 or busybox-static: check the apt sources and run 'apt-get update'"
+    kernel_release=${kpkg#linux-image-}
+    log "building the guest kit from $kpkg $kpkg_ver and busybox-static $bb_ver"
+
+    mkdir -p "$deb_dir" "$data_dir"
+    build=$(mktemp -d "$data_dir/cache/build.XXXXXX")
+    trap 'rm -rf "$build"' EXIT
+
+    # Find a cached .deb of the exact version, else download it.
+    fetch_deb() { # package version -> prints path
+        local pkg=$1 ver=$2 f
+        for f in "$deb_dir/${pkg}"_*.deb; do
+            [[ -f $f ]] || continue
+            if [[ $(dpkg-deb -f "$f" Package 2>/dev/null) == "$pkg" &&
+                $(dpkg-deb -f "$f" Version 2>/dev/null) == "$ver" ]]; then
+                echo "$f"
+                return 0
+            fi
+        done
+        log "downloading $pkg $ver"
+        local dl=$build/download
+        mkdir -p "$dl"
+        local sandbox=()
+        # As root, apt drops to the _apt user, which cannot write a private
+        # home directory; download as root instead (as the user would).
+        [[ $EUID -ne 0 ]] || sandbox=(-o APT::Sandbox::User=root)
+        (cd "$dl" && apt-get -qq "${sandbox[@]}" download "$pkg=$ver") >&2 ||
+            die "apt-get download $pkg=$ver failed (network to the package mirror? apt-get update?)"
+        f=$(ls "$dl/${pkg}"_*.deb 2>/dev/null | head -n1)
+        [[ -n $f ]] || die "apt-get download $pkg produced no .deb"
+        # Drop older versions of this package from the cache.
+        rm -f "$deb_dir/${pkg}"_*.deb
+        mv "$f" "$deb_dir/"
+        echo "$deb_dir/$(basename "$f")"
+    }
+    kdeb=$(fetch_deb "$kpkg" "$kpkg_ver")
+    bbdeb=$(fetch_deb busybox-static "$bb_ver")
+
+    log "unpacking"
+    dpkg-deb -x "$kdeb" "$build/k" || die "cannot unpack $kdeb (delete it and re-run)"
+    dpkg-deb -x "$bbdeb" "$build/bb" || die "cannot unpack $bbdeb (delete it and re-run)"
+    # Newer Debian ships modules under usr/lib; depmod -b wants lib/modules.
+    if [[ ! -d $build/k/lib/modules && -d $build/k/usr/lib/modules ]]; then
+        ln -s usr/lib "$build/k/lib"
+    fi
+    [[ -d $build/k/lib/modules/$kernel_release ]] ||
+        die "$kdeb has no lib/modules/$kernel_release"
+    [[ -f $build/k/boot/vmlinuz-$kernel_release ]] ||
+        die "$kdeb has no boot/vmlinuz-$kernel_release"
+    busybox=$build/bb/bin/busybox
+    [[ -x $busybox ]] || die "$bbdeb has no bin/busybox"
+
+    depmod -b "$build/k" "$kernel_release" || die "depmod failed on the unpacked kernel"
+
+    # ---- the initramfs tree
+    root=$build/root
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc/init.d}
+    chmod 1777 "$root/tmp"
+    chmod 0700 "$root/root"
+    cp "$busybox" "$root/bin/busybox"
+    while read -r applet; do
+        [[ -n $applet && $applet != bin/busybox ]] || continue
+        mkdir -p "$root/$(dirname "$applet")"
+        ln -sf /bin/busybox "$root/$applet"
+    done < <("$busybox" --list-full)
+    [[ -L $root/sbin/init && -L $root/bin/cttyhack && -L $root/bin/sh && -L $root/sbin/modprobe ]] ||
+        die "busybox-static lacks init, cttyhack, sh or modprobe"
+    # The kernel runs /init from an initramfs: busybox init, by its name.
+    ln -s /bin/busybox "$root/init"
+
+    # Kernel modules the kit loads, with their dependencies, decompressed.
+    KIT_MODULES=(virtio_pci virtio_blk virtio_net virtio_console virtio_rng)
+    kmods=$root/lib/modules/$kernel_release
+    mkdir -p "$kmods"
+    declare -A seen=()
+    for m in "${KIT_MODULES[@]}"; do
+        deps=$(modprobe -d "$build/k" -S "$kernel_release" --show-depends --ignore-install "$m" 2>&1) ||
+            die "cannot resolve module $m: $deps"
+        while read -r verb path _; do
+            [[ $verb == insmod && -z ${seen[$path]:-} ]] || continue
+            seen[$path]=1
+            rel=${path#"$build/k/lib/modules/$kernel_release/"}
+            mkdir -p "$kmods/$(dirname "$rel")"
+            case $rel in
+            *.ko) cp "$path" "$kmods/$rel" ;;
+            *.ko.xz) xz -dc "$path" >"$kmods/${rel%.xz}" ;;
+            *.ko.zst) zstd -qdc "$path" >"$kmods/${rel%.zst}" ;;
+            *.ko.gz) gzip -dc "$path" >"$kmods/${rel%.gz}" ;;
+            *) die "unexpected module file $rel" ;;
+            esac
+        done <<<"$deps"
+    done
+    for f in modules.builtin modules.builtin.modinfo; do
+        [[ ! -f $build/k/lib/modules/$kernel_release/$f ]] ||
+            cp "$build/k/lib/modules/$kernel_release/$f" "$kmods/"
+    done
+    depmod -b "$root" "$kernel_release" || die "depmod failed on the initramfs tree"
+    # Busybox modprobe reads the text files; the binary indexes are dead weight.
+    rm -f "$kmods"/*.bin "$kmods/modules.builtin.modinfo"
+    printf '%s\n' "${KIT_MODULES[@]}" >"$root/etc/modules"
+
+    cat >"$root/etc/inittab" <<'EOF'
+# Hangar guest kit: busybox init.
+::sysinit:/etc/init.d/rcS
+# A job-control shell on the console (cttyhack finds the real tty).
+::respawn:/bin/cttyhack /bin/sh -l
+# The VMM's graceful stop sends Ctrl+Alt+Del through the emulated keyboard.
+::ctrlaltdel:/sbin/reboot
+::shutdown:/etc/init.d/rcK
+EOF
+
+    cat >"$root/etc/init.d/rcS" <<'EOF'
+#!/bin/sh
+# Hangar guest kit: system start, run once by busybox init.
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+# Init marker for the VMM: byte 1 to the debug port 0x402 (= 1026).
+printf '\001' | dd of=/dev/port bs=1 seek=1026 count=1 conv=notrunc 2>/dev/null
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts
+mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
+hostname -F /etc/hostname
+ip link set lo up 2>/dev/null
+failed=
+for m in $(cat /etc/modules); do
+    modprobe "$m" 2>/dev/null || failed="$failed $m"
+done
+[ -z "$failed" ] || echo "hangar: modules that failed to load:$failed"
+echo "Hangar guest ready (kernel $(uname -r))"
+echo "Type 'reboot' to stop the machine."
+EOF
+
+    cat >"$root/etc/init.d/rcK" <<'EOF'
+#!/bin/sh
+# Hangar guest kit: system stop, run by busybox init before reboot.
+sync
+umount -a -r 2>/dev/null
+exit 0
+EOF
+    chmod 0755 "$root/etc/init.d/rcS" "$root/etc/init.d/rcK"
+
+    echo hangar >"$root/etc/hostname"
+    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
+    printf 'root:x:0:\ntty:x:5:\n' >"$root/etc/group"
+    cat >"$root/etc/profile" <<'EOF'
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+export HOME=/root
+export PS1='\h:\w\$ '
+cd "$HOME"
+EOF
+
+    # ---- pack: the tree, then /dev/console (a device node needs no root in
+    # a hand-written newc entry), in one gzip stream.
+    newc_entry() { # name mode rdev_major rdev_minor inode
+        local name=$1 mode=$2 maj=$3 min=$4 ino=$5 namesize=$((${#1} + 1))
+        printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
+            "$ino" "$mode" 0 0 1 0 0 0 0 "$maj" "$min" "$namesize" 0
+        printf '%s\0' "$name"
+        local pad=$(((4 - (110 + namesize) % 4) % 4))
+        ((pad == 0)) || head -c "$pad" /dev/zero
+    }
+    initrd_new=$build/initramfs.cpio.gz
+    {
+        (cd "$root" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
+            cpio --null -o -H newc -R 0:0 --reproducible --quiet)
+        newc_entry dev/console $((8#020600)) 5 1 $((0x7fffff00))
+        newc_entry 'TRAILER!!!' 0 0 0 0
+    } | gzip -9 -n >"$initrd_new" || die "cannot pack the initramfs"
+
+    # ---- the kernel: the bzImage, and the vmlinux inside it (ELF, PVH note).
+    kernel=$build/k/boot/vmlinuz-$kernel_release
+    cp "$kernel" "$build/vmlinuz"
+    extract_vmlinux() { # bzImage out
+        local img=$1 out=$2
+        le32() { od -An -t u4 -j "$2" -N 4 "$1" | tr -d ' '; }
+        [[ $(od -An -c -j 514 -N 4 "$img" | tr -d ' ') == HdrS ]] || return 1
+        local setup_sects pm payload_offset payload_length
+        setup_sects=$(od -An -t u1 -j 497 -N 1 "$img" | tr -d ' ')
+        ((setup_sects > 0)) || setup_sects=4
+        pm=$(((setup_sects + 1) * 512))
+        payload_offset=$(le32 "$img" 584)
+        payload_length=$(le32 "$img" 588)
+        local magic
+        magic=$(od -An -t x1 -j $((pm + payload_offset)) -N 4 "$img" | tr -d ' ')
+        local payload=(tail -c +$((pm + payload_offset + 1)) "$img")
+        case $magic in
+        fd377a58) "${payload[@]}" | head -c "$payload_length" | xz -dc --single-stream >"$out" 2>/dev/null ;;
+        28b52ffd) "${payload[@]}" | head -c $((payload_length - 4)) | zstd -qdc >"$out" 2>/dev/null ;;
+        1f8b08*) "${payload[@]}" | head -c "$payload_length" | gzip -dc >"$out" 2>/dev/null ;;
+        *) return 1 ;;
+        esac
+        [[ $(od -An -t x1 -N 4 "$out" | tr -d ' ') == 7f454c46 ]]
+    }
+    vmlinux_note="vmlinux"
+    if ! extract_vmlinux "$kernel" "$build/vmlinux"; then
+        rm -f "$build/vmlinux"
+        vmlinux_note="no vmlinux (unknown compression)"
+        log "warning: could not extract vmlinux from the bzImage; the kit has only vmlinuz"
+    fi
+
+    # ---- install atomically: build kit.new, then swap it in.
+    new=$data_dir/kit.new
+    rm -rf "$new"
+    mkdir -p "$new"
+    mv "$build/vmlinuz" "$initrd_new" "$new/"
+    [[ ! -f $build/vmlinux ]] || mv "$build/vmlinux" "$new/"
+    echo "$kernel_release" >"$new/VERSION"
+    echo "$wanted_stamp" >"$new/.stamp"
+    old=$data_dir/kit.old
+    rm -rf "$old"
+    [[ ! -e $kit_dir ]] || mv "$kit_dir" "$old"
+    mv "$new" "$kit_dir"
+    rm -rf "$old"
+    kit_note="built ($vmlinux_note, initramfs $(($(stat -c %s "$kit_dir/initramfs.cpio.gz") / 1024)) KiB)"
+fi
+
+elapsed_ms=$((($(date +%s%N) - start_s) / 1000000))
+echo "$prog: ready in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000)) | cut -c1) s: $pkg_note; kit $(cat "$kit_dir/VERSION") $kit_note in $kit_dir"
