@@ -225,7 +225,9 @@ pub fn detect_kernel_kind(path: &Path) -> Result<KernelKind, ConfigError> {
         }
         let xloadflags = u16::from_le_bytes([head[0x236], head[0x237]]);
         if xloadflags & 1 == 0 {
-            return Err(not_kernel("it is not a 64-bit kernel (no 64-bit entry point)"));
+            return Err(not_kernel(
+                "it is not a 64-bit kernel (no 64-bit entry point)",
+            ));
         }
         return Ok(KernelKind::BzImage);
     }
@@ -295,8 +297,11 @@ fn elf_has_linux_notes(f: &mut File, head: &[u8]) -> io::Result<bool> {
         notes.truncate(got);
         let mut p = 0usize;
         while p + 12 <= notes.len() {
-            let namesz = u32::from_le_bytes([notes[p], notes[p + 1], notes[p + 2], notes[p + 3]]) as usize;
-            let descsz = u32::from_le_bytes([notes[p + 4], notes[p + 5], notes[p + 6], notes[p + 7]]) as usize;
+            let namesz =
+                u32::from_le_bytes([notes[p], notes[p + 1], notes[p + 2], notes[p + 3]]) as usize;
+            let descsz =
+                u32::from_le_bytes([notes[p + 4], notes[p + 5], notes[p + 6], notes[p + 7]])
+                    as usize;
             let name_start = p + 12;
             let name_end = name_start.saturating_add(namesz);
             if name_end > notes.len() {
@@ -389,18 +394,29 @@ mod tests {
         let err = config(junk).validate(&limits()).unwrap_err();
         assert!(matches!(err, ConfigError::NotAKernel { .. }), "{err}");
         let old = temp_file("old-bz", &bzimage_bytes(0x204, 1));
-        assert!(matches!(detect_kernel_kind(&old), Err(ConfigError::NotAKernel { .. })));
+        assert!(matches!(
+            detect_kernel_kind(&old),
+            Err(ConfigError::NotAKernel { .. })
+        ));
         let bz32 = temp_file("bz32", &bzimage_bytes(0x20f, 0));
-        assert!(matches!(detect_kernel_kind(&bz32), Err(ConfigError::NotAKernel { .. })));
+        assert!(matches!(
+            detect_kernel_kind(&bz32),
+            Err(ConfigError::NotAKernel { .. })
+        ));
         let mut arm = elf_bytes(false);
         arm[18] = 183;
         let arm = temp_file("arm", &arm);
-        assert!(matches!(detect_kernel_kind(&arm), Err(ConfigError::NotAKernel { .. })));
+        assert!(matches!(
+            detect_kernel_kind(&arm),
+            Err(ConfigError::NotAKernel { .. })
+        ));
     }
 
     #[test]
     fn test_validate_missing_kernel_returns_unreadable() {
-        let err = config("/nonexistent/vmlinuz".into()).validate(&limits()).unwrap_err();
+        let err = config("/nonexistent/vmlinuz".into())
+            .validate(&limits())
+            .unwrap_err();
         assert!(matches!(err, ConfigError::KernelUnreadable { .. }));
         assert!(err.to_string().contains("/nonexistent/vmlinuz"));
     }
@@ -412,20 +428,41 @@ mod tests {
         c.vcpus = 0;
         assert!(matches!(c.validate(&limits()), Err(ConfigError::NoVcpus)));
         c.vcpus = 9;
-        assert!(matches!(c.validate(&limits()), Err(ConfigError::TooManyVcpus { requested: 9, max: 8 })));
+        assert!(matches!(
+            c.validate(&limits()),
+            Err(ConfigError::TooManyVcpus {
+                requested: 9,
+                max: 8
+            })
+        ));
         c.vcpus = 1;
         c.memory_mib = 0;
-        assert!(matches!(c.validate(&limits()), Err(ConfigError::TooLittleMemory(0))));
+        assert!(matches!(
+            c.validate(&limits()),
+            Err(ConfigError::TooLittleMemory(0))
+        ));
         c.memory_mib = 8192;
-        assert!(matches!(c.validate(&limits()), Err(ConfigError::TooMuchMemory { .. })));
+        assert!(matches!(
+            c.validate(&limits()),
+            Err(ConfigError::TooMuchMemory { .. })
+        ));
         c.memory_mib = 128;
         c.cmdline = "x".repeat(MAX_CMDLINE_LEN);
-        assert!(matches!(c.validate(&limits()), Err(ConfigError::CmdlineTooLong(_))));
+        assert!(matches!(
+            c.validate(&limits()),
+            Err(ConfigError::CmdlineTooLong(_))
+        ));
         c.cmdline = "a\0b".into();
-        assert!(matches!(c.validate(&limits()), Err(ConfigError::CmdlineNul)));
+        assert!(matches!(
+            c.validate(&limits()),
+            Err(ConfigError::CmdlineNul)
+        ));
         c.cmdline.clear();
         c.initrd = Some("/nonexistent/initrd".into());
-        assert!(matches!(c.validate(&limits()), Err(ConfigError::InitrdUnreadable { .. })));
+        assert!(matches!(
+            c.validate(&limits()),
+            Err(ConfigError::InitrdUnreadable { .. })
+        ));
         c.initrd = None;
         assert_eq!(c.validate(&limits()).unwrap(), KernelKind::BzImage);
     }

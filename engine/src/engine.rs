@@ -6,8 +6,6 @@
 //! the rest to the VM's own threads, which report through [`Event`]s and call
 //! the waker after each one.
 
-#![cfg_attr(not(feature = "vmm"), allow(unused_imports, dead_code))]
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender};
@@ -19,7 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, HostLimits, VmConfig};
 use crate::host::{HostCapability, HostProbe};
-#[cfg(feature = "vmm")]
 use crate::vmm::vm::{spawn_vm, ControlMsg, VmRequest};
 
 /// Names a VM; chosen by the caller (the app uses its machine id).
@@ -214,8 +211,6 @@ pub enum EngineError {
     Spawn(#[source] std::io::Error),
 }
 
-
-#[cfg(feature = "vmm")]
 /// Sends events and wakes the caller.
 #[derive(Clone)]
 pub(crate) struct EventSink {
@@ -223,7 +218,6 @@ pub(crate) struct EventSink {
     waker: Arc<dyn Fn() + Send + Sync>,
 }
 
-#[cfg(feature = "vmm")]
 impl EventSink {
     pub(crate) fn emit(&self, event: Event) {
         // A caller that dropped its receiver no longer listens; the VM goes on.
@@ -233,20 +227,17 @@ impl EventSink {
     }
 }
 
-#[cfg(feature = "vmm")]
 struct VmHandle {
     tx: Sender<ControlMsg>,
     thread: Option<JoinHandle<()>>,
 }
 
-#[cfg(feature = "vmm")]
 impl VmHandle {
     fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 }
 
-#[cfg(feature = "vmm")]
 /// Runs VMs. One per process is enough; it can run many VMs at once.
 pub struct Engine {
     sink: EventSink,
@@ -254,7 +245,6 @@ pub struct Engine {
     vms: HashMap<VmId, VmHandle>,
 }
 
-#[cfg(feature = "vmm")]
 impl Engine {
     /// A new engine. `waker` is called after every event (the GUI maps it to
     /// a repaint request); events are read from the returned receiver.
@@ -320,8 +310,15 @@ impl Engine {
             }
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        let thread = spawn_vm(id.clone(), config, kind, self.sink.clone(), (tx.clone(), rx), accepted)
-            .map_err(EngineError::Spawn)?;
+        let thread = spawn_vm(
+            id.clone(),
+            config,
+            kind,
+            self.sink.clone(),
+            (tx.clone(), rx),
+            accepted,
+        )
+        .map_err(EngineError::Spawn)?;
         self.vms.insert(
             id,
             VmHandle {
@@ -334,7 +331,10 @@ impl Engine {
 
     fn request(&mut self, id: &VmId, request: VmRequest) -> Result<(), EngineError> {
         self.reap();
-        let vm = self.vms.get(id).ok_or_else(|| EngineError::UnknownVm(id.clone()))?;
+        let vm = self
+            .vms
+            .get(id)
+            .ok_or_else(|| EngineError::UnknownVm(id.clone()))?;
         vm.tx
             .send(ControlMsg::Request(request))
             .map_err(|_| EngineError::VmGone(id.clone()))
@@ -356,7 +356,6 @@ impl Engine {
     }
 }
 
-#[cfg(feature = "vmm")]
 impl Drop for Engine {
     /// Stop every VM by force and wait: guests never outlive the engine.
     fn drop(&mut self) {

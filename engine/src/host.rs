@@ -89,7 +89,9 @@ impl HostProbe {
     /// Probe with these paths.
     pub fn run(&self) -> HostCapability {
         if let Err(e) = kvm_ioctls::Kvm::new_with_path(
-            std::ffi::CString::new(self.kvm_device).unwrap_or_default().as_c_str(),
+            std::ffi::CString::new(self.kvm_device)
+                .unwrap_or_default()
+                .as_c_str(),
         ) {
             let reason = if Path::new(self.kvm_device).exists() {
                 format!("{} cannot be opened: {e}", self.kvm_device)
@@ -142,13 +144,20 @@ mod tests {
         let cap = classify("flags\t: fpu sse2 vmx\n", |m| m == "kvm_pvm");
         assert!(matches!(cap, HostCapability::SoftwareKvm { .. }));
         assert!(!cap.can_run_linux());
-        assert!(cap.summary().contains("no hardware virtualization (VT-x/AMD-V)"));
+        assert!(cap
+            .summary()
+            .contains("no hardware virtualization (VT-x/AMD-V)"));
     }
 
     #[test]
     fn test_classify_svm_and_vmx_are_hardware() {
         let amd = classify("flags\t: fpu svm npt\n", |_| false);
-        assert_eq!(amd, HostCapability::HardwareKvm { technology: "AMD-V".into() });
+        assert_eq!(
+            amd,
+            HostCapability::HardwareKvm {
+                technology: "AMD-V".into()
+            }
+        );
         let intel = classify("flags\t: fpu vmx ept\n", |_| false);
         assert!(intel.can_run_linux());
         assert!(intel.linux_refusal().is_none());

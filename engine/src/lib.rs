@@ -10,11 +10,9 @@ pub mod devices;
 pub mod engine;
 pub mod host;
 pub mod kit;
-pub mod vmm;
+pub(crate) mod vmm;
 
 pub use config::{ConfigError, KernelKind, VmConfig};
-#[cfg(feature = "vmm")]
-pub use engine::Engine;
-pub use engine::{Command, EngineError, Event, ExitReason, VmId, VmState};
+pub use engine::{Command, Engine, EngineError, Event, ExitReason, VmId, VmState};
 pub use host::{HostCapability, HostProbe};
 pub use kit::{DefaultKit, KitError};

@@ -75,10 +75,18 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         bail!("--runs must be at least 1");
     }
     let (kernel, initrd, cmdline) = match &args.kernel {
-        Some(k) => (k.clone(), args.initrd.clone(), "console=ttyS0 reboot=k panic=-1 quiet".to_string()),
+        Some(k) => (
+            k.clone(),
+            args.initrd.clone(),
+            "console=ttyS0 reboot=k panic=-1 quiet".to_string(),
+        ),
         None => {
             let kit = DefaultKit::locate().context("cannot use the default guest kit")?;
-            (kit.kernel, Some(kit.initrd), hangar_engine::kit::DEFAULT_CMDLINE.to_string())
+            (
+                kit.kernel,
+                Some(kit.initrd),
+                hangar_engine::kit::DEFAULT_CMDLINE.to_string(),
+            )
         }
     };
     let cap = HostProbe::probe();
@@ -86,7 +94,10 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     println!(
         "guest: {} {} {} MiB, {} runs per VMM",
         kernel.display(),
-        initrd.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        initrd
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         args.memory,
         args.runs
     );
@@ -96,12 +107,21 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let mut ours = Vec::new();
     for i in 0..args.runs {
         let mut cmd = Command::new(&exe);
-        cmd.args(["run", "--timings", "--memory", &args.memory.to_string(), "--cmdline", &cmdline, "--kernel"])
-            .arg(&kernel);
+        cmd.args([
+            "run",
+            "--timings",
+            "--memory",
+            &args.memory.to_string(),
+            "--cmdline",
+            &cmdline,
+            "--kernel",
+        ])
+        .arg(&kernel);
         if let Some(i) = &initrd {
             cmd.arg("--initrd").arg(i);
         }
-        let s = measure(cmd, args.memory, timeout).with_context(|| format!("hangar run {}", i + 1))?;
+        let s =
+            measure(cmd, args.memory, timeout).with_context(|| format!("hangar run {}", i + 1))?;
         eprintln!("hangar run {}: {s:?}", i + 1);
         ours.push(s);
     }
@@ -117,15 +137,34 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         for i in 0..args.runs {
             let mut cmd = Command::new("qemu-system-x86_64");
             cmd.args([
-                "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-smp", "1", "-nodefaults",
-                "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
+                "-M",
+                "microvm",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host",
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-no-user-config",
+                "-nographic",
+                "-serial",
+                "stdio",
+                "-no-reboot",
             ])
-            .args(["-m", &args.memory.to_string(), "-append", &cmdline, "-kernel"])
+            .args([
+                "-m",
+                &args.memory.to_string(),
+                "-append",
+                &cmdline,
+                "-kernel",
+            ])
             .arg(&kernel);
             if let Some(i) = &initrd {
                 cmd.arg("-initrd").arg(i);
             }
-            let s = measure(cmd, args.memory, timeout).with_context(|| format!("qemu run {}", i + 1))?;
+            let s = measure(cmd, args.memory, timeout)
+                .with_context(|| format!("qemu run {}", i + 1))?;
             eprintln!("qemu run {}: {s:?}", i + 1);
             theirs.push(s);
         }
@@ -134,9 +173,13 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(theirs) = peer {
         println!("ratios (hangar / qemu, lower is better):");
-        ratio("  first serial byte", &ours, &theirs, |s| s.first_serial.map(ms));
+        ratio("  first serial byte", &ours, &theirs, |s| {
+            s.first_serial.map(ms)
+        });
         ratio("  init reached", &ours, &theirs, |s| s.init.map(ms));
-        ratio("  RSS outside guest RAM", &ours, &theirs, |s| s.rss_outside_guest_kib.map(|k| k as f64));
+        ratio("  RSS outside guest RAM", &ours, &theirs, |s| {
+            s.rss_outside_guest_kib.map(|k| k as f64)
+        });
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -162,7 +205,11 @@ fn forward_lines(r: impl Read + Send + 'static, tx: mpsc::Sender<Line>, err: boo
         while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
             let line = String::from_utf8_lossy(&buf).into_owned();
             let now = Instant::now();
-            let msg = if err { Line::Err(line, now) } else { Line::Out(line, now) };
+            let msg = if err {
+                Line::Err(line, now)
+            } else {
+                Line::Out(line, now)
+            };
             if tx.send(msg).is_err() {
                 return;
             }
@@ -173,7 +220,9 @@ fn forward_lines(r: impl Read + Send + 'static, tx: mpsc::Sender<Line>, err: boo
 
 /// Spawn one VMM, time its output, sample its memory at init, kill it.
 fn measure(mut cmd: Command, memory_mib: u32, timeout: Duration) -> anyhow::Result<Sample> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let t0 = Instant::now();
     let mut child = KillOnDrop(cmd.spawn().context("cannot start the VMM")?);
     let (tx, rx) = mpsc::channel();
@@ -202,7 +251,9 @@ fn measure(mut cmd: Command, memory_mib: u32, timeout: Duration) -> anyhow::Resu
             Ok(Line::Err(line, at)) => {
                 if line.starts_with("hangar: vcpus started") {
                     s.setup = Some(at - t0);
-                } else if line.starts_with("hangar: init reached") || line.starts_with("hangar: boot marker") {
+                } else if line.starts_with("hangar: init reached")
+                    || line.starts_with("hangar: boot marker")
+                {
                     s.init = Some(at - t0);
                 } else if line.starts_with("hangar: exited") {
                     bail!("the guest exited before its init: {}", line.trim());
@@ -235,7 +286,8 @@ impl Drop for KillOnDrop {
 /// over all mappings except anonymous ones the size of guest memory (the
 /// VMM's RAM block; QEMU may round it up by a little).
 fn rss_outside_guest(pid: u32, memory_mib: u32) -> anyhow::Result<u64> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).context("cannot read smaps")?;
+    let smaps =
+        std::fs::read_to_string(format!("/proc/{pid}/smaps")).context("cannot read smaps")?;
     let guest = u64::from(memory_mib) * 1024;
     let mut total = 0u64;
     let mut skip = false;
@@ -266,7 +318,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 fn column(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Vec<f64> {
@@ -283,8 +339,16 @@ fn report(name: &str, samples: &[Sample]) {
         ),
         None => println!("{name}: {label}: not measured"),
     };
-    line("set-up (spawn to vCPU entry)", column(samples, |s| s.setup.map(ms)), "ms");
-    line("first serial byte", column(samples, |s| s.first_serial.map(ms)), "ms");
+    line(
+        "set-up (spawn to vCPU entry)",
+        column(samples, |s| s.setup.map(ms)),
+        "ms",
+    );
+    line(
+        "first serial byte",
+        column(samples, |s| s.first_serial.map(ms)),
+        "ms",
+    );
     line("init reached", column(samples, |s| s.init.map(ms)), "ms");
     line(
         "RSS outside guest RAM",
@@ -293,7 +357,12 @@ fn report(name: &str, samples: &[Sample]) {
     );
 }
 
-fn ratio(label: &str, ours: &[Sample], theirs: &[Sample], f: impl Fn(&Sample) -> Option<f64> + Copy) {
+fn ratio(
+    label: &str,
+    ours: &[Sample],
+    theirs: &[Sample],
+    f: impl Fn(&Sample) -> Option<f64> + Copy,
+) {
     match (median(column(ours, f)), median(column(theirs, f))) {
         (Some(a), Some(b)) if b > 0.0 => println!("{label}: {:.2}x", a / b),
         _ => println!("{label}: n/a"),

@@ -61,7 +61,10 @@ impl RunArgs {
             }
             return Ok(config);
         }
-        let kernel = self.kernel.clone().context("--kernel or --default is required")?;
+        let kernel = self
+            .kernel
+            .clone()
+            .context("--kernel or --default is required")?;
         Ok(VmConfig {
             name: kernel
                 .file_name()
@@ -71,7 +74,10 @@ impl RunArgs {
             memory_mib: self.memory.unwrap_or(256),
             kernel,
             initrd: self.initrd.clone(),
-            cmdline: self.cmdline.clone().unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".into()),
+            cmdline: self
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".into()),
         })
     }
 }
@@ -82,7 +88,7 @@ struct RawTerminal;
 impl RawTerminal {
     fn enable() -> Option<Self> {
         let stdin = std::io::stdin();
-        if !stdin.lock().is_tty() {
+        if !std::io::IsTerminal::is_terminal(&stdin) {
             return None;
         }
         stdin.lock().set_raw_mode().ok().map(|_| RawTerminal)
@@ -191,9 +197,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 value, since_start, ..
             } => {
                 if value == MARKER_INIT_REACHED {
-                    eprint!("hangar: init reached after {} ms{nl}", since_start.as_millis());
+                    eprint!(
+                        "hangar: init reached after {} ms{nl}",
+                        since_start.as_millis()
+                    );
                 } else {
-                    eprint!("hangar: boot marker {value} after {} ms{nl}", since_start.as_millis());
+                    eprint!(
+                        "hangar: boot marker {value} after {} ms{nl}",
+                        since_start.as_millis()
+                    );
                 }
             }
             Event::Error {

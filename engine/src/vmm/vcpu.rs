@@ -357,7 +357,9 @@ impl VcpuRunner {
             rip: regs.rip,
             rsp: regs.rsp,
             rflags: regs.rflags,
-            gprs: [regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp],
+            gprs: [
+                regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp,
+            ],
             cr: [sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4],
             efer: sregs.efer,
             cs: sregs.cs.selector,

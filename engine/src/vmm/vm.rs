@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -110,11 +112,7 @@ pub(crate) fn spawn_vm(
     std::thread::Builder::new()
         .name("vm-control".into())
         .spawn(move || {
-            let control = VmControl {
-                id,
-                sink,
-                started,
-            };
+            let control = VmControl { id, sink, started };
             control.run(&config, kind, tx, rx);
         })
 }
@@ -147,7 +145,13 @@ impl VmControl {
         });
     }
 
-    fn run(&self, config: &VmConfig, kind: KernelKind, tx: Sender<ControlMsg>, rx: Receiver<ControlMsg>) {
+    fn run(
+        &self,
+        config: &VmConfig,
+        kind: KernelKind,
+        tx: Sender<ControlMsg>,
+        rx: Receiver<ControlMsg>,
+    ) {
         self.state(VmState::Starting);
         let reason = match build(config, kind, &tx) {
             Ok(mut machine) => {
@@ -186,6 +190,7 @@ impl VmControl {
         let mut paused_acks = 0usize;
         let mut pause_wanted = false;
         let mut stop_deadline: Option<Instant> = None;
+        let mut last_tick = Instant::now();
         loop {
             let msg = match rx.recv_timeout(TICK) {
                 Ok(msg) => Some(msg),
@@ -228,7 +233,8 @@ impl VmControl {
                     VmRequest::SerialInput(bytes) => pending_input.extend_from_slice(&bytes),
                 },
                 Some(ControlMsg::Vcpu(report)) => match report {
-                    VcpuReport::Paused(_) => {
+                    VcpuReport::Paused(index) => {
+                        log::debug!("{}: vcpu{index} paused", self.id);
                         paused_acks += 1;
                         if pause_wanted && paused_acks == m.vcpus.len() {
                             self.state(VmState::Paused);
@@ -243,7 +249,10 @@ impl VmControl {
                         log::warn!(
                             "{}: {message}{}",
                             self.id,
-                            registers.as_ref().map(|r| format!(" [{r}]")).unwrap_or_default()
+                            registers
+                                .as_ref()
+                                .map(|r| format!(" [{r}]"))
+                                .unwrap_or_default()
                         );
                         self.emit(Event::Error {
                             id: self.id.clone(),
@@ -256,6 +265,10 @@ impl VmControl {
                     }
                 },
                 None => {}
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                m.devices.tick();
             }
             if !pending_input.is_empty() {
                 let taken = m.devices.serial_input(&pending_input);
@@ -274,12 +287,17 @@ impl VmControl {
             VcpuOutcome::Reset => ExitReason::GuestReset,
             VcpuOutcome::PowerOff(_) if stopping => ExitReason::Stopped { forced: false },
             VcpuOutcome::PowerOff(code) => ExitReason::GuestExit(code),
-            VcpuOutcome::Stopped => ExitReason::Failed(format!("vCPU {index} stopped unexpectedly")),
+            VcpuOutcome::Stopped => {
+                ExitReason::Failed(format!("vCPU {index} stopped unexpectedly"))
+            }
             VcpuOutcome::Fault { message, registers } => {
                 log::error!(
                     "{}: {message}{}",
                     self.id,
-                    registers.as_ref().map(|r| format!(" [{r}]")).unwrap_or_default()
+                    registers
+                        .as_ref()
+                        .map(|r| format!(" [{r}]"))
+                        .unwrap_or_default()
                 );
                 self.emit(Event::Error {
                     id: self.id.clone(),
@@ -305,7 +323,9 @@ impl VmControl {
                 Ok(ControlMsg::SerialOutput) => self.flush_serial(m),
                 Ok(_) => {}
                 // Kick again: a signal may have landed between two checks.
-                Err(RecvTimeoutError::Timeout) => m.vcpus.iter().for_each(|v| v.send(VcpuCommand::Exit)),
+                Err(RecvTimeoutError::Timeout) => {
+                    m.vcpus.iter().for_each(|v| v.send(VcpuCommand::Exit))
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -329,13 +349,16 @@ impl VmControl {
 fn build(config: &VmConfig, kind: KernelKind, tx: &Sender<ControlMsg>) -> Result<Machine, VmError> {
     let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS).map_err(kvm_err("set the TSS address"))?;
-    vm.create_irq_chip().map_err(kvm_err("create the interrupt controllers"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("set the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("create the interrupt controllers"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).map_err(kvm_err("create the PIT timer"))?;
+    vm.create_pit2(pit)
+        .map_err(kvm_err("create the PIT timer"))?;
 
     let memory = boot::create_guest_memory(config.memory_mib)?;
     for (slot, region) in memory.iter().enumerate() {
@@ -383,12 +406,15 @@ fn build(config: &VmConfig, kind: KernelKind, tx: &Sender<ControlMsg>) -> Result
         .map_err(kvm_err("report its supported CPUID"))?;
     let mut fds = Vec::with_capacity(usize::from(config.vcpus));
     for index in 0..config.vcpus {
-        let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("create a vCPU"))?;
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("create a vCPU"))?;
         boot::configure_vcpu(&fd, &cpuid, index, config.vcpus, &setup)?;
         fds.push(fd);
     }
 
-    install_kick_handler().map_err(|e| VmError::Spawn(std::io::Error::from_raw_os_error(e.errno())))?;
+    install_kick_handler()
+        .map_err(|e| VmError::Spawn(std::io::Error::from_raw_os_error(e.errno())))?;
     let mut vcpus = Vec::with_capacity(fds.len());
     for (index, fd) in fds.into_iter().enumerate() {
         let tx = tx.clone();
