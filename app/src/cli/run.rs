@@ -9,6 +9,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
@@ -19,6 +20,14 @@ use vmm_sys_util::terminal::Terminal;
 
 /// Ctrl-A, then `x`, leaves (as in QEMU) when stdin is a terminal.
 const ESCAPE: u8 = 0x01;
+
+/// SIGINT/SIGTERM received so far. The first asks the guest to shut down,
+/// the second stops it by force, like `docker stop` then `docker kill`.
+static STOP_SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_stop_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    STOP_SIGNALS.fetch_add(1, Ordering::SeqCst);
+}
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -43,7 +52,8 @@ pub struct RunArgs {
     /// Print set-up timings to stderr (used by `hangar bench`).
     #[arg(long, hide = true)]
     timings: bool,
-    /// Seconds the guest gets to shut down after Ctrl-A x before it is forced.
+    /// Seconds the guest gets to shut down (after Ctrl-A x, SIGINT or
+    /// SIGTERM) before it is stopped by force.
     #[arg(long, default_value_t = 10)]
     stop_timeout: u64,
 }
@@ -116,8 +126,11 @@ fn spawn_stdin_reader(raw: bool, tx: mpsc::Sender<Input>) -> anyhow::Result<()> 
             let mut escape_pending = false;
             loop {
                 let n = match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) => return,
                     Ok(n) => n,
+                    // SIGINT/SIGTERM may land on this thread.
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return,
                 };
                 let mut out = Vec::with_capacity(n);
                 for &b in &buf[..n] {
@@ -163,10 +176,31 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let (input_tx, input_rx) = mpsc::channel();
     spawn_stdin_reader(raw.is_some(), input_tx)?;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        vmm_sys_util::signal::register_signal_handler(sig, on_stop_signal)
+            .context("cannot install the stop signal handler")?;
+    }
+    let mut stops_sent = 0;
 
     let mut stdout = std::io::stdout().lock();
     let nl = if raw.is_some() { "\r\n" } else { "\n" };
     loop {
+        let stops = STOP_SIGNALS.load(Ordering::SeqCst);
+        if stops > stops_sent {
+            stops_sent = stops;
+            let timeout = if stops == 1 {
+                eprint!("hangar: asking the guest to shut down (again to force){nl}");
+                Duration::from_secs(args.stop_timeout)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = engine.execute(Command::Stop {
+                id: id.clone(),
+                timeout,
+            }) {
+                log::debug!("{e}");
+            }
+        }
         while let Ok(input) = input_rx.try_recv() {
             let cmd = match input {
                 Input::Bytes(bytes) => Command::SerialInput {
