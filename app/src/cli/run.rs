@@ -235,7 +235,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         "hangar: init reached after {} ms{nl}",
                         since_start.as_millis()
                     );
-                } else {
+                } else if args.timings {
                     eprint!(
                         "hangar: boot marker {value} after {} ms{nl}",
                         since_start.as_millis()
