@@ -1,0 +1,609 @@
+//! End-to-end tests: real KVM VMs running Hangar's own no-std test guests
+//! (tests/guests), driven only through the engine's command/event API.
+//!
+//! The guests are built once per test process with cargo for
+//! x86_64-unknown-none into target/guests (a target directory of its own, so
+//! the inner cargo does not wait for the outer one's lock). Every test skips,
+//! loudly, when /dev/kvm cannot be opened; anything else that goes wrong is a
+//! failure. Every wait has a deadline: on kvm_pvm each guest instruction runs
+//! through KVM's emulator, so the deadlines are generous, but a hang fails.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hangar_engine::engine::RegisterDump;
+use hangar_engine::{Command, Engine, Event, ExitReason, VmConfig, VmId, VmState};
+
+/// Longest wait for anything a guest should do.
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// Marker the `hello` guest writes.
+const MARKER_HELLO: u8 = 1;
+/// Marker the `spin` guest writes about every 50 ms while it runs.
+const MARKER_PROGRESS: u8 = 2;
+
+/// True if the test may use KVM; otherwise says so loudly (the test then
+/// returns and counts as passed, so the message is the only trace).
+fn kvm_available() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            // Straight to the stderr handle: the test harness captures
+            // `eprintln!` of passing tests, and a skip must be seen.
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let _ = writeln!(
+                std::io::stderr(),
+                "*** SKIPPED: /dev/kvm absent ({e}): {test} did not run ***"
+            );
+            false
+        }
+    }
+}
+
+macro_rules! require_kvm {
+    () => {
+        if !kvm_available() {
+            return;
+        }
+    };
+}
+
+/// Build the guests once; the directory holding their ELF files.
+fn guests_dir() -> &'static Path {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match DIR.get_or_init(build_guests) {
+        Ok(dir) => dir,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn build_guests() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("the engine crate has no parent directory")?
+        .to_path_buf();
+    let guests = root.join("tests/guests");
+    let target_dir = root.join("target/guests");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let started = Instant::now();
+    // Run inside tests/guests so its .cargo/config.toml applies, and drop the
+    // outer build's flags (coverage, target-cpu=native...), which are meant
+    // for the host, not for a bare-metal guest.
+    let output = std::process::Command::new(&cargo)
+        .current_dir(&guests)
+        .args(["build", "--release", "--target", "x86_64-unknown-none"])
+        .arg("--manifest-path")
+        .arg(guests.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building the test guests failed ({}); is the x86_64-unknown-none target installed \
+             (rustup target add x86_64-unknown-none)?\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    eprintln!("test guests built in {:?}", started.elapsed());
+    Ok(target_dir.join("x86_64-unknown-none/release"))
+}
+
+fn guest(name: &str) -> PathBuf {
+    let path = guests_dir().join(name);
+    assert!(path.is_file(), "guest {} was not built", path.display());
+    path
+}
+
+/// One engine, its events so far, and helpers to wait on them.
+struct Harness {
+    engine: Engine,
+    rx: Receiver<Event>,
+    events: Vec<Event>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let (engine, rx) = Engine::new(|| {});
+        Self {
+            engine,
+            rx,
+            events: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, id: &str, guest_name: &str, vcpus: u8) -> VmId {
+        let id = VmId(id.to_string());
+        let config = VmConfig {
+            name: format!("test {guest_name}"),
+            vcpus,
+            memory_mib: 64,
+            kernel: guest(guest_name),
+            initrd: None,
+            cmdline: String::new(),
+        };
+        self.engine
+            .execute(Command::Start {
+                id: id.clone(),
+                config,
+            })
+            .unwrap_or_else(|e| panic!("starting {guest_name} was refused: {e}"));
+        id
+    }
+
+    fn execute(&mut self, command: Command) {
+        let what = format!("{command:?}");
+        self.engine
+            .execute(command)
+            .unwrap_or_else(|e| panic!("{what} was refused: {e}"));
+    }
+
+    fn type_in(&mut self, id: &VmId, text: &str) {
+        self.execute(Command::SerialInput {
+            id: id.clone(),
+            bytes: text.as_bytes().to_vec(),
+        });
+    }
+
+    /// Receive events until `done` holds; panics with the history on timeout.
+    fn wait(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
+        self.wait_within(what, TIMEOUT, done);
+    }
+
+    fn wait_within(&mut self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(event) => self.events.push(event),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "timed out after {timeout:?} waiting for {what}\n{}",
+                        self.history()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "event channel closed waiting for {what}\n{}",
+                        self.history()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Receive whatever arrives during `period`.
+    fn collect_for(&mut self, period: Duration) {
+        let deadline = Instant::now() + period;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.rx.recv_timeout(left) {
+                Ok(event) => self.events.push(event),
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("event channel closed\n{}", self.history())
+                }
+            }
+        }
+    }
+
+    /// Wait until the VM's console shows `text`; fails at once if it exits first.
+    fn wait_serial(&mut self, id: &VmId, text: &str) {
+        let what = format!("{id} to print {text:?}");
+        self.wait(&what, |h| {
+            if h.serial(id).contains(text) {
+                return true;
+            }
+            if let Some(reason) = h.exit_reason(id) {
+                panic!(
+                    "{id} exited ({reason}) before printing {text:?}\n{}",
+                    h.history()
+                );
+            }
+            false
+        });
+    }
+
+    /// Wait for the VM's `Exited` event and return its reason.
+    fn wait_exit(&mut self, id: &VmId) -> ExitReason {
+        let what = format!("{id} to exit");
+        self.wait(&what, |h| h.exit_reason(id).is_some());
+        self.exit_reason(id).cloned().expect("just waited for it")
+    }
+
+    fn for_vm(&self, id: &VmId) -> impl Iterator<Item = &Event> + '_ {
+        let id = id.clone();
+        self.events.iter().filter(move |e| *event_vm(e) == id)
+    }
+
+    fn serial(&self, id: &VmId) -> String {
+        let mut bytes = Vec::new();
+        for e in self.for_vm(id) {
+            if let Event::SerialOutput { bytes: b, .. } = e {
+                bytes.extend_from_slice(b);
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn exit_reason(&self, id: &VmId) -> Option<&ExitReason> {
+        self.for_vm(id).find_map(|e| match e {
+            Event::Exited { reason, .. } => Some(reason),
+            _ => None,
+        })
+    }
+
+    /// Positions (in `events`) of this VM's markers with this value.
+    fn marker_positions(&self, id: &VmId, value: u8) -> Vec<usize> {
+        self.events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                matches!(e, Event::BootMarker { id: i, value: v, .. } if i == id && *v == value)
+            })
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Position of this VM's last change to `state`.
+    fn last_state(&self, id: &VmId, state: VmState) -> Option<usize> {
+        self.events.iter().rposition(
+            |e| matches!(e, Event::StateChanged { id: i, state: s } if i == id && *s == state),
+        )
+    }
+
+    fn errors(&self, id: &VmId) -> Vec<(&str, Option<&RegisterDump>)> {
+        self.for_vm(id)
+            .filter_map(|e| match e {
+                Event::Error {
+                    message, registers, ..
+                } => Some((message.as_str(), registers.as_ref())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn history(&self) -> String {
+        let mut s = String::from("events so far:\n");
+        for e in &self.events {
+            match e {
+                Event::SerialOutput { id, bytes } => s.push_str(&format!(
+                    "  {id}: serial {:?}\n",
+                    String::from_utf8_lossy(bytes)
+                )),
+                other => s.push_str(&format!("  {other:?}\n")),
+            }
+        }
+        s
+    }
+
+    /// Checks that hold for every VM that ran to its end.
+    fn assert_clean_end(&self, id: &VmId) {
+        let mine: Vec<&Event> = self.for_vm(id).collect();
+        assert!(
+            matches!(mine.last(), Some(Event::Exited { .. })),
+            "Exited must be {id}'s last event\n{}",
+            self.history()
+        );
+        assert!(
+            mine.iter().any(|e| matches!(
+                e,
+                Event::StateChanged {
+                    state: VmState::Running,
+                    ..
+                }
+            )),
+            "{id} never reported Running\n{}",
+            self.history()
+        );
+        assert!(
+            mine.iter().any(|e| matches!(
+                e,
+                Event::StateChanged {
+                    state: VmState::Stopped,
+                    ..
+                }
+            )),
+            "{id} never reported Stopped\n{}",
+            self.history()
+        );
+    }
+}
+
+fn event_vm(e: &Event) -> &VmId {
+    match e {
+        Event::StateChanged { id, .. }
+        | Event::Started { id, .. }
+        | Event::SerialOutput { id, .. }
+        | Event::BootMarker { id, .. }
+        | Event::Error { id, .. }
+        | Event::Exited { id, .. } => id,
+    }
+}
+
+#[test]
+fn hello_prints_marks_and_exits_zero() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("hello", "hello", 1);
+    let reason = h.wait_exit(&vm);
+    assert_eq!(reason, ExitReason::GuestExit(0), "{}", h.history());
+    assert_eq!(h.serial(&vm), "hello from guest\n", "{}", h.history());
+    assert_eq!(
+        h.marker_positions(&vm, MARKER_HELLO).len(),
+        1,
+        "{}",
+        h.history()
+    );
+    assert!(h.errors(&vm).is_empty(), "{}", h.history());
+    assert!(
+        h.for_vm(&vm).any(|e| matches!(e, Event::Started { .. })),
+        "no Started event\n{}",
+        h.history()
+    );
+    h.assert_clean_end(&vm);
+}
+
+#[test]
+fn typed_input_is_echoed_uppercase_and_q_exits_seven() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("echo", "echo", 1);
+    h.wait_serial(&vm, "ready\n");
+    h.type_in(&vm, "Hello, Hangar 42!");
+    h.wait_serial(&vm, "HELLO, HANGAR 42!");
+    h.type_in(&vm, "ok q");
+    let reason = h.wait_exit(&vm);
+    assert_eq!(reason, ExitReason::GuestExit(7), "{}", h.history());
+    assert_eq!(
+        h.serial(&vm),
+        "ready\nHELLO, HANGAR 42!OK ",
+        "{}",
+        h.history()
+    );
+    h.assert_clean_end(&vm);
+}
+
+#[test]
+fn serial_interrupt_reaches_a_halted_guest() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("echo-irq", "echo-irq", 1);
+    h.wait_serial(&vm, "ready\n");
+    // The guest sleeps in `hlt` between bytes: only the serial interrupt
+    // (an irqfd into the in-kernel IOAPIC) can wake it, each time.
+    h.type_in(&vm, "abc");
+    h.wait_serial(&vm, "ABC");
+    h.type_in(&vm, "xyz");
+    h.wait_serial(&vm, "ABCXYZ");
+    h.type_in(&vm, "q");
+    let reason = h.wait_exit(&vm);
+    assert_eq!(reason, ExitReason::GuestExit(7), "{}", h.history());
+    assert_eq!(h.serial(&vm), "ready\nABCXYZ", "{}", h.history());
+    h.assert_clean_end(&vm);
+}
+
+fn smp_brings_up(vcpus: u8) {
+    let mut h = Harness::new();
+    let vm = h.start(&format!("smp{vcpus}"), "smp", vcpus);
+    let reason = h.wait_exit(&vm);
+    let out = h.serial(&vm);
+    assert_eq!(reason, ExitReason::GuestExit(0), "{out}\n{}", h.history());
+    for cpu in 0..vcpus {
+        assert!(
+            out.contains(&format!("cpu {cpu} up\n")),
+            "cpu {cpu} missing:\n{out}"
+        );
+    }
+    assert_eq!(out.matches(" up\n").count(), usize::from(vcpus), "{out}");
+    assert!(out.ends_with(&format!("cpus: {vcpus}\n")), "{out}");
+    assert!(h.errors(&vm).is_empty(), "{}", h.history());
+    h.assert_clean_end(&vm);
+}
+
+#[test]
+fn smp_two_vcpus_all_come_up() {
+    require_kvm!();
+    smp_brings_up(2);
+}
+
+#[test]
+fn smp_four_vcpus_all_come_up() {
+    require_kvm!();
+    smp_brings_up(4);
+}
+
+#[test]
+fn pause_freezes_the_guest_and_resume_lets_it_go_on() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("spin-pause", "spin", 1);
+    h.wait_serial(&vm, "spinning\n");
+    h.wait("a first progress marker", |h| {
+        !h.marker_positions(&vm, MARKER_PROGRESS).is_empty()
+    });
+
+    h.execute(Command::Pause(vm.clone()));
+    h.wait("the Paused state", |h| {
+        h.last_state(&vm, VmState::Paused).is_some()
+    });
+    let paused_at = h.last_state(&vm, VmState::Paused).expect("waited for it");
+    // Markers are reported by the vCPU before it acknowledges the pause, so
+    // none may follow the Paused event. The guest writes one every ~50 ms.
+    h.collect_for(Duration::from_millis(800));
+    let while_paused = h
+        .marker_positions(&vm, MARKER_PROGRESS)
+        .into_iter()
+        .filter(|&p| p > paused_at)
+        .count();
+    assert_eq!(while_paused, 0, "progress while paused\n{}", h.history());
+    assert!(h.exit_reason(&vm).is_none(), "{}", h.history());
+
+    h.execute(Command::Resume(vm.clone()));
+    h.wait("progress after resume", |h| {
+        let resumed = h
+            .last_state(&vm, VmState::Running)
+            .filter(|&r| r > paused_at);
+        resumed.is_some_and(|r| {
+            h.marker_positions(&vm, MARKER_PROGRESS)
+                .iter()
+                .any(|&p| p > r)
+        })
+    });
+
+    h.execute(Command::Stop {
+        id: vm.clone(),
+        timeout: Duration::ZERO,
+    });
+    assert_eq!(
+        h.wait_exit(&vm),
+        ExitReason::Stopped { forced: true },
+        "{}",
+        h.history()
+    );
+    h.assert_clean_end(&vm);
+}
+
+#[test]
+fn stop_with_zero_timeout_forces() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("spin-stop", "spin", 1);
+    h.wait_serial(&vm, "spinning\n");
+    h.execute(Command::Stop {
+        id: vm.clone(),
+        timeout: Duration::ZERO,
+    });
+    assert_eq!(
+        h.wait_exit(&vm),
+        ExitReason::Stopped { forced: true },
+        "{}",
+        h.history()
+    );
+    h.assert_clean_end(&vm);
+}
+
+#[test]
+fn stop_ignored_by_the_guest_is_forced_after_the_timeout() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("spin-stop-timeout", "spin", 1);
+    h.wait_serial(&vm, "spinning\n");
+    let asked = Instant::now();
+    h.execute(Command::Stop {
+        id: vm.clone(),
+        timeout: Duration::from_secs(1),
+    });
+    // `spin` never reads its keyboard, so Ctrl+Alt+Del goes unanswered.
+    assert_eq!(
+        h.wait_exit(&vm),
+        ExitReason::Stopped { forced: true },
+        "{}",
+        h.history()
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "forced after only {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        h.last_state(&vm, VmState::Stopping).is_some(),
+        "no Stopping state\n{}",
+        h.history()
+    );
+    h.assert_clean_end(&vm);
+}
+
+#[test]
+fn triple_fault_fails_one_vm_and_spares_its_neighbour() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let bystander = h.start("bystander", "echo", 1);
+    h.wait_serial(&bystander, "ready\n");
+    let faulty = h.start("faulty", "fault-triple", 1);
+
+    let reason = h.wait_exit(&faulty);
+    assert!(
+        matches!(&reason, ExitReason::Failed(why) if why.contains("triple")),
+        "{reason:?}\n{}",
+        h.history()
+    );
+    assert!(h.serial(&faulty).contains("faulting\n"), "{}", h.history());
+    let errors = h.errors(&faulty);
+    let (message, registers) = errors
+        .iter()
+        .find(|(m, _)| m.contains("triple"))
+        .unwrap_or_else(|| panic!("no triple-fault Error event\n{}", h.history()));
+    let regs = registers.unwrap_or_else(|| panic!("no registers with {message:?}"));
+    assert_eq!(regs.vcpu, 0);
+    assert_eq!(regs.cs, 0x10, "{regs}");
+    let [_cr0, _cr2, cr3, _cr4] = regs.cr;
+    assert_eq!(cr3, 0x1000, "{regs}");
+    assert_ne!(regs.efer & (1 << 10), 0, "not in long mode: {regs}");
+    assert!(
+        (0x10_0000..0x20_0000).contains(&regs.rip),
+        "rip outside the guest image: {regs}"
+    );
+    h.assert_clean_end(&faulty);
+
+    // The neighbour neither noticed nor stopped.
+    assert!(h.exit_reason(&bystander).is_none(), "{}", h.history());
+    assert!(h.errors(&bystander).is_empty(), "{}", h.history());
+    h.type_in(&bystander, "still here q");
+    assert_eq!(
+        h.wait_exit(&bystander),
+        ExitReason::GuestExit(7),
+        "{}",
+        h.history()
+    );
+    assert_eq!(
+        h.serial(&bystander),
+        "ready\nSTILL HERE ",
+        "{}",
+        h.history()
+    );
+    h.assert_clean_end(&bystander);
+}
+
+#[test]
+fn unknown_mmio_is_reported_and_the_guest_goes_on() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("mmio", "fault-mmio", 1);
+    let reason = h.wait_exit(&vm);
+    assert_eq!(reason, ExitReason::GuestExit(0), "{}", h.history());
+    assert_eq!(h.serial(&vm), "after mmio\n", "{}", h.history());
+    let errors = h.errors(&vm);
+    assert_eq!(errors.len(), 1, "{}", h.history());
+    let (message, registers) = errors[0];
+    assert!(message.contains("0xd0000000"), "{message}");
+    assert!(registers.is_some(), "no registers with {message:?}");
+    h.assert_clean_end(&vm);
+}
+
+#[test]
+fn i8042_reset_ends_the_vm_as_guest_reset() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("reset", "reset", 1);
+    let reason = h.wait_exit(&vm);
+    assert_eq!(reason, ExitReason::GuestReset, "{}", h.history());
+    assert_eq!(h.serial(&vm), "resetting\n", "{}", h.history());
+    assert!(h.errors(&vm).is_empty(), "{}", h.history());
+    h.assert_clean_end(&vm);
+}
