@@ -124,6 +124,28 @@ impl std::fmt::Display for RegisterDump {
     }
 }
 
+/// One vCPU's counters since the VM started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuStats {
+    /// CPU time of the vCPU thread (guest plus exit handling).
+    pub cpu_time: Duration,
+    /// Exits to the VMM (port I/O, MMIO, signals...).
+    pub exits: u64,
+}
+
+/// A VM's figures, reported about once a second while it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStats {
+    /// Time since the VM's vCPUs started.
+    pub uptime: Duration,
+    /// Per-vCPU counters, by index.
+    pub vcpus: Vec<VcpuStats>,
+    /// Guest RAM the host has actually backed with memory, in bytes.
+    pub guest_resident_bytes: u64,
+    /// Guest RAM size in bytes.
+    pub guest_memory_bytes: u64,
+}
+
 /// What the engine reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -141,6 +163,13 @@ pub enum Event {
         /// Time from the Start command to the vCPU threads' launch: memory,
         /// devices, kernel loading and vCPU set-up.
         setup: Duration,
+    },
+    /// Periodic figures of a running VM.
+    Stats {
+        /// Which VM.
+        id: VmId,
+        /// The figures.
+        stats: VmStats,
     },
     /// Bytes the guest wrote to its serial console.
     SerialOutput {

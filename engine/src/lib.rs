@@ -13,6 +13,8 @@ pub mod kit;
 pub(crate) mod vmm;
 
 pub use config::{ConfigError, KernelKind, VmConfig};
-pub use engine::{Command, Engine, EngineError, Event, ExitReason, VmId, VmState};
+pub use engine::{
+    Command, Engine, EngineError, Event, ExitReason, VcpuStats, VmId, VmState, VmStats,
+};
 pub use host::{HostCapability, HostProbe};
 pub use kit::{DefaultKit, KitError};

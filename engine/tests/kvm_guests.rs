@@ -330,6 +330,7 @@ fn event_vm(e: &Event) -> &VmId {
         Event::StateChanged { id, .. }
         | Event::Started { id, .. }
         | Event::SerialOutput { id, .. }
+        | Event::Stats { id, .. }
         | Event::BootMarker { id, .. }
         | Event::Error { id, .. }
         | Event::Exited { id, .. } => id,
@@ -606,4 +607,45 @@ fn i8042_reset_ends_the_vm_as_guest_reset() {
     assert_eq!(h.serial(&vm), "resetting\n", "{}", h.history());
     assert!(h.errors(&vm).is_empty(), "{}", h.history());
     h.assert_clean_end(&vm);
+}
+
+#[test]
+fn running_vm_reports_stats_per_vcpu() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("smp-stats", "spin", 2);
+    h.wait_serial(&vm, "spinning\n");
+    h.wait("a Stats event", |h| {
+        h.events.iter().any(|e| matches!(e, Event::Stats { .. }))
+    });
+    let stats = h
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Stats { stats, .. } => Some(stats.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(stats.vcpus.len(), 2, "{stats:?}");
+    assert_eq!(stats.guest_memory_bytes, 64 << 20);
+    // The spinner's vCPU 0 has exited to us (serial, markers) and burnt CPU;
+    // vCPU 1 waits for a SIPI that never comes, in the kernel, using none.
+    assert!(stats.vcpus[0].exits > 0, "{stats:?}");
+    assert!(stats.vcpus[0].cpu_time > Duration::ZERO, "{stats:?}");
+    assert!(
+        stats.vcpus[1].cpu_time < stats.vcpus[0].cpu_time,
+        "{stats:?}"
+    );
+    // The guest touched its tables, image and stack, but not all of RAM.
+    assert!(stats.guest_resident_bytes > 0, "{stats:?}");
+    assert!(
+        stats.guest_resident_bytes < stats.guest_memory_bytes,
+        "{stats:?}"
+    );
+    assert!(stats.uptime >= Duration::from_millis(900), "{stats:?}");
+    h.execute(Command::Stop {
+        id: vm.clone(),
+        timeout: Duration::ZERO,
+    });
+    assert_eq!(h.wait_exit(&vm), ExitReason::Stopped { forced: true });
 }

@@ -255,7 +255,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     eprint!("hangar: vcpus started after {} us{nl}", setup.as_micros());
                 }
             }
-            Event::StateChanged { .. } => {}
+            Event::StateChanged { .. } | Event::Stats { .. } => {}
             Event::Exited { reason, .. } => {
                 drop(raw);
                 eprintln!("hangar: exited: {reason}");

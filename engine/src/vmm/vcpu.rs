@@ -10,8 +10,10 @@ use std::sync::mpsc::{Receiver, Sender};
 
 /// Where a vCPU sends its reports (the VM's control channel).
 pub(crate) type ReportFn = Box<dyn Fn(VcpuReport) + Send>;
-use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -106,6 +108,7 @@ pub(crate) struct VcpuThread {
     index: u8,
     commands: Sender<VcpuCommand>,
     handle: Option<JoinHandle<()>>,
+    exits: Arc<AtomicU64>,
 }
 
 impl VcpuThread {
@@ -118,6 +121,8 @@ impl VcpuThread {
         reports: ReportFn,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
+        let exits = Arc::new(AtomicU64::new(0));
+        let exit_counter = exits.clone();
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
@@ -129,6 +134,7 @@ impl VcpuThread {
                     reports,
                     commands: rx,
                     mmio_reports: 0,
+                    exits: exit_counter,
                 };
                 let outcome = runner.run();
                 (runner.reports)(VcpuReport::Exited(index, outcome));
@@ -137,7 +143,36 @@ impl VcpuThread {
             index,
             commands: tx,
             handle: Some(handle),
+            exits,
         })
+    }
+
+    /// Exits to the VMM so far.
+    pub(crate) fn exits(&self) -> u64 {
+        self.exits.load(Ordering::Relaxed)
+    }
+
+    /// CPU time the thread has used, read from its per-thread clock, so the
+    /// vCPU loop itself pays nothing for it. None once the thread ended.
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
+        use std::os::unix::thread::JoinHandleExt;
+        let handle = self.handle.as_ref().filter(|h| !h.is_finished())?;
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: the pthread handle belongs to a thread that is not joined
+        // (we own its JoinHandle), and `clock` is a valid out-pointer.
+        let rc = unsafe { libc::pthread_getcpuclockid(handle.as_pthread_t(), &mut clock) };
+        if rc != 0 {
+            return None;
+        }
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `clock` came from pthread_getcpuclockid; `ts` is valid.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+            return None;
+        }
+        Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
     }
 
     /// Send a command and kick the vCPU so it sees it promptly.
@@ -179,6 +214,7 @@ struct VcpuRunner {
     reports: ReportFn,
     commands: Receiver<VcpuCommand>,
     mmio_reports: u32,
+    exits: Arc<AtomicU64>,
 }
 
 /// Clears the TLS pointer on every way out of the loop.
@@ -245,6 +281,7 @@ impl VcpuRunner {
             }
             Err(e) => return Some(self.fault(format!("KVM_RUN failed: {e}"))),
         };
+        self.exits.fetch_add(1, Ordering::Relaxed);
         // Copy what we need out of the exit: it borrows the vCPU.
         match exit {
             VcpuExit::IoIn(port, data) => {

@@ -18,13 +18,15 @@ use super::vcpu::{install_kick_handler, VcpuCommand, VcpuOutcome, VcpuReport, Vc
 use crate::config::{KernelKind, VmConfig};
 use crate::devices::bus::lock;
 use crate::devices::manager::{DeviceManager, DeviceManagerError};
-use crate::engine::{Event, EventSink, ExitReason, VmId, VmState};
+use crate::engine::{Event, EventSink, ExitReason, VcpuStats, VmId, VmState, VmStats};
 
 /// Where the TSS the hypervisor needs on Intel sits: three pages just below
 /// the BIOS area at the top of the 32-bit space, inside the MMIO gap.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// How often the control thread looks at timers and queued input.
 const TICK: Duration = Duration::from_millis(20);
+/// How often a running VM reports its figures.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the vCPUs get to leave after being told to.
 const VCPU_EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -121,7 +123,7 @@ pub(crate) fn spawn_vm(
 struct Machine {
     // Kept alive for the vCPUs: the VM fd and the guest memory mapping.
     _vm: VmFd,
-    _memory: GuestMemoryMmap,
+    memory: GuestMemoryMmap,
     devices: DeviceManager,
     serial_out: Arc<Mutex<Vec<u8>>>,
     vcpus: Vec<VcpuThread>,
@@ -191,6 +193,8 @@ impl VmControl {
         let mut pause_wanted = false;
         let mut stop_deadline: Option<Instant> = None;
         let mut last_tick = Instant::now();
+        let running_since = Instant::now();
+        let mut last_stats = running_since;
         loop {
             let msg = match rx.recv_timeout(TICK) {
                 Ok(msg) => Some(msg),
@@ -269,6 +273,13 @@ impl VmControl {
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 m.devices.tick();
+            }
+            if last_stats.elapsed() >= STATS_INTERVAL {
+                last_stats = Instant::now();
+                self.emit(Event::Stats {
+                    id: self.id.clone(),
+                    stats: stats(m, running_since.elapsed()),
+                });
             }
             if !pending_input.is_empty() {
                 let taken = m.devices.serial_input(&pending_input);
@@ -443,11 +454,53 @@ fn build(config: &VmConfig, kind: KernelKind, tx: &Sender<ControlMsg>) -> Result
     }
     Ok(Machine {
         _vm: vm,
-        _memory: memory,
+        memory,
         devices,
         serial_out,
         vcpus,
     })
+}
+
+fn stats(m: &Machine, uptime: Duration) -> VmStats {
+    VmStats {
+        uptime,
+        vcpus: m
+            .vcpus
+            .iter()
+            .map(|v| VcpuStats {
+                cpu_time: v.cpu_time().unwrap_or_default(),
+                exits: v.exits(),
+            })
+            .collect(),
+        guest_resident_bytes: resident_bytes(&m.memory),
+        guest_memory_bytes: m.memory.iter().map(|r| r.len()).sum(),
+    }
+}
+
+/// How much of guest RAM the host has backed with pages (mincore), i.e.
+/// what the guest really costs the host, as opposed to its configured size.
+fn resident_bytes(memory: &GuestMemoryMmap) -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => return 0,
+    };
+    let mut total = 0u64;
+    let mut vec = Vec::new();
+    for region in memory.iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        vec.resize(len.div_ceil(page), 0u8);
+        // SAFETY: [host, host+len) is one live mapping owned by `memory`
+        // (page aligned, as mmap returns), and `vec` has one byte per page.
+        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if rc == 0 {
+            total += vec.iter().filter(|b| *b & 1 == 1).count() as u64 * page as u64;
+        }
+    }
+    total
 }
 
 /// "outer: inner: innermost", for one-line messages.
