@@ -94,12 +94,21 @@ if [[ $skip_packages == 0 ]]; then
             die "packages missing (${missing[*]}) and sudo is not installed: run this script as root"
         fi
         log "installing: ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        if ! "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+        apt_log=$(mktemp)
+        apt_install() {
+            "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -q --no-install-recommends "${missing[@]}" >"$apt_log" 2>&1
+        }
+        if ! apt_install; then
+            # Perhaps stale or empty package lists: refresh them once.
             apt_update
-            "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-                die "apt-get install ${missing[*]} failed"
+            if ! apt_install; then
+                tail -n 20 "$apt_log" >&2
+                rm -f "$apt_log"
+                die "apt-get install ${missing[*]} failed (see the lines above)"
+            fi
         fi
+        rm -f "$apt_log"
         pkg_note="installed ${#missing[@]} packages"
     else
         pkg_note="${#PACKAGES[@]} packages present"
@@ -109,8 +118,10 @@ fi
 # Run through sudo: the rest (rustup, the kit) belongs to the invoking user.
 if [[ $EUID -eq 0 && -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then
     log "continuing as $SUDO_USER"
-    exec sudo -u "$SUDO_USER" -H -- env \
-        ${HANGAR_DATA_DIR:+HANGAR_DATA_DIR="$HANGAR_DATA_DIR"} \
+    pass_env=()
+    [[ -z ${HANGAR_DATA_DIR:-} ]] || pass_env+=("HANGAR_DATA_DIR=$HANGAR_DATA_DIR")
+    [[ -z ${XDG_DATA_HOME:-} ]] || pass_env+=("XDG_DATA_HOME=$XDG_DATA_HOME")
+    exec sudo -u "$SUDO_USER" -H -- env "${pass_env[@]}" \
         "$0" --skip-packages "${orig_args[@]}"
 fi
 
@@ -147,8 +158,9 @@ done
 
 # Which packages the kit is built from, according to the local apt lists
 # (no network). linux-image-amd64 is a metapackage: resolve it to the image.
-candidate_version() {
-    apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2; exit }'
+candidate_versions() { # packages... -> "package version" lines, one apt-cache call
+    apt-cache policy "$@" 2>/dev/null |
+        awk '/^[^ ].*:$/ { p = substr($1, 1, length($1) - 1) } /Candidate:/ { print p, $2 }'
 }
 resolve_kernel_package() {
     apt-cache depends linux-image-amd64 2>/dev/null |
@@ -167,8 +179,9 @@ fi
 kpkg_ver=""
 bb_ver=""
 if [[ -n $kpkg ]]; then
-    kpkg_ver=$(candidate_version "$kpkg")
-    bb_ver=$(candidate_version busybox-static)
+    versions=$(candidate_versions "$kpkg" busybox-static)
+    kpkg_ver=$(awk -v p="$kpkg" '$1 == p { print $2 }' <<<"$versions")
+    bb_ver=$(awk '$1 == "busybox-static" { print $2 }' <<<"$versions")
 fi
 
 script_sum=$(sha256sum "$0" | cut -c1-16)
@@ -180,7 +193,7 @@ kit_current() {
         log "apt lists do not name a kernel package: keeping the existing kit"
         return 0
     fi
-    [[ $(cat "$kit_dir/.stamp") == "$wanted_stamp" ]]
+    [[ $(cat "$kit_dir/.stamp") == "$wanted_stamp" && $(cat "$kit_dir/VERSION") == "${kpkg#linux-image-}" ]]
 }
 
 kit_note=""
@@ -216,7 +229,7 @@ else
         [[ $EUID -ne 0 ]] || sandbox=(-o APT::Sandbox::User=root)
         (cd "$dl" && apt-get -qq "${sandbox[@]}" download "$pkg=$ver") >&2 ||
             die "apt-get download $pkg=$ver failed (network to the package mirror? apt-get update?)"
-        f=$(ls "$dl/${pkg}"_*.deb 2>/dev/null | head -n1)
+        f=$(ls "$dl/${pkg}"_*.deb 2>/dev/null | head -n1 || true)
         [[ -n $f ]] || die "apt-get download $pkg produced no .deb"
         # Drop older versions of this package from the cache.
         rm -f "$deb_dir/${pkg}"_*.deb
@@ -263,6 +276,7 @@ else
     kmods=$root/lib/modules/$kernel_release
     mkdir -p "$kmods"
     declare -A seen=()
+    order=()
     for m in "${KIT_MODULES[@]}"; do
         deps=$(modprobe -d "$build/k" -S "$kernel_release" --show-depends --ignore-install "$m" 2>&1) ||
             die "cannot resolve module $m: $deps"
@@ -270,6 +284,7 @@ else
             [[ $verb == insmod && -z ${seen[$path]:-} ]] || continue
             seen[$path]=1
             rel=${path#"$build/k/lib/modules/$kernel_release/"}
+            order+=("${rel%.ko*}.ko")
             mkdir -p "$kmods/$(dirname "$rel")"
             case $rel in
             *.ko) cp "$path" "$kmods/$rel" ;;
@@ -284,6 +299,7 @@ else
         [[ ! -f $build/k/lib/modules/$kernel_release/$f ]] ||
             cp "$build/k/lib/modules/$kernel_release/$f" "$kmods/"
     done
+    printf '%s\n' "${order[@]}" >"$kmods/modules.order"
     depmod -b "$root" "$kernel_release" || die "depmod failed on the initramfs tree"
     # Busybox modprobe reads the text files; the binary indexes are dead weight.
     rm -f "$kmods"/*.bin "$kmods/modules.builtin.modinfo"
@@ -320,16 +336,51 @@ for m in $(cat /etc/modules); do
 done
 [ -z "$failed" ] || echo "hangar: modules that failed to load:$failed"
 echo "Hangar guest ready (kernel $(uname -r))"
-echo "Type 'reboot' to stop the machine."
+echo "Type 'reboot' or 'poweroff' to stop the machine."
 EOF
 
     cat >"$root/etc/init.d/rcK" <<'EOF'
 #!/bin/sh
-# Hangar guest kit: system stop, run by busybox init before reboot.
+# Hangar guest kit: system stop, run by busybox init before it reboots or
+# powers off. /dev, /proc and /sys stay mounted for the last step.
 sync
-umount -a -r 2>/dev/null
+awk '$3 !~ /^(rootfs|proc|sysfs|devtmpfs|devpts|tmpfs|ramfs|cgroup2?|debugfs|securityfs)$/ { print $2 }' \
+    /proc/mounts 2>/dev/null | sort -r | while read -r m; do
+    umount "$m" 2>/dev/null || mount -o remount,ro "$m" 2>/dev/null
+done
+sync
+# Hangar has no ACPI: a power-off ends through its exit port instead.
+[ ! -e /run/hangar-poweroff ] || exec /sbin/hangar-exit 0
 exit 0
 EOF
+
+    # poweroff: busybox's would halt the CPU forever on a machine without
+    # ACPI. Mark the request; rcK then stops the VM through the exit port.
+    rm -f "$root/sbin/poweroff"
+    cat >"$root/sbin/poweroff" <<'EOF'
+#!/bin/sh
+# Hangar guest kit: power off. Without -f, init runs rcK, which ends the
+# machine through Hangar's exit port; with -f, end it here.
+for a in "$@"; do
+    [ "$a" != -f ] || exec /sbin/hangar-exit 0
+done
+: >/run/hangar-poweroff
+exec /bin/busybox poweroff "$@"
+EOF
+    cat >"$root/sbin/hangar-exit" <<'EOF'
+#!/bin/sh
+# hangar-exit [STATUS]: stop the machine now with exit STATUS (0-255): one
+# byte to Hangar's exit port 0x403 (= 1027). Elsewhere (e.g. QEMU) it falls
+# back to busybox's own power-off.
+status=${1:-0}
+case $status in *[!0-9]* | '') echo "usage: hangar-exit [0-255]" >&2; exit 2 ;; esac
+[ "$status" -le 255 ] || { echo "usage: hangar-exit [0-255]" >&2; exit 2; }
+sync
+printf "\\$(printf %03o "$status")" | dd of=/dev/port bs=1 seek=1027 count=1 conv=notrunc 2>/dev/null
+sleep 1
+exec /bin/busybox poweroff -f
+EOF
+    chmod 0755 "$root/sbin/poweroff" "$root/sbin/hangar-exit"
     chmod 0755 "$root/etc/init.d/rcS" "$root/etc/init.d/rcK"
 
     echo hangar >"$root/etc/hostname"
@@ -339,7 +390,11 @@ EOF
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 export HOME=/root
 export PS1='\h:\w\$ '
-cd "$HOME"
+export ENV=/etc/profile
+# This busybox shell runs its own applets before searching PATH: route
+# poweroff to the kit's script, which ends the VM through Hangar's exit port.
+poweroff() { /sbin/poweroff "$@"; }
+[ "$PWD" != / ] || cd "$HOME"
 EOF
 
     # ---- pack: the tree, then /dev/console (a device node needs no root in
