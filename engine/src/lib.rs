@@ -10,6 +10,7 @@ pub mod devices;
 pub mod engine;
 pub mod host;
 pub mod kit;
+pub mod store;
 pub(crate) mod vmm;
 
 pub use config::{ConfigError, KernelKind, VmConfig};
@@ -18,3 +19,4 @@ pub use engine::{
 };
 pub use host::{HostCapability, HostProbe};
 pub use kit::{DefaultKit, KitError};
+pub use store::{MachineDefinition, MachineStore, StoredMachine};
