@@ -322,6 +322,7 @@ fn elf_has_linux_notes(f: &mut File, head: &[u8]) -> io::Result<bool> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use vmm_sys_util::tempdir::TempDir;
 
     fn limits() -> HostLimits {
         HostLimits {
@@ -330,12 +331,14 @@ mod tests {
         }
     }
 
-    fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hangar-config-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
+    fn temp_file(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.as_path().join(name);
         std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
         p
+    }
+
+    fn temp_dir() -> TempDir {
+        TempDir::new_with_prefix("/tmp/hangar-config-test-").unwrap()
     }
 
     fn bzimage_bytes(version: u16, xloadflags: u16) -> Vec<u8> {
@@ -380,32 +383,34 @@ mod tests {
 
     #[test]
     fn test_detect_kernel_kinds() {
-        let bz = temp_file("bz", &bzimage_bytes(0x20f, 1));
+        let dir = temp_dir();
+        let bz = temp_file(&dir, "bz", &bzimage_bytes(0x20f, 1));
         assert_eq!(detect_kernel_kind(&bz).unwrap(), KernelKind::BzImage);
-        let linux = temp_file("vmlinux", &elf_bytes(true));
+        let linux = temp_file(&dir, "vmlinux", &elf_bytes(true));
         assert_eq!(detect_kernel_kind(&linux).unwrap(), KernelKind::LinuxElf);
-        let bare = temp_file("bare", &elf_bytes(false));
+        let bare = temp_file(&dir, "bare", &elf_bytes(false));
         assert_eq!(detect_kernel_kind(&bare).unwrap(), KernelKind::BareElf);
     }
 
     #[test]
     fn test_validate_not_a_kernel_returns_not_a_kernel() {
-        let junk = temp_file("junk", b"#!/bin/sh\necho hi\n");
+        let dir = temp_dir();
+        let junk = temp_file(&dir, "junk", b"#!/bin/sh\necho hi\n");
         let err = config(junk).validate(&limits()).unwrap_err();
         assert!(matches!(err, ConfigError::NotAKernel { .. }), "{err}");
-        let old = temp_file("old-bz", &bzimage_bytes(0x204, 1));
+        let old = temp_file(&dir, "old-bz", &bzimage_bytes(0x204, 1));
         assert!(matches!(
             detect_kernel_kind(&old),
             Err(ConfigError::NotAKernel { .. })
         ));
-        let bz32 = temp_file("bz32", &bzimage_bytes(0x20f, 0));
+        let bz32 = temp_file(&dir, "bz32", &bzimage_bytes(0x20f, 0));
         assert!(matches!(
             detect_kernel_kind(&bz32),
             Err(ConfigError::NotAKernel { .. })
         ));
         let mut arm = elf_bytes(false);
         arm[18] = 183;
-        let arm = temp_file("arm", &arm);
+        let arm = temp_file(&dir, "arm", &arm);
         assert!(matches!(
             detect_kernel_kind(&arm),
             Err(ConfigError::NotAKernel { .. })
@@ -423,7 +428,8 @@ mod tests {
 
     #[test]
     fn test_validate_impossible_sizes() {
-        let bz = temp_file("bz-sizes", &bzimage_bytes(0x20f, 1));
+        let dir = temp_dir();
+        let bz = temp_file(&dir, "bz-sizes", &bzimage_bytes(0x20f, 1));
         let mut c = config(bz);
         c.vcpus = 0;
         assert!(matches!(c.validate(&limits()), Err(ConfigError::NoVcpus)));

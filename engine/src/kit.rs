@@ -90,14 +90,14 @@ mod tests {
 
     #[test]
     fn test_kit_in_empty_dir_returns_missing() {
-        let dir = std::env::temp_dir().join(format!("hangar-kit-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let err = DefaultKit::in_dir(&dir).unwrap_err();
+        let tmp = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hangar-kit-test-").unwrap();
+        let dir = tmp.as_path();
+        let err = DefaultKit::in_dir(dir).unwrap_err();
         assert!(err.to_string().contains("setup.sh"), "{err}");
         std::fs::write(dir.join("vmlinuz"), b"k").unwrap();
         std::fs::write(dir.join("initramfs.cpio.gz"), b"i").unwrap();
         std::fs::write(dir.join("VERSION"), b"6.1.0-test\n").unwrap();
-        let kit = DefaultKit::in_dir(&dir).unwrap();
+        let kit = DefaultKit::in_dir(dir).unwrap();
         assert_eq!(kit.version, "6.1.0-test");
         assert_eq!(kit.vm_config("d", 2).vcpus, 2);
     }

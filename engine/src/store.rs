@@ -314,11 +314,10 @@ fn load_one(id: String, path: PathBuf) -> StoredMachine {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("hangar-store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    use vmm_sys_util::tempdir::TempDir;
+
+    fn temp_dir(name: &str) -> TempDir {
+        TempDir::new_with_prefix(format!("/tmp/hangar-store-{name}-")).unwrap()
     }
 
     fn config(name: &str) -> VmConfig {
@@ -334,7 +333,8 @@ mod tests {
 
     #[test]
     fn test_create_then_load_round_trips() {
-        let store = MachineStore::open(&temp_dir("rt")).unwrap();
+        let dir = temp_dir("rt");
+        let store = MachineStore::open(dir.as_path()).unwrap();
         let a = MachineDefinition::new(config("Web server"));
         let b = MachineDefinition::new(config("db"));
         store.create(&a).unwrap();
@@ -355,7 +355,8 @@ mod tests {
 
     #[test]
     fn test_corrupt_file_is_broken_entry_and_never_overwritten() {
-        let store = MachineStore::open(&temp_dir("corrupt")).unwrap();
+        let dir = temp_dir("corrupt");
+        let store = MachineStore::open(dir.as_path()).unwrap();
         let good = MachineDefinition::new(config("good"));
         store.create(&good).unwrap();
         let bad_path = store.dir().join("bad-1.json");
@@ -381,7 +382,8 @@ mod tests {
 
     #[test]
     fn test_mismatched_id_and_newer_format_are_broken() {
-        let store = MachineStore::open(&temp_dir("mismatch")).unwrap();
+        let dir = temp_dir("mismatch");
+        let store = MachineStore::open(dir.as_path()).unwrap();
         let mut d = MachineDefinition::new(config("x"));
         std::fs::write(
             store.dir().join("other.json"),
@@ -406,8 +408,8 @@ mod tests {
     #[test]
     fn test_update_and_delete_touch_only_the_definition() {
         let dir = temp_dir("delete");
-        let store = MachineStore::open(&dir).unwrap();
-        let kernel = dir.join("my-kernel");
+        let store = MachineStore::open(dir.as_path()).unwrap();
+        let kernel = dir.as_path().join("my-kernel");
         std::fs::write(&kernel, b"kernel").unwrap();
         let mut d = MachineDefinition::new(VmConfig {
             kernel: kernel.clone(),
@@ -427,7 +429,8 @@ mod tests {
 
     #[test]
     fn test_hostile_ids_are_rejected() {
-        let store = MachineStore::open(&temp_dir("ids")).unwrap();
+        let dir = temp_dir("ids");
+        let store = MachineStore::open(dir.as_path()).unwrap();
         for id in ["../escape", "a/b", "", ".hidden", "x y"] {
             assert!(
                 matches!(store.delete(id), Err(StoreError::BadId(_))),
