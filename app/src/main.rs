@@ -1,15 +1,12 @@
-//! Hangar: virtual machines and containers side by side.
-//!
-//! The desktop window comes with the GUI work; today the binary is the
-//! headless CLI that the GUI will share the engine with.
-
-mod cli;
+//! Without arguments the binary opens the desktop window; with a subcommand
+//! it is the headless CLI (`hangar run`, `hangar host`, `hangar bench`).
+//! Both drive the same engine.
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
-    match cli::run(args) {
+    let args = hangar::cli::Cli::parse();
+    match hangar::cli::run(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hangar: error: {e:#}");

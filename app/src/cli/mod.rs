@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Hangar: virtual machines and containers side by side.
+/// Hangar: virtual machines and containers side by side. Without a
+/// subcommand, opens the window.
 #[derive(Debug, Parser)]
 #[command(name = "hangar", version, about)]
 pub struct Cli {
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(CliCommand::Run(args)) => run::run(args),
         Some(CliCommand::Bench(args)) => bench::run(args),
-        Some(CliCommand::Host) | None => host::run(),
+        Some(CliCommand::Host) => host::run(),
+        None => crate::gui::run().map(|()| ExitCode::SUCCESS),
     }
 }

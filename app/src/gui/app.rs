@@ -1,0 +1,541 @@
+//! The Hangar window: library on the left, tabs in the middle, log at the
+//! bottom. Each frame drains engine events, draws, then applies the
+//! commands the panels queued.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hangar_engine::{
+    Command, DefaultKit, Engine, Event, ExitReason, HostCapability, MachineDefinition,
+    MachineStore, StoredMachine, VmConfig, VmId,
+};
+
+use super::command::{CommandQueue, UiCommand};
+use super::host_banner::host_banner_ui;
+use super::library_panel::library_ui;
+use super::log_panel::{log_ui, notifications_ui};
+use super::model::{Entry, Log, Machine, Machines, RunStatus, Severity};
+use super::tabs::{close_machine, open_pane, open_pane_beside, Pane, PaneKind, TabsBehavior};
+use super::ui_state::{ui_state_path, UiState};
+use super::wizard::{wizard_ui, WizardContext, WizardState};
+
+/// How long a guest gets to shut down after Stop before it is forced.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the app keeps its files and what it boots by default.
+pub struct AppEnv {
+    /// Hangar's config directory (machine definitions, window layout).
+    pub config_dir: PathBuf,
+    /// The default guest kit, if `packaging/setup.sh` built it.
+    pub kit: Option<DefaultKit>,
+}
+
+impl AppEnv {
+    /// The user's real directories.
+    pub fn from_system() -> anyhow::Result<Self> {
+        Ok(Self {
+            config_dir: hangar_engine::store::config_dir()
+                .context("cannot find Hangar's config directory")?,
+            kit: DefaultKit::locate().ok(),
+        })
+    }
+}
+
+/// The whole app: persisted UI state plus runtime handles.
+pub struct HangarApp {
+    /// Saved across restarts.
+    pub ui_state: UiState,
+    /// Everything else.
+    pub rt: Runtime,
+}
+
+/// Runtime handles and state that are never saved.
+pub struct Runtime {
+    engine: Engine,
+    events: Receiver<Event>,
+    /// Set on the first frame; the engine's waker repaints through it.
+    repaint: Arc<OnceLock<egui::Context>>,
+    store: Option<MachineStore>,
+    /// Library entries.
+    pub machines: Machines,
+    /// Log panel and notifications.
+    pub log: Log,
+    host: HostCapability,
+    kit: Option<DefaultKit>,
+    wizard: Option<WizardState>,
+    confirm_delete: Option<String>,
+    ui_state_path: PathBuf,
+    commands: CommandQueue,
+}
+
+impl HangarApp {
+    /// Open the store, load machines and the saved layout, start the engine.
+    pub fn new(env: AppEnv) -> Self {
+        let repaint: Arc<OnceLock<egui::Context>> = Arc::new(OnceLock::new());
+        let waker_ctx = repaint.clone();
+        let (engine, events) = Engine::new(move || {
+            if let Some(ctx) = waker_ctx.get() {
+                ctx.request_repaint();
+            }
+        });
+        let host = engine.capability().clone();
+        let mut log = Log::default();
+        log.push(Severity::Info, None, host.summary());
+        let ui_state_path = ui_state_path(&env.config_dir);
+        let mut ui_state = UiState::load(&ui_state_path);
+        let mut machines = Machines::default();
+        let store = match MachineStore::open(&env.config_dir) {
+            Ok(store) => {
+                match store.load_all() {
+                    Ok(all) => {
+                        for stored in all {
+                            let (id, entry) = match stored {
+                                StoredMachine::Valid(def) => {
+                                    (def.id.clone(), Entry::Machine(Box::new(Machine::new(def))))
+                                }
+                                StoredMachine::Broken { id, path, reason } => {
+                                    log.push(
+                                        Severity::Error,
+                                        Some(id.clone()),
+                                        format!("cannot load {}: {reason}", path.display()),
+                                    );
+                                    (id, Entry::Broken { path, reason })
+                                }
+                            };
+                            machines.entries.insert(id, entry);
+                        }
+                    }
+                    Err(e) => log.push(
+                        Severity::Error,
+                        None,
+                        format!("{:#}", anyhow::Error::new(e)),
+                    ),
+                }
+                Some(store)
+            }
+            Err(e) => {
+                log.push(
+                    Severity::Error,
+                    None,
+                    format!("{:#}", anyhow::Error::new(e)),
+                );
+                None
+            }
+        };
+        // Tabs of machines that are gone are dropped from the saved layout.
+        let stale: Vec<String> = ui_state
+            .tabs
+            .tiles
+            .tiles()
+            .filter_map(|t| match t {
+                egui_tiles::Tile::Pane(p) if machines.get(&p.machine).is_none() => {
+                    Some(p.machine.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for m in stale {
+            close_machine(&mut ui_state.tabs, &m);
+        }
+        if ui_state
+            .selected
+            .as_ref()
+            .is_some_and(|s| !machines.entries.contains_key(s))
+        {
+            ui_state.selected = None;
+        }
+        Self {
+            ui_state,
+            rt: Runtime {
+                engine,
+                events,
+                repaint,
+                store,
+                machines,
+                log,
+                host,
+                kit: env.kit,
+                wizard: None,
+                confirm_delete: None,
+                ui_state_path,
+                commands: CommandQueue::default(),
+            },
+        }
+    }
+
+    /// One frame: events in, panels drawn, commands applied.
+    pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
+        let _ = self.rt.repaint.set(ui.ctx().clone());
+        self.drain_events();
+        self.rt.log.expire_notifications();
+
+        host_banner_ui(ui, &self.rt.host);
+        library_ui(
+            ui,
+            &self.rt.machines,
+            self.ui_state.selected.as_deref(),
+            &self.rt.host,
+            &mut self.rt.commands,
+        );
+        log_ui(ui, &self.rt.log, &mut self.ui_state.show_log);
+        egui::CentralPanel::default().show(ui, |ui| {
+            if self.ui_state.tabs.is_empty() {
+                ui.centered_and_justified(|ui| {
+                    ui.weak("Select a machine and open its Console or Overview. Drag tabs to place them side by side.");
+                });
+            } else {
+                let mut behavior = TabsBehavior {
+                    machines: &mut self.rt.machines,
+                    commands: &mut self.rt.commands,
+                };
+                self.ui_state.tabs.ui(&mut behavior, ui);
+            }
+        });
+        let ctx = ui.ctx().clone();
+        wizard_ui(
+            &ctx,
+            &mut self.rt.wizard,
+            &WizardContext {
+                machines: &self.rt.machines,
+                kit: self.rt.kit.as_ref(),
+                host: &self.rt.host,
+            },
+            &mut self.rt.commands,
+        );
+        self.confirm_delete_ui(&ctx);
+        notifications_ui(&ctx, &self.rt.log, &mut self.rt.commands);
+
+        for cmd in self.rt.commands.take() {
+            self.apply(cmd);
+        }
+    }
+
+    fn confirm_delete_ui(&mut self, ctx: &egui::Context) {
+        let Some(id) = self.rt.confirm_delete.clone() else {
+            return;
+        };
+        let name = self.rt.machines.display_name(&id);
+        let mut open = true;
+        egui::Window::new("Delete machine?")
+            .collapsible(false)
+            .resizable(false)
+            .open(&mut open)
+            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
+            .show(ctx, |ui| {
+                ui.label(format!("Delete the machine \"{name}\"?"));
+                ui.weak("Only its definition is removed; kernel and initramfs files stay where they are.");
+                ui.horizontal(|ui| {
+                    if ui.button("Delete").clicked() {
+                        self.rt.commands.push(UiCommand::Delete(id.clone()));
+                        self.rt.confirm_delete = None;
+                    }
+                    if ui.button("Cancel").clicked() {
+                        self.rt.confirm_delete = None;
+                    }
+                });
+            });
+        if !open {
+            self.rt.confirm_delete = None;
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Ok(event) = self.rt.events.try_recv() {
+            self.on_event(event);
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let rt = &mut self.rt;
+        match event {
+            Event::StateChanged { id, state } => {
+                if let Some(m) = rt.machines.get_mut(&id.0) {
+                    m.on_state(state, STOP_TIMEOUT);
+                }
+            }
+            Event::Started { .. } => {}
+            Event::Stats { id, stats } => {
+                if let Some(m) = rt.machines.get_mut(&id.0) {
+                    m.on_stats(stats);
+                }
+            }
+            Event::SerialOutput { id, bytes } => {
+                let replies = match rt.machines.get_mut(&id.0) {
+                    Some(m) => {
+                        m.terminal.feed(&bytes);
+                        m.terminal.take_replies()
+                    }
+                    None => Vec::new(),
+                };
+                // Answer the guest's terminal queries (cursor position...) at
+                // once, even while its console is hidden. A guest that is gone
+                // needs no answer.
+                if !replies.is_empty() {
+                    let _ = rt
+                        .engine
+                        .execute(Command::SerialInput { id, bytes: replies });
+                }
+            }
+            Event::BootMarker {
+                id,
+                value,
+                since_start,
+            } => {
+                if value == hangar_engine::engine::MARKER_INIT_REACHED {
+                    let name = rt.machines.display_name(&id.0);
+                    rt.log.push(
+                        Severity::Info,
+                        Some(name),
+                        format!("init reached after {} ms", since_start.as_millis()),
+                    );
+                }
+            }
+            Event::Error {
+                id,
+                message,
+                registers,
+            } => {
+                let name = rt.machines.display_name(&id.0);
+                let full = match &registers {
+                    Some(r) => format!("{message} [{r}]"),
+                    None => message.clone(),
+                };
+                rt.log.push(Severity::Error, Some(name), full);
+                if let Some(m) = rt.machines.get_mut(&id.0) {
+                    m.last_error = Some(message);
+                }
+            }
+            Event::Exited { id, reason } => {
+                let name = rt.machines.display_name(&id.0);
+                let message = match &reason {
+                    // "stopped by force", not "stopped: stopped by force".
+                    ExitReason::Stopped { .. } => reason.to_string(),
+                    _ => format!("stopped: {reason}"),
+                };
+                rt.log.push(Severity::Info, Some(name), message);
+                if let Some(m) = rt.machines.get_mut(&id.0) {
+                    m.status = RunStatus::Stopped;
+                    m.started = None;
+                    match &reason {
+                        // Not every failure comes with an Error event first.
+                        ExitReason::Failed(why) => {
+                            if m.last_error.is_none() {
+                                m.last_error = Some(why.clone());
+                            }
+                        }
+                        _ => m.last_error = None,
+                    }
+                    m.last_exit = Some(reason);
+                }
+            }
+        }
+    }
+
+    fn error(&mut self, machine: Option<&str>, message: String) {
+        let name = machine.map(|id| self.rt.machines.display_name(id));
+        if let Some(m) = machine.and_then(|id| self.rt.machines.get_mut(id)) {
+            m.last_error = Some(message.clone());
+        }
+        self.rt.log.push(Severity::Error, name, message);
+    }
+
+    fn engine(&mut self, id: &str, command: Command) {
+        self.try_engine(id, command);
+    }
+
+    /// Run an engine command; a refusal goes to the Log. True if accepted.
+    fn try_engine(&mut self, id: &str, command: Command) -> bool {
+        match self.rt.engine.execute(command) {
+            Ok(()) => true,
+            Err(e) => {
+                self.error(Some(id), format!("{:#}", anyhow::Error::new(e)));
+                false
+            }
+        }
+    }
+
+    /// Apply one command (after drawing).
+    pub fn apply(&mut self, cmd: UiCommand) {
+        match cmd {
+            UiCommand::Select(id) => self.ui_state.selected = Some(id),
+            UiCommand::Start(id) => self.start(&id),
+            UiCommand::Pause(id) => self.engine(&id, Command::Pause(VmId(id.clone()))),
+            UiCommand::Resume(id) => self.engine(&id, Command::Resume(VmId(id.clone()))),
+            UiCommand::Stop(id) => {
+                let asked = self.try_engine(
+                    &id,
+                    Command::Stop {
+                        id: VmId(id.clone()),
+                        timeout: STOP_TIMEOUT,
+                    },
+                );
+                // Only a stop the engine took counts down; a refused one
+                // would leave the machine "stopping" for ever.
+                if let Some(m) = self.rt.machines.get_mut(&id).filter(|_| asked) {
+                    m.status = RunStatus::Stopping {
+                        force_at: std::time::Instant::now() + STOP_TIMEOUT,
+                    };
+                }
+            }
+            UiCommand::ForceStop(id) => self.engine(
+                &id,
+                Command::Stop {
+                    id: VmId(id.clone()),
+                    timeout: Duration::ZERO,
+                },
+            ),
+            UiCommand::AskDelete(id) => self.rt.confirm_delete = Some(id),
+            UiCommand::Delete(id) => self.delete(&id),
+            UiCommand::Duplicate(id) => self.duplicate(&id),
+            UiCommand::OpenWizard => self.rt.wizard = Some(WizardState::new(self.rt.kit.as_ref())),
+            UiCommand::Create { config, start } => self.create(config, start),
+            UiCommand::OpenTab(id, kind) => {
+                open_pane(&mut self.ui_state.tabs, Pane { machine: id, kind })
+            }
+            UiCommand::OpenBeside(id) => open_pane_beside(
+                &mut self.ui_state.tabs,
+                Pane {
+                    machine: id,
+                    kind: PaneKind::Console,
+                },
+            ),
+            UiCommand::SerialInput(id, bytes) => self.engine(
+                &id,
+                Command::SerialInput {
+                    id: VmId(id.clone()),
+                    bytes,
+                },
+            ),
+            UiCommand::DismissNotification(i) => {
+                if i < self.rt.log.notifications.len() {
+                    self.rt.log.notifications.remove(i);
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, id: &str) {
+        let Some(m) = self.rt.machines.get_mut(id) else {
+            return;
+        };
+        let config = m.def.config.clone();
+        m.last_error = None;
+        open_pane(
+            &mut self.ui_state.tabs,
+            Pane {
+                machine: id.to_string(),
+                kind: PaneKind::Console,
+            },
+        );
+        let started = self.try_engine(
+            id,
+            Command::Start {
+                id: VmId(id.to_string()),
+                config,
+            },
+        );
+        // Starting at once, so that Start is disabled before the engine's
+        // first event (a double click would be refused as already running).
+        if let Some(m) = self.rt.machines.get_mut(id).filter(|_| started) {
+            m.status = RunStatus::Starting;
+        }
+    }
+
+    fn create(&mut self, config: VmConfig, start: bool) {
+        let Some(store) = &self.rt.store else {
+            self.error(
+                None,
+                "cannot save machines: Hangar's config directory is not usable".into(),
+            );
+            return;
+        };
+        let def = MachineDefinition::new(config);
+        if let Err(e) = store.create(&def) {
+            self.error(None, format!("{:#}", anyhow::Error::new(e)));
+            return;
+        }
+        let id = def.id.clone();
+        self.rt.log.push(
+            Severity::Info,
+            Some(def.config.name.clone()),
+            "created".into(),
+        );
+        self.rt
+            .machines
+            .entries
+            .insert(id.clone(), Entry::Machine(Box::new(Machine::new(def))));
+        self.ui_state.selected = Some(id.clone());
+        if start {
+            self.start(&id);
+        }
+    }
+
+    fn duplicate(&mut self, id: &str) {
+        let Some(m) = self.rt.machines.get(id) else {
+            return;
+        };
+        let mut config = m.def.config.clone();
+        let base = format!("{} (copy)", config.name);
+        let mut name = base.clone();
+        let mut n = 2;
+        while self.rt.machines.name_taken(&name) {
+            name = format!("{base} {n}");
+            n += 1;
+        }
+        config.name = name;
+        self.create(config, false);
+    }
+
+    fn delete(&mut self, id: &str) {
+        if self
+            .rt
+            .machines
+            .get(id)
+            .is_some_and(|m| m.status.is_active())
+        {
+            self.error(Some(id), "stop the machine before deleting it".into());
+            return;
+        }
+        let Some(store) = &self.rt.store else {
+            return;
+        };
+        if let Err(e) = store.delete(id) {
+            self.error(Some(id), format!("{:#}", anyhow::Error::new(e)));
+            return;
+        }
+        let name = self.rt.machines.display_name(id);
+        self.rt.machines.entries.remove(id);
+        close_machine(&mut self.ui_state.tabs, id);
+        if self.ui_state.selected.as_deref() == Some(id) {
+            self.ui_state.selected = None;
+        }
+        self.rt
+            .log
+            .push(Severity::Info, Some(name), "deleted".into());
+    }
+
+    /// The open wizard, if any (UI scripts set its fields: automation.rs).
+    pub fn wizard_mut(&mut self) -> Option<&mut WizardState> {
+        self.rt.wizard.as_mut()
+    }
+
+    /// Save the window layout.
+    pub fn save_ui_state(&mut self) {
+        if let Err(e) = self.ui_state.save(&self.rt.ui_state_path) {
+            self.rt.log.push(Severity::Error, None, format!("{e:#}"));
+        }
+    }
+}
+
+impl eframe::App for HangarApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.frame_ui(ui);
+    }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        self.save_ui_state();
+    }
+}

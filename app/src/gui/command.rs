@@ -1,0 +1,62 @@
+//! What the UI asks for while drawing. Panels push these; the app applies
+//! them after the frame is drawn, so no panel mutates shared state mid-frame.
+
+use hangar_engine::VmConfig;
+
+use super::tabs::PaneKind;
+
+/// One user action. Deserialize: UI scripts (automation.rs) name them in JSON.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub enum UiCommand {
+    /// Select a machine in the library.
+    Select(String),
+    /// Boot a machine.
+    Start(String),
+    /// Freeze a running machine.
+    Pause(String),
+    /// Let a paused machine run again.
+    Resume(String),
+    /// Ask the guest to shut down; force after the stop timeout.
+    Stop(String),
+    /// Stop at once.
+    ForceStop(String),
+    /// Ask for confirmation before deleting.
+    AskDelete(String),
+    /// Delete the definition (after confirmation).
+    Delete(String),
+    /// Copy a definition under a new name.
+    Duplicate(String),
+    /// Open the New virtual machine wizard.
+    OpenWizard,
+    /// Save a new machine from the wizard; start it if asked.
+    Create {
+        /// The machine's definition.
+        config: VmConfig,
+        /// Start it right away.
+        start: bool,
+    },
+    /// Show a tab of a machine (open it if closed).
+    OpenTab(String, PaneKind),
+    /// Open a machine's console in a new column beside the other tabs.
+    OpenBeside(String),
+    /// Bytes typed into a machine's console.
+    SerialInput(String, Vec<u8>),
+    /// Dismiss a notification.
+    DismissNotification(usize),
+}
+
+/// Where panels put their commands during a frame.
+#[derive(Debug, Default)]
+pub struct CommandQueue(Vec<UiCommand>);
+
+impl CommandQueue {
+    /// Queue a command for after the frame.
+    pub fn push(&mut self, c: UiCommand) {
+        self.0.push(c);
+    }
+
+    /// Take everything queued.
+    pub fn take(&mut self) -> Vec<UiCommand> {
+        std::mem::take(&mut self.0)
+    }
+}

@@ -1,0 +1,219 @@
+//! The machine library: every defined machine with its state, and the
+//! actions on the selected one.
+
+use hangar_engine::HostCapability;
+
+use super::command::{CommandQueue, UiCommand};
+use super::model::{Entry, Machine, Machines, RunStatus};
+use super::tabs::PaneKind;
+
+/// Why Start is disabled for this machine, if it is.
+pub fn start_blocked_reason(machine: &Machine, host: &HostCapability) -> Option<String> {
+    if machine.status.is_active() {
+        return Some("The machine is already running.".into());
+    }
+    if !host.has_kvm() {
+        return Some(host.summary());
+    }
+    match machine.kernel_kind {
+        None => Some(format!(
+            "The kernel {} cannot be read or is not a kernel.",
+            machine.def.config.kernel.display()
+        )),
+        Some(kind) if kind.is_linux() => host.linux_refusal(),
+        Some(_) => None,
+    }
+}
+
+/// Draw the library panel on the left.
+pub fn library_ui(
+    ui: &mut egui::Ui,
+    machines: &Machines,
+    selected: Option<&str>,
+    host: &HostCapability,
+    commands: &mut CommandQueue,
+) {
+    egui::Panel::left("library")
+        .default_size(270.0)
+        .resizable(true)
+        .show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.heading("Machines");
+                ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    if ui
+                        .button("New…")
+                        .on_hover_text("Create a virtual machine")
+                        .clicked()
+                    {
+                        commands.push(UiCommand::OpenWizard);
+                    }
+                });
+            });
+            ui.separator();
+            if machines.entries.is_empty() {
+                ui.weak("No machines yet. Click New… to create one.");
+            }
+            egui::ScrollArea::vertical()
+                .auto_shrink([false, true])
+                .max_height(ui.available_height() * 0.6)
+                .show(ui, |ui| {
+                    for (id, entry) in &machines.entries {
+                        entry_ui(ui, id, entry, selected == Some(id.as_str()), commands);
+                    }
+                });
+            ui.separator();
+            if let Some(id) = selected {
+                match machines.entries.get(id) {
+                    Some(Entry::Machine(m)) => actions_ui(ui, id, m, host, commands),
+                    Some(Entry::Broken { path, reason }) => {
+                        ui.colored_label(
+                            ui.visuals().error_fg_color,
+                            "This definition cannot be used:",
+                        );
+                        ui.label(reason);
+                        ui.weak(format!("File: {}", path.display()));
+                        ui.weak("Hangar leaves the file untouched; fix or remove it by hand.");
+                    }
+                    None => {}
+                }
+            }
+        });
+}
+
+fn entry_ui(
+    ui: &mut egui::Ui,
+    id: &str,
+    entry: &Entry,
+    selected: bool,
+    commands: &mut CommandQueue,
+) {
+    let (text, tooltip) = match entry {
+        Entry::Machine(m) => {
+            let status = if m.last_error.is_some() && !m.status.is_active() {
+                "error"
+            } else {
+                m.status.label()
+            };
+            let mut text = egui::RichText::new(format!("{}  ·  {status}", m.name()));
+            if status == "error" {
+                text = text.color(ui.visuals().error_fg_color);
+            } else if matches!(m.status, RunStatus::Running) {
+                text = text.strong();
+            }
+            (text, m.last_error.clone())
+        }
+        Entry::Broken { reason, .. } => (
+            egui::RichText::new(format!("{id}  ·  error")).color(ui.visuals().error_fg_color),
+            Some(reason.clone()),
+        ),
+    };
+    let mut response = ui.selectable_label(selected, text);
+    if let Some(t) = tooltip {
+        response = response.on_hover_text(t);
+    }
+    if response.clicked() {
+        commands.push(UiCommand::Select(id.to_string()));
+    }
+    if response.double_clicked() {
+        commands.push(UiCommand::OpenTab(id.to_string(), PaneKind::Console));
+    }
+}
+
+fn actions_ui(
+    ui: &mut egui::Ui,
+    id: &str,
+    m: &Machine,
+    host: &HostCapability,
+    commands: &mut CommandQueue,
+) {
+    let id = id.to_string();
+    ui.strong(m.name());
+    ui.weak(format!(
+        "{} vCPU · {} MiB · {}",
+        m.def.config.vcpus,
+        m.def.config.memory_mib,
+        m.def
+            .config
+            .kernel
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    if let Some(err) = &m.last_error {
+        ui.colored_label(ui.visuals().error_fg_color, err);
+    }
+    ui.horizontal_wrapped(|ui| {
+        let blocked = start_blocked_reason(m, host);
+        let start = ui.add_enabled(blocked.is_none(), egui::Button::new("Start"));
+        let start = match &blocked {
+            Some(why) if !m.status.is_active() => {
+                // The tooltip only shows on hover; screen readers get the reason too.
+                ui.ctx()
+                    .accesskit_node_builder(start.id, |node| node.set_description(why.as_str()));
+                start.on_disabled_hover_text(why)
+            }
+            _ => start,
+        };
+        if start.clicked() {
+            commands.push(UiCommand::Start(id.clone()));
+        }
+        let pause_resume = match m.status {
+            RunStatus::Running => Some(("Pause", UiCommand::Pause(id.clone()))),
+            RunStatus::Paused => Some(("Resume", UiCommand::Resume(id.clone()))),
+            _ => None,
+        };
+        if let Some((label, command)) = pause_resume {
+            if ui.button(label).clicked() {
+                commands.push(command);
+            }
+        }
+        match m.status {
+            RunStatus::Running | RunStatus::Paused | RunStatus::Starting => {
+                if ui
+                    .button("Stop")
+                    .on_hover_text("Ask the guest to shut down")
+                    .clicked()
+                {
+                    commands.push(UiCommand::Stop(id.clone()));
+                }
+            }
+            RunStatus::Stopping { force_at } => {
+                let left = force_at.saturating_duration_since(std::time::Instant::now());
+                ui.label(format!("Stopping… forced in {} s", left.as_secs() + 1));
+                ui.ctx()
+                    .request_repaint_after(std::time::Duration::from_millis(250));
+                if ui.button("Force stop").clicked() {
+                    commands.push(UiCommand::ForceStop(id.clone()));
+                }
+            }
+            RunStatus::Stopped => {}
+        }
+    });
+    ui.horizontal_wrapped(|ui| {
+        if ui.button("Console").clicked() {
+            commands.push(UiCommand::OpenTab(id.clone(), PaneKind::Console));
+        }
+        if ui.button("Overview").clicked() {
+            commands.push(UiCommand::OpenTab(id.clone(), PaneKind::Overview));
+        }
+        if ui
+            .button("Console beside")
+            .on_hover_text("Open the console in a new column, side by side with the others")
+            .clicked()
+        {
+            commands.push(UiCommand::OpenBeside(id.clone()));
+        }
+    });
+    ui.horizontal_wrapped(|ui| {
+        if ui.button("Duplicate").clicked() {
+            commands.push(UiCommand::Duplicate(id.clone()));
+        }
+        let delete = ui.add_enabled(!m.status.is_active(), egui::Button::new("Delete…"));
+        if delete
+            .on_disabled_hover_text("Stop the machine first")
+            .clicked()
+        {
+            commands.push(UiCommand::AskDelete(id.clone()));
+        }
+    });
+}
