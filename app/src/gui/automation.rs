@@ -13,12 +13,21 @@
 //! | step                                   | does                                                        |
 //! |----------------------------------------|-------------------------------------------------------------|
 //! | a [`UiCommand`], e.g. `{"Start": "echo"}`, `{"OpenTab": ["echo", "Overview"]}`, `"OpenWizard"` | applied through [`HangarApp::apply`], as a click would be |
-//! | `{"wait_ms": 1500}`                    | let frames go by for that long                              |
-//! | `{"screenshot": "out/library.png"}`    | save the window as a PNG (after at least two settled frames) |
+//! | `{"wait_ms": 1500}`                    | wait that long; draws no frames of its own beyond the one that ends it |
+//! | `{"screenshot": "out/library.png"}`    | save the window as an RGB PNG, once two frames have been drawn since the last change |
 //! | `{"wizard": {"name": "Build box", "page": "Resources", "vcpus": 2, "memory_mib": 512}}` | set fields of the open wizard (every key optional; `page` is `Source`, `Resources` or `Summary`) |
 //! | `{"window_size": [1400, 900]}`         | resize the window (logical points)                          |
 //! | `{"mark": "idle"}`                     | print `hangar: mark idle frames=N t_ms=T` to stderr (frames drawn so far, time since start) |
 //! | `"quit"`                               | close the window (the layout is saved as on a normal close) |
+//!
+//! Commands and wizard fields take effect after the frame that ran them, so
+//! they show from the next frame on. Screenshots go through
+//! [`egui::Context::request_screenshot`]: in egui 0.37,
+//! `ViewportCommand::Screenshot` carries a callback that receives the image
+//! after the next frame is painted (there is no `Event::Screenshot`).
+//!
+//! With either hook on, closing the window prints
+//! `hangar: frames: total=N t_ms=T` (frames drawn, time since start).
 //!
 //! The script is read and checked before the window opens; a failure while
 //! running it (say, a PNG that cannot be written) closes the window and makes

@@ -47,8 +47,8 @@ pub fn overview_tab_ui(ui: &mut egui::Ui, machine: &Machine) {
                 ui.end_row();
                 ui.label("Guest RAM in use");
                 ui.label(format!(
-                    "{:.1} of {} MiB",
-                    last.stats.guest_resident_bytes as f64 / (1 << 20) as f64,
+                    "{} of {} MiB",
+                    human_bytes(last.stats.guest_resident_bytes),
                     last.stats.guest_memory_bytes >> 20
                 ));
                 ui.end_row();
@@ -104,6 +104,15 @@ pub fn overview_tab_ui(ui: &mut egui::Ui, machine: &Machine) {
                 .collect();
             plot.line(Line::new("resident", points));
         });
+}
+
+/// KiB below one MiB, so a tiny guest does not read as "0.0".
+fn human_bytes(b: u64) -> String {
+    if b < 1 << 20 {
+        format!("{} KiB", b.div_ceil(1024))
+    } else {
+        format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+    }
 }
 
 fn format_uptime(secs: u64) -> String {
