@@ -2,6 +2,8 @@
 # Hangar set-up: installs the host packages the project uses and builds the
 # default guest kit (Debian's kernel + a busybox initramfs) into
 #   ${HANGAR_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/hangar}/kit/
+# and the default container image (busybox-static, an OCI layout) into
+#   .../hangar/images-src/default/
 #
 # Idempotent: a re-run checks installed packages with dpkg-query and the kit
 # against a stamp of the package versions it was built from, and does nothing
@@ -37,7 +39,7 @@ while [[ $# -gt 0 ]]; do
     --skip-packages) skip_packages=1 ;;
     --quiet | -q) quiet=1 ;;
     -h | --help)
-        sed -n '2,17s/^# \{0,1\}//p' "$0"
+        sed -n '2,19s/^# \{0,1\}//p' "$0"
         exit 0
         ;;
     *) die "unknown option '$1' (try --help)" ;;
@@ -52,6 +54,7 @@ PACKAGES=(
     busybox-static cpio gzip xz-utils zstd kmod file
     xvfb libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
     imagemagick
+    umoci skopeo
 )
 # The Rust target of the project's own no_std test guests.
 RUST_TARGETS=(x86_64-unknown-none)
@@ -462,5 +465,72 @@ EOF
     kit_note="built ($vmlinux_note, initramfs $(($(stat -c %s "$kit_dir/initramfs.cpio.gz") / 1024)) KiB)"
 fi
 
+# ----------------------------------------------------------- default image --
+# The container image `default`: busybox-static as an OCI image layout in
+#   $data_dir/images-src/default/
+# made with plain tools (tar, gzip -n, sha256sum, hand-written JSON), so the
+# engine imports it like any other layout. Rebuilt only when busybox or this
+# recipe changes (stamp file); built in default.new, then swapped in.
+image_src=$data_dir/images-src/default
+image_note=""
+build_default_image() {
+    local bb=/bin/busybox
+    [[ -x $bb ]] || { image_note="skipped (no $bb: install busybox-static)"; return 0; }
+    local recipe=1
+    local stamp
+    stamp="recipe=$recipe busybox=$(sha256sum "$bb" | cut -d' ' -f1)"
+    if [[ -s $image_src/.stamp && $(cat "$image_src/.stamp") == "$stamp" && -s $image_src/index.json ]]; then
+        image_note="up to date"
+        return 0
+    fi
+    local new=$image_src.new work
+    rm -rf "$new"
+    work=$(mktemp -d)
+    local root=$work/root
+    mkdir -p "$root"/{bin,etc,root,tmp,proc,sys,dev,home,var/tmp} "$new/blobs/sha256"
+    chmod 1777 "$root/tmp" "$root/var/tmp"
+    chmod 0700 "$root/root"
+    cp "$bb" "$root/bin/busybox"
+    local applet
+    for applet in $("$bb" --list); do
+        [[ $applet == busybox || -e $root/bin/$applet ]] || ln -s busybox "$root/bin/$applet"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+    printf 'default\n' >"$root/etc/hostname"
+    # A reproducible layer: sorted, numeric root ownership, fixed times.
+    tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=posix \
+        --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
+        -C "$root" -cf "$work/layer.tar" .
+    local diff_id layer_sum layer_size
+    diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+    gzip -n -9 -c "$work/layer.tar" >"$work/layer.tar.gz"
+    layer_sum=$(sha256sum "$work/layer.tar.gz" | cut -d' ' -f1)
+    layer_size=$(stat -c %s "$work/layer.tar.gz")
+    mv "$work/layer.tar.gz" "$new/blobs/sha256/$layer_sum"
+    printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+        "$diff_id" >"$work/config.json"
+    local config_sum config_size
+    config_sum=$(sha256sum "$work/config.json" | cut -d' ' -f1)
+    config_size=$(stat -c %s "$work/config.json")
+    mv "$work/config.json" "$new/blobs/sha256/$config_sum"
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' \
+        "$config_sum" "$config_size" "$layer_sum" "$layer_size" >"$work/manifest.json"
+    local manifest_sum manifest_size
+    manifest_sum=$(sha256sum "$work/manifest.json" | cut -d' ' -f1)
+    manifest_size=$(stat -c %s "$work/manifest.json")
+    mv "$work/manifest.json" "$new/blobs/sha256/$manifest_sum"
+    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"org.opencontainers.image.ref.name":"default"}}]}' \
+        "$manifest_sum" "$manifest_size" >"$new/index.json"
+    printf '{"imageLayoutVersion":"1.0.0"}' >"$new/oci-layout"
+    echo "$stamp" >"$new/.stamp"
+    rm -rf "$work" "$image_src.old"
+    [[ ! -e $image_src ]] || mv "$image_src" "$image_src.old"
+    mv "$new" "$image_src"
+    rm -rf "$image_src.old"
+    image_note="built ($((layer_size / 1024)) KiB layer)"
+}
+build_default_image
+
 elapsed_ms=$((($(date +%s%N) - start_s) / 1000000))
-echo "$prog: ready in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000)) | cut -c1) s: $pkg_note; kit $(cat "$kit_dir/VERSION") $kit_note in $kit_dir"
+echo "$prog: ready in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000)) | cut -c1) s: $pkg_note; kit $(cat "$kit_dir/VERSION") $kit_note in $kit_dir; image default $image_note"

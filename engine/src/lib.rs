@@ -9,6 +9,7 @@ pub mod config;
 pub mod devices;
 pub mod engine;
 pub mod host;
+pub mod images;
 pub mod kit;
 pub mod store;
 pub(crate) mod vmm;
