@@ -2,6 +2,7 @@
 
 mod bench;
 mod host;
+mod image;
 mod run;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum CliCommand {
     Host,
     /// Measure boot times and memory overhead against QEMU.
     Bench(bench::BenchArgs),
+    /// Manage container images.
+    Image(image::ImageArgs),
 }
 
 /// Run the parsed command line; the exit code reflects the guest's outcome.
@@ -32,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(CliCommand::Run(args)) => run::run(args),
         Some(CliCommand::Bench(args)) => bench::run(args),
+        Some(CliCommand::Image(args)) => image::run(args),
         Some(CliCommand::Host) => host::run(),
         None => crate::gui::run().map(|()| ExitCode::SUCCESS),
     }

@@ -53,7 +53,7 @@ pub enum ImageError {
     #[error("cannot determine Hangar's data directory (is HOME set?)")]
     NoDataDir,
     /// A file or directory operation failed.
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -80,7 +80,7 @@ pub enum ImageError {
     #[error("not a valid image: {0}")]
     Format(String),
     /// A JSON document could not be parsed or written.
-    #[error("invalid {what}: {source}")]
+    #[error("invalid {what}")]
     Json {
         /// Which document.
         what: String,

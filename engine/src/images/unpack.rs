@@ -351,8 +351,20 @@ fn tar_err(e: io::Error, limit: u64) -> ImageError {
     if e.get_ref().is_some_and(|i| i.is::<TooLargeMarker>()) {
         ImageError::TooLarge { limit }
     } else {
-        ImageError::Corrupt(e.to_string())
+        ImageError::Corrupt(short_reason(&e.to_string()))
     }
+}
+
+/// The tar crate quotes the bytes it choked on, which for a file that is
+/// not an archive at all means a page of its contents: keep the first line,
+/// shortened, printable.
+fn short_reason(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    let mut out: String = line.chars().filter(|c| !c.is_control()).take(100).collect();
+    if line.chars().count() > 100 {
+        out.push('…');
+    }
+    out
 }
 
 struct DeferredDir {
@@ -654,7 +666,7 @@ pub(crate) fn decompress<'a, R: io::BufRead + 'a>(
 ) -> Result<Box<dyn Read + 'a>, ImageError> {
     let head = r
         .fill_buf()
-        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+        .map_err(|e| ImageError::Corrupt(short_reason(&e.to_string())))?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
