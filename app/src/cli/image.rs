@@ -93,11 +93,11 @@ fn progress_line(p: &ImportProgress) -> String {
         ImportStage::Unpacking => "unpacking",
         ImportStage::Done => "done",
     };
-    let pct = if p.bytes_total > 0 {
-        p.bytes_done.saturating_mul(100) / p.bytes_total
-    } else {
-        100
-    };
+    let pct = p
+        .bytes_done
+        .saturating_mul(100)
+        .checked_div(p.bytes_total)
+        .unwrap_or(100);
     format!(
         "{stage}: {pct}% ({}/{} layers)",
         p.layers_done, p.layers_total
