@@ -3,22 +3,36 @@
 //!
 //! Each run is a fresh process, as a user would start it: the bench spawns
 //! `hangar run --timings …` (and `qemu-system-x86_64 -M microvm …` for the
-//! peer), timestamps the child's output lines from the moment of spawning,
+//! peer, with a debugcon on Hangar's debug port so that both see the kit's
+//! init marker), timestamps the child's output from the moment of spawning,
 //! samples the child's memory when the guest's init starts, and kills it.
 //! Figures are medians; the machine is noisy, so nothing here is a pass/fail
 //! test.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use hangar_engine::engine::MARKER_INIT_REACHED;
 use hangar_engine::{DefaultKit, HostProbe};
 
-/// The default kit's /init prints this once it runs; QEMU runs see it too.
+/// The default kit's /init prints this once it has loaded its modules: the
+/// init time of a guest that writes no marker.
 const GUEST_READY: &str = "Hangar guest ready";
+
+/// QEMU's side of the init marker: an isa-debugcon at Hangar's debug port
+/// (0x402) writes the byte the kit's init sends there to QEMU's stderr, so
+/// both VMMs time the same guest event. (/proc/self/fd/2, not /dev/stderr:
+/// a bare devtmpfs has no /dev/stderr.)
+const QEMU_INIT_MARKER_ARGS: [&str; 4] = [
+    "-chardev",
+    "file,id=hangar-marker,path=/proc/self/fd/2",
+    "-device",
+    "isa-debugcon,iobase=0x402,chardev=hangar-marker",
+];
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -104,8 +118,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the hangar binary")?;
     let timeout = Duration::from_secs(args.timeout);
 
-    let mut ours = Vec::new();
-    for i in 0..args.runs {
+    let ours = runs("hangar", args.runs, args.memory, timeout, || {
         let mut cmd = Command::new(&exe);
         cmd.args([
             "run",
@@ -120,12 +133,9 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         if let Some(i) = &initrd {
             cmd.arg("--initrd").arg(i);
         }
-        let s =
-            measure(cmd, args.memory, timeout).with_context(|| format!("hangar run {}", i + 1))?;
-        eprintln!("hangar run {}: {s:?}", i + 1);
-        ours.push(s);
-    }
-    report("hangar", &ours);
+        cmd
+    })?;
+    report("hangar", &ours, args.runs);
 
     let peer = if args.no_qemu {
         None
@@ -133,8 +143,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         println!("qemu microvm: not run (needs hardware KVM, which this host lacks)");
         None
     } else {
-        let mut theirs = Vec::new();
-        for i in 0..args.runs {
+        let theirs = runs("qemu", args.runs, args.memory, timeout, || {
             let mut cmd = Command::new("qemu-system-x86_64");
             cmd.args([
                 "-M",
@@ -152,6 +161,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
                 "stdio",
                 "-no-reboot",
             ])
+            .args(QEMU_INIT_MARKER_ARGS)
             .args([
                 "-m",
                 &args.memory.to_string(),
@@ -163,12 +173,9 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
             if let Some(i) = &initrd {
                 cmd.arg("-initrd").arg(i);
             }
-            let s = measure(cmd, args.memory, timeout)
-                .with_context(|| format!("qemu run {}", i + 1))?;
-            eprintln!("qemu run {}: {s:?}", i + 1);
-            theirs.push(s);
-        }
-        report("qemu -M microvm", &theirs);
+            cmd
+        })?;
+        report("qemu -M microvm", &theirs, args.runs);
         Some(theirs)
     };
     if let Some(theirs) = peer {
@@ -184,6 +191,35 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Boot `count` times; a failed boot is reported and left out of the
+/// figures (under nested emulation an odd boot fails), unless all fail.
+fn runs(
+    name: &str,
+    count: usize,
+    memory_mib: u32,
+    timeout: Duration,
+    command: impl Fn() -> Command,
+) -> anyhow::Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    let mut first_error = None;
+    for i in 1..=count {
+        match measure(command(), memory_mib, timeout) {
+            Ok(s) => {
+                eprintln!("{name} run {i}: {s:?}");
+                samples.push(s);
+            }
+            Err(e) => {
+                eprintln!("{name} run {i}: failed: {e:#}");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if samples.is_empty() => Err(e.context(format!("every {name} run failed"))),
+        _ => Ok(samples),
+    }
+}
+
 fn qemu_can_run(cap: &hangar_engine::HostCapability) -> bool {
     cap.can_run_linux()
         && Command::new("qemu-system-x86_64")
@@ -194,26 +230,52 @@ fn qemu_can_run(cap: &hangar_engine::HostCapability) -> bool {
 }
 
 enum Line {
+    /// Serial output (stdout) arrived; the first is the first serial byte.
+    OutBytes(Instant),
     Out(String, Instant),
     Err(String, Instant),
+    /// QEMU's debugcon got the init marker (a lone byte on stderr).
+    InitMarker(Instant),
 }
 
-fn forward_lines(r: impl Read + Send + 'static, tx: mpsc::Sender<Line>, err: bool) {
+/// Reads the child's stdout or stderr as it comes, not only whole lines:
+/// the first serial byte and QEMU's marker byte carry no newline.
+fn forward_lines(mut r: impl Read + Send + 'static, tx: mpsc::Sender<Line>, err: bool) {
     std::thread::spawn(move || {
-        let mut r = BufReader::new(r);
-        let mut buf = Vec::new();
-        while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-            let line = String::from_utf8_lossy(&buf).into_owned();
-            let now = Instant::now();
-            let msg = if err {
-                Line::Err(line, now)
-            } else {
-                Line::Out(line, now)
+        let mut chunk = [0u8; 4096];
+        let mut pending = Vec::new();
+        loop {
+            let n = match r.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
             };
-            if tx.send(msg).is_err() {
+            let now = Instant::now();
+            let data = &chunk[..n];
+            let first = if err {
+                let before = pending.len();
+                pending.extend(data.iter().filter(|&&b| b != MARKER_INIT_REACHED));
+                (pending.len() - before < n).then_some(Line::InitMarker(now))
+            } else {
+                pending.extend_from_slice(data);
+                Some(Line::OutBytes(now))
+            };
+            if first.is_some_and(|m| tx.send(m).is_err()) {
                 return;
             }
-            buf.clear();
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&pending[..=end]).into_owned();
+                pending.drain(..=end);
+                let msg = if err {
+                    Line::Err(line, now)
+                } else {
+                    Line::Out(line, now)
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
         }
     });
 }
@@ -235,16 +297,25 @@ fn measure(mut cmd: Command, memory_mib: u32, timeout: Duration) -> anyhow::Resu
     let mut s = Sample::default();
     let deadline = t0 + timeout;
     let mut last_err = String::new();
+    let mut last_out = String::new();
     while s.init.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            bail!("no init after {timeout:?} (last stderr line: {last_err:?})");
+            bail!(
+                "no init after {timeout:?} (last stderr line: {last_err:?}; last serial line: {last_out:?})"
+            );
         }
         match rx.recv_timeout(left) {
-            Ok(Line::Out(line, at)) => {
+            Ok(Line::OutBytes(at)) => {
                 s.first_serial.get_or_insert(at - t0);
+            }
+            Ok(Line::InitMarker(at)) => {
+                s.init.get_or_insert(at - t0);
+            }
+            Ok(Line::Out(line, at)) => {
+                last_out = line.trim().to_string();
                 if line.contains(GUEST_READY) && s.init.is_none() {
-                    // QEMU has no debug port: its init is the banner.
+                    // A guest without the marker: its init is the banner.
                     s.init = Some(at - t0);
                 }
             }
@@ -256,13 +327,16 @@ fn measure(mut cmd: Command, memory_mib: u32, timeout: Duration) -> anyhow::Resu
                 {
                     s.init = Some(at - t0);
                 } else if line.starts_with("hangar: exited") {
-                    bail!("the guest exited before its init: {}", line.trim());
+                    bail!(
+                        "the guest exited before its init: {} (previous stderr line: {last_err:?}; last serial line: {last_out:?})",
+                        line.trim()
+                    );
                 }
                 last_err = line.trim().to_string();
             }
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                bail!("the VMM ended before the guest's init (last stderr line: {last_err:?})")
+                bail!("the VMM ended before the guest's init (last stderr line: {last_err:?}; last serial line: {last_out:?})")
             }
         }
         if s.init.is_some() {
@@ -329,7 +403,13 @@ fn column(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Vec<f64> {
     samples.iter().filter_map(f).collect()
 }
 
-fn report(name: &str, samples: &[Sample]) {
+fn report(name: &str, samples: &[Sample], runs: usize) {
+    if samples.len() < runs {
+        println!(
+            "{name}: {} of {runs} runs failed and are left out",
+            runs - samples.len()
+        );
+    }
     let line = |label: &str, v: Vec<f64>, unit: &str| match median(v.clone()) {
         Some(m) => println!(
             "{name}: {label}: median {m:.2} {unit} (min {:.2}, max {:.2}, n={})",
@@ -366,5 +446,40 @@ fn ratio(
     match (median(column(ours, f)), median(column(theirs, f))) {
         (Some(a), Some(b)) if b > 0.0 => println!("{label}: {:.2}x", a / b),
         _ => println!("{label}: n/a"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(data: &[u8], err: bool) -> Vec<String> {
+        let (tx, rx) = mpsc::channel();
+        forward_lines(std::io::Cursor::new(data.to_vec()), tx, err);
+        rx.iter()
+            .map(|l| match l {
+                Line::OutBytes(_) => "bytes".to_string(),
+                Line::InitMarker(_) => "marker".to_string(),
+                Line::Out(s, _) => format!("out {s:?}"),
+                Line::Err(s, _) => format!("err {s:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn test_forward_lines_reports_qemu_marker_byte_without_newline() {
+        assert_eq!(
+            collect(b"\x01qemu: x\n", true),
+            ["marker", "err \"qemu: x\\n\""]
+        );
+        assert_eq!(collect(b"a\nb", true), ["err \"a\\n\""]);
+    }
+
+    #[test]
+    fn test_forward_lines_reports_first_serial_bytes_before_a_newline() {
+        assert_eq!(
+            collect(b"[ 0.1] x\n\x01", false),
+            ["bytes", "out \"[ 0.1] x\\n\""]
+        );
     }
 }
