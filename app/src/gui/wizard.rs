@@ -64,6 +64,9 @@ pub struct WizardState {
     cmdline_edited: bool,
     /// A file dialog running on its own thread, so the window stays live.
     picker: Option<(PickTarget, Receiver<Option<PathBuf>>)>,
+    /// Host CPUs and RAM, read once when the wizard opens rather than from
+    /// /proc on every frame it is shown.
+    host: HostResources,
 }
 
 impl WizardState {
@@ -88,6 +91,7 @@ impl WizardState {
             },
             cmdline_edited: false,
             picker: None,
+            host: HostResources::probe(),
         }
     }
 }
@@ -295,7 +299,7 @@ pub fn wizard_ui(
         return;
     };
     poll_file_picker(s);
-    let host = HostResources::probe();
+    let host = s.host;
     let errors = validate(s, world, host);
     let mut open = true;
     let mut close = false;
