@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod containers;
 pub mod devices;
 pub mod engine;
 pub mod host;

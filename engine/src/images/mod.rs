@@ -25,7 +25,7 @@
 
 mod format;
 mod import;
-mod unpack;
+pub(crate) mod unpack;
 
 #[cfg(test)]
 mod tests;

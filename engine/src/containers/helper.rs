@@ -1,0 +1,588 @@
+//! The container helper process and its protocol.
+//!
+//! libcontainer forks with raw `clone3` and changes the process-wide
+//! working directory, so it must not run inside the multi-threaded app.
+//! Each container is driven through one helper: our own binary re-executed
+//! (the app runs `hangar container-helper`; tests run the engine's
+//! `hangar-container-helper`), single-threaded, in its own session (a
+//! terminal's Ctrl-C reaches the app, which stops containers gracefully).
+//! It owns the libcontainer calls, is the parent of the container's init
+//! and reaps it, and passes the terminal's master back as a file
+//! descriptor.
+//!
+//! Wire: one `SOCK_SEQPACKET` socket pair, fd [`HELPER_FD`] in the helper;
+//! each message is one JSON packet, file descriptors ride along as
+//! `SCM_RIGHTS`. Requests are answered in order; [`Reply::Exited`] is sent
+//! unasked when the init ends. If the engine's end closes (the app died),
+//! the helper kills and deletes its container and exits: nothing is left
+//! running with nobody to stop it.
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ContainerError;
+
+/// The fd number of the helper's end of the socket.
+pub const HELPER_FD: RawFd = 3;
+/// Set (to [`HELPER_FD`]) in the helper's environment; its absence means
+/// the binary was not started by the engine.
+pub const HELPER_FD_ENV: &str = "HANGAR_HELPER_FD";
+
+const MAX_MESSAGE: usize = 64 * 1024;
+const MAX_FDS: usize = 4;
+
+/// How to start a helper: a program and its arguments. The app passes its
+/// own executable and `container-helper`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperCommand {
+    /// The executable.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// Engine → helper.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// Create the container (not started). Without a terminal, three fds
+    /// (stdin, stdout, stderr) come with the message.
+    Create {
+        id: String,
+        state_root: PathBuf,
+        bundle: PathBuf,
+        terminal: bool,
+    },
+    /// Start the created container's process.
+    Start,
+    /// Signal the init (or, `all`, every process of the container).
+    Kill { signal: i32, all: bool },
+    /// Remove runtime state and cgroup (kills what is left).
+    Delete,
+}
+
+/// Helper → engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    /// Created; the init's host pid. With a terminal, its master fd comes
+    /// with the message.
+    Created { pid: i32 },
+    /// The request succeeded.
+    Done,
+    /// The request failed.
+    Failed { message: String },
+    /// The init exited; raw wait status.
+    Exited { status: i32 },
+}
+
+// ------------------------------------------------------------------ wire --
+
+fn send_msg<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> io::Result<()> {
+    let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let mut cbuf = [0u64; 8]; // aligned room for MAX_FDS fds
+                              // SAFETY: a zeroed msghdr is valid; we fill the pointers below.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let data_len = std::mem::size_of_val(fds) as u32;
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+        if fds.len() > MAX_FDS || space > size_of::<[u64; 8]>() {
+            return Err(io::Error::other("too many fds for one message"));
+        }
+        hdr.msg_control = cbuf.as_mut_ptr().cast();
+        hdr.msg_controllen = space;
+        // SAFETY: msg_control points at `space` writable, aligned bytes, so
+        // the first header and its data fit.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast(), fds.len());
+        }
+    }
+    loop {
+        // SAFETY: `hdr` points at live buffers for the duration of the call.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// One `recvmsg`: bytes into `buf`, the fds that came along (owned,
+/// close-on-exec), and the message flags.
+fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>, i32)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; pointers filled below.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cbuf.as_mut_ptr().cast();
+    hdr.msg_controllen = size_of::<[u64; 8]>();
+    let n = loop {
+        // SAFETY: buffers live for the call; MSG_CMSG_CLOEXEC keeps received
+        // fds out of processes we spawn later.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote into cbuf; each
+    // SCM_RIGHTS payload holds fds that are now ours.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&hdr, c);
+        }
+    }
+    Ok((n, fds, hdr.msg_flags))
+}
+
+/// One message and its fds; `None` at end of stream.
+fn recv_msg<T: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let (n, fds, flags) = recv_with_fds(sock, &mut buf)?;
+    if n == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(io::Error::other("message truncated"));
+    }
+    let msg = serde_json::from_slice(&buf[..n]).map_err(io::Error::other)?;
+    Ok(Some((msg, fds)))
+}
+
+// ----------------------------------------------------------- engine side --
+
+/// A running helper process, seen from the engine.
+pub(crate) struct HelperProcess {
+    child: Child,
+    sock: OwnedFd,
+    /// An `Exited` that arrived while waiting for a reply.
+    pending_exit: Option<i32>,
+}
+
+impl HelperProcess {
+    /// Starts a helper; it then waits for requests.
+    pub(crate) fn spawn(cmd: &HelperCommand) -> Result<Self, ContainerError> {
+        let (ours, theirs) = UnixDatagram::pair_seqpacket()
+            .map_err(|e| ContainerError::Helper(format!("cannot create its socket pair: {e}")))?;
+        let theirs_raw = theirs.as_raw_fd();
+        let mut c = std::process::Command::new(&cmd.program);
+        c.args(&cmd.args)
+            .env(HELPER_FD_ENV, HELPER_FD.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        // SAFETY: only async-signal-safe calls (setsid, dup2) between fork
+        // and exec; dup2 onto fd 3 also clears its close-on-exec flag.
+        unsafe {
+            c.pre_exec(move || {
+                libc::setsid();
+                if libc::dup2(theirs_raw, HELPER_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = c.spawn().map_err(|e| {
+            ContainerError::Helper(format!("cannot start {}: {e}", cmd.program.display()))
+        })?;
+        drop(theirs);
+        Ok(Self {
+            child,
+            sock: ours,
+            pending_exit: None,
+        })
+    }
+
+    /// Whether the process is still there (a warm helper may have died).
+    pub(crate) fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The socket, for polling for [`Reply::Exited`].
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Sends a request and waits for its reply (an `Exited` met on the way
+    /// is kept for [`Self::take_exit`]).
+    pub(crate) fn request(
+        &mut self,
+        req: &Request,
+        fds: &[RawFd],
+    ) -> Result<(Reply, Vec<OwnedFd>), ContainerError> {
+        send_msg(self.sock.as_fd(), req, fds).map_err(|e| self.died(e))?;
+        loop {
+            match recv_msg::<Reply>(self.sock.as_fd()) {
+                Ok(Some((Reply::Exited { status }, _))) => self.pending_exit = Some(status),
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => return Err(self.died(io::Error::other("it closed its socket"))),
+                Err(e) => return Err(self.died(e)),
+            }
+        }
+    }
+
+    /// Reads one unasked message (call when the socket is readable).
+    pub(crate) fn read_event(&mut self) -> Result<Option<i32>, ContainerError> {
+        if let Some(s) = self.pending_exit.take() {
+            return Ok(Some(s));
+        }
+        match recv_msg::<Reply>(self.sock.as_fd()) {
+            Ok(Some((Reply::Exited { status }, _))) => Ok(Some(status)),
+            Ok(Some(_)) => Ok(None),
+            Ok(None) => Err(self.died(io::Error::other("it closed its socket"))),
+            Err(e) => Err(self.died(e)),
+        }
+    }
+
+    /// An exit status received while waiting for a reply.
+    pub(crate) fn take_exit(&mut self) -> Option<i32> {
+        self.pending_exit.take()
+    }
+
+    fn died(&mut self, e: io::Error) -> ContainerError {
+        let status = match self.child.try_wait() {
+            Ok(Some(s)) => format!(" (it exited: {s})"),
+            _ => String::new(),
+        };
+        ContainerError::Helper(format!("lost contact: {e}{status}"))
+    }
+
+    /// Closes the socket (the helper then cleans up and exits) and reaps it.
+    pub(crate) fn finish(self) {
+        let HelperProcess {
+            mut child, sock, ..
+        } = self;
+        drop(sock);
+        // Bounded: the helper exits once it sees the socket close; if it
+        // hangs in the runtime, do not hang the caller with it.
+        for _ in 0..200 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+trait SeqpacketPair: Sized {
+    fn pair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)>;
+}
+
+impl SeqpacketPair for UnixDatagram {
+    fn pair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` has room for the two descriptors socketpair writes.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both are new descriptors that nothing else owns.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    }
+}
+
+// ----------------------------------------------------------- helper side --
+
+/// The helper's main: call it from a binary when [`HELPER_FD_ENV`] is set.
+/// Returns the process exit code.
+pub fn helper_main() -> i32 {
+    if std::env::var(HELPER_FD_ENV).ok().as_deref() != Some("3") {
+        eprintln!("this is Hangar's container helper; the engine starts it, not people");
+        return 2;
+    }
+    // SAFETY: fd 3 was placed by the engine's spawn and is ours alone.
+    let sock = unsafe { OwnedFd::from_raw_fd(HELPER_FD) };
+    // Orphans of the container come to us to be reaped, not to the host's
+    // init.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let mut h = Helper {
+        sock,
+        container: None,
+        init_pidfd: None,
+        init_pid: 0,
+    };
+    h.run();
+    0
+}
+
+struct Helper {
+    sock: OwnedFd,
+    container: Option<libcontainer::container::Container>,
+    init_pidfd: Option<OwnedFd>,
+    init_pid: i32,
+}
+
+impl Helper {
+    fn run(&mut self) {
+        loop {
+            let mut pfds = vec![libc::pollfd {
+                fd: self.sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if let Some(p) = &self.init_pidfd {
+                pfds.push(libc::pollfd {
+                    fd: p.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // SAFETY: `pfds` is a valid array of pollfd for the call.
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+            if pfds.get(1).is_some_and(|p| p.revents != 0) {
+                self.reap_init();
+            }
+            if pfds[0].revents != 0 {
+                match recv_msg::<Request>(self.sock.as_fd()) {
+                    Ok(Some((req, fds))) => {
+                        let (reply, out_fds) = self.handle(req, fds);
+                        let raw: Vec<RawFd> = out_fds.iter().map(|f| f.as_raw_fd()).collect();
+                        if send_msg(self.sock.as_fd(), &reply, &raw).is_err() {
+                            break;
+                        }
+                    }
+                    // The engine is gone (or spoke nonsense): clean up, leave.
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        self.abandon();
+    }
+
+    fn handle(&mut self, req: Request, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
+        let r = match req {
+            Request::Create {
+                id,
+                state_root,
+                bundle,
+                terminal,
+            } => self.create(&id, &state_root, &bundle, terminal, fds),
+            Request::Start => self
+                .with_container(|c| c.start())
+                .map(|()| (Reply::Done, vec![])),
+            Request::Kill { signal, all } => match libcontainer::signal::Signal::try_from(signal) {
+                Ok(s) => self
+                    .with_container(|c| c.kill(s, all))
+                    .map(|()| (Reply::Done, vec![])),
+                Err(e) => Err(e.to_string()),
+            },
+            Request::Delete => {
+                let r = self.with_container(|c| c.delete(true));
+                if r.is_ok() {
+                    self.container = None;
+                }
+                self.reap_orphans();
+                r.map(|()| (Reply::Done, vec![]))
+            }
+        };
+        r.unwrap_or_else(|message| (Reply::Failed { message }, vec![]))
+    }
+
+    fn with_container(
+        &mut self,
+        f: impl FnOnce(
+            &mut libcontainer::container::Container,
+        ) -> Result<(), libcontainer::error::LibcontainerError>,
+    ) -> Result<(), String> {
+        match &mut self.container {
+            Some(c) => f(c).map_err(|e| e.to_string()),
+            None => Err("no container has been created".into()),
+        }
+    }
+
+    fn create(
+        &mut self,
+        id: &str,
+        state_root: &Path,
+        bundle: &Path,
+        terminal: bool,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Reply, Vec<OwnedFd>), String> {
+        use libcontainer::container::builder::ContainerBuilder;
+        use libcontainer::syscall::syscall::SyscallType;
+
+        if self.container.is_some() {
+            return Err("this helper already has a container".into());
+        }
+        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+            .with_root_path(state_root)
+            .map_err(|e| e.to_string())?;
+        let console = if terminal {
+            let path = state_root.join(format!("{id}.console"));
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path)
+                .map_err(|e| format!("console socket {}: {e}", path.display()))?;
+            builder = builder.with_console_socket(Some(&path));
+            Some((listener, path))
+        } else {
+            let mut it = fds.into_iter();
+            match (it.next(), it.next(), it.next()) {
+                (Some(i), Some(o), Some(e)) => {
+                    builder = builder.with_stdin(i).with_stdout(o).with_stderr(e);
+                }
+                _ => return Err("create without a terminal needs stdin, stdout and stderr".into()),
+            }
+            None
+        };
+        let built = builder
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build();
+        let container = match built {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some((_, p)) = &console {
+                    let _ = std::fs::remove_file(p);
+                }
+                // A failed create leaves its state directory behind.
+                let _ = std::fs::remove_dir_all(state_root.join(id));
+                self.reap_orphans();
+                return Err(e.to_string());
+            }
+        };
+        let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
+        self.container = Some(container);
+        let mut out = Vec::new();
+        if let Some((listener, path)) = console {
+            let master = receive_console(&listener);
+            let _ = std::fs::remove_file(&path);
+            match master {
+                Ok(m) => out.push(m),
+                Err(e) => return Err(format!("the container's terminal did not arrive: {e}")),
+            }
+        }
+        if pid <= 0 {
+            return Err("the runtime reported no init process".into());
+        }
+        // SAFETY: pidfd_open with a pid and no flags; returns a new fd or -1.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if pidfd < 0 {
+            return Err(format!("pidfd_open: {}", io::Error::last_os_error()));
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        self.init_pidfd = Some(unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
+        self.init_pid = pid;
+        Ok((Reply::Created { pid }, out))
+    }
+
+    /// The init's pidfd is readable: it has exited.
+    fn reap_init(&mut self) {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(self.init_pid, &mut status, libc::WNOHANG) };
+        if r == self.init_pid || r < 0 {
+            self.init_pidfd = None;
+            self.reap_orphans();
+            let _ = send_msg(self.sock.as_fd(), &Reply::Exited { status }, &[]);
+        }
+    }
+
+    fn reap_orphans(&self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid with a valid status pointer, never blocking.
+            let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if r <= 0 || r == self.init_pid && self.init_pidfd.is_some() {
+                break;
+            }
+        }
+    }
+
+    /// The engine went away: leave nothing running.
+    fn abandon(&mut self) {
+        if let Some(c) = &mut self.container {
+            if let Ok(kill) = libcontainer::signal::Signal::try_from(libc::SIGKILL) {
+                let _ = c.kill(kill, true);
+            }
+            let _ = c.delete(true);
+        }
+        self.container = None;
+        self.reap_orphans();
+    }
+}
+
+/// Accepts libcontainer's connection on the console socket and receives
+/// the pty master it sends.
+fn receive_console(listener: &UnixListener) -> io::Result<OwnedFd> {
+    listener.set_nonblocking(true)?;
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    if n <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no connection in 10 s",
+        ));
+    }
+    let (stream, _) = listener.accept()?;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    recv_fd(&stream)
+}
+
+fn recv_fd(stream: &UnixStream) -> io::Result<OwnedFd> {
+    let mut buf = [0u8; 256];
+    let (_, fds, _) = recv_with_fds(stream.as_fd(), &mut buf)?;
+    fds.into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other("no file descriptor in the message"))
+}

@@ -1,0 +1,233 @@
+//! A container's root: an overlayfs with the image's unpacked layers as
+//! read-only lower directories and the container's own upper directory, so
+//! writes never reach the shared layers. Also the image-side lookups that
+//! need that root (users and groups from its /etc, through RESOLVE_IN_ROOT
+//! so a hostile image's symlinks cannot point the lookup at host files).
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::ContainerError;
+use crate::images::unpack::{open_file_in, open_root};
+
+/// The kernel refuses mount options longer than a page.
+const MAX_MOUNT_DATA: usize = 4095;
+
+/// Mounts the overlay of `lower` (bottom layer first) with `upper`/`work`
+/// on `target`.
+pub(crate) fn mount_overlay(
+    lower: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), ContainerError> {
+    if lower.is_empty() {
+        return Err(ContainerError::InvalidConfig(
+            "the image has no layers".into(),
+        ));
+    }
+    let mut all = lower.to_vec();
+    all.extend([upper.to_path_buf(), work.to_path_buf()]);
+    for p in &all {
+        let s = p.as_os_str().as_bytes();
+        // overlayfs splits its options on ',' and lowerdir on ':'.
+        if s.iter().any(|b| matches!(b, b',' | b':' | b'\\')) {
+            return Err(ContainerError::Host(format!(
+                "path '{}' contains ',', ':' or '\\', which overlayfs cannot take",
+                p.display()
+            )));
+        }
+    }
+    // overlayfs wants the top layer first.
+    let lowerdir: Vec<String> = lower
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        upper.display(),
+        work.display()
+    );
+    if data.len() > MAX_MOUNT_DATA {
+        return Err(ContainerError::Host(format!(
+            "the image has too many layers ({}) for one overlay mount",
+            lower.len()
+        )));
+    }
+    let c = |s: &[u8]| {
+        CString::new(s).map_err(|_| ContainerError::Internal("NUL in a mount path".into()))
+    };
+    let (src, fstype, tgt, opts) = (
+        c(b"overlay")?,
+        c(b"overlay")?,
+        c(target.as_os_str().as_bytes())?,
+        c(data.as_bytes())?,
+    );
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive
+    // the call; mount(2) does not keep them.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NODEV,
+            opts.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(ContainerError::Host(format!(
+            "cannot mount the container's overlay root on {}: {e}",
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Detaches whatever is mounted on `target`; not mounted is fine.
+pub(crate) fn unmount(target: &Path) -> Result<(), ContainerError> {
+    let t = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| ContainerError::Internal("NUL in a mount path".into()))?;
+    // SAFETY: valid NUL-terminated path.
+    let r = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
+            return Err(ContainerError::io("unmount", target)(e));
+        }
+    }
+    Ok(())
+}
+
+/// Resolves `spec` (`name`, `uid`, `uid:gid`, `name:group`; empty = root)
+/// against the image's /etc/passwd and /etc/group.
+pub(crate) fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32), ContainerError> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Ok((0, 0));
+    }
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read_etc(rootfs, "etc/passwd");
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => {
+            let gid = passwd.as_deref().and_then(|p| {
+                lookup(p, |f| f.get(2) == Some(&user)).and_then(|f| f.get(3)?.parse().ok())
+            });
+            (uid, gid.unwrap_or(uid))
+        }
+        Err(_) => {
+            let fields = passwd
+                .as_deref()
+                .and_then(|p| lookup(p, |f| f.first() == Some(&user)));
+            let parsed =
+                fields.and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)));
+            parsed.ok_or_else(|| {
+                ContainerError::InvalidConfig(format!(
+                    "user '{user}' is not in the image's /etc/passwd"
+                ))
+            })?
+        }
+    };
+    let gid = match group {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read_etc(rootfs, "etc/group")
+                .as_deref()
+                .and_then(|t| {
+                    lookup(t, |f| f.first() == Some(&g)).and_then(|f| f.get(2)?.parse().ok())
+                })
+                .ok_or_else(|| {
+                    ContainerError::InvalidConfig(format!(
+                        "group '{g}' is not in the image's /etc/group"
+                    ))
+                })?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// A small text file inside the root, or `None` if absent/unreadable.
+fn read_etc(rootfs: &Path, rel: &str) -> Option<String> {
+    let root = open_root(rootfs).ok()?;
+    let f = open_file_in(root.as_fd(), rel).ok()?;
+    let mut s = String::new();
+    // A passwd file bigger than this is not one we want to parse.
+    f.take(1 << 20).read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+fn lookup<'a>(text: &'a str, pred: impl Fn(&Vec<&'a str>) -> bool) -> Option<Vec<&'a str>> {
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| pred(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_with_etc() -> tempfile_dir::Dir {
+        let d = tempfile_dir::Dir::new();
+        std::fs::create_dir_all(d.0.join("etc")).unwrap();
+        std::fs::write(
+            d.0.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(d.0.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        d
+    }
+
+    mod tempfile_dir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p =
+                    std::env::temp_dir().join(format!("hangar-rootfs-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn users_resolve_by_name_and_number() {
+        let d = root_with_etc();
+        assert_eq!(resolve_user(&d.0, "").unwrap(), (0, 0));
+        assert_eq!(resolve_user(&d.0, "app").unwrap(), (1000, 1001));
+        assert_eq!(resolve_user(&d.0, "1000").unwrap(), (1000, 1001));
+        assert_eq!(resolve_user(&d.0, "4242").unwrap(), (4242, 4242));
+        assert_eq!(resolve_user(&d.0, "app:staff").unwrap(), (1000, 50));
+        assert_eq!(resolve_user(&d.0, "5:6").unwrap(), (5, 6));
+        assert!(resolve_user(&d.0, "ghost").is_err());
+        assert!(resolve_user(&d.0, "app:ghosts").is_err());
+    }
+
+    #[test]
+    fn passwd_symlink_out_of_the_root_is_not_followed() {
+        let d = root_with_etc();
+        let outside = tempfile_dir::Dir::new();
+        std::fs::write(outside.0.join("passwd"), "evil:x:7:7::/:/bin/sh\n").unwrap();
+        std::fs::remove_file(d.0.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(outside.0.join("passwd"), d.0.join("etc/passwd")).unwrap();
+        // The absolute target is resolved inside the root, where it does
+        // not exist: the host file is never read.
+        assert!(resolve_user(&d.0, "evil").is_err());
+    }
+}

@@ -1,0 +1,984 @@
+//! The container runtime: one supervisor thread per container, each
+//! driving its own helper process, reporting through the event channel.
+//!
+//! A container's files live in `<data dir>/containers/<id>/`: `upper/` and
+//! `work/` (its writes), `rootfs/` (the overlay mount point), `bundle/`
+//! (`config.json`), `console.log` (everything it printed) and
+//! `container.json` (what it was asked to run, how it ended). The OCI
+//! runtime's own state is in a run directory (`/run/hangar/containers` as
+//! root), which does not outlive a reboot.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::cgroup::CgroupFiles;
+use super::helper::{HelperCommand, HelperProcess, Reply, Request};
+use super::spec::{build_spec, SpecInputs};
+use super::{
+    rootfs, ContainerCommand, ContainerConfig, ContainerError, ContainerEvent, ContainerExit,
+    ContainerId, ContainerState, OutputStream,
+};
+use crate::images::{ImageError, ImageRecord, ImageStore};
+
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// After the init exits, how long the rest of its output may take to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the runtime keeps things.
+#[derive(Debug, Clone)]
+pub struct RuntimePaths {
+    /// Hangar's data directory (images in `images/`, containers in
+    /// `containers/`, the default image's source in `images-src/default`).
+    pub data_dir: PathBuf,
+    /// The OCI runtime's state directory (tmpfs; gone after a reboot).
+    pub run_dir: PathBuf,
+}
+
+impl RuntimePaths {
+    /// Hangar's data directory and `/run/hangar/containers` (root) or
+    /// `$XDG_RUNTIME_DIR/hangar/containers`.
+    pub fn locate() -> Result<Self, ContainerError> {
+        let data_dir = crate::kit::data_dir()
+            .map_err(|e| ContainerError::Host(format!("no data directory: {e}")))?;
+        // SAFETY: geteuid has no preconditions.
+        let run_dir = if unsafe { libc::geteuid() } == 0 {
+            PathBuf::from("/run/hangar/containers")
+        } else {
+            match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+                Some(d) => PathBuf::from(d).join("hangar/containers"),
+                None => {
+                    return Err(ContainerError::Host(
+                        "XDG_RUNTIME_DIR is not set (no user session)".into(),
+                    ))
+                }
+            }
+        };
+        Ok(Self { data_dir, run_dir })
+    }
+}
+
+/// What `container.json` keeps of a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// Its id.
+    pub id: ContainerId,
+    /// What it was asked to run.
+    pub config: ContainerConfig,
+    /// Seconds since the epoch when it was created.
+    pub created: u64,
+    /// How it ended, once it has.
+    pub exit: Option<ContainerExit>,
+}
+
+/// Sends events and wakes the caller.
+#[derive(Clone)]
+struct EventSink {
+    tx: Sender<ContainerEvent>,
+    waker: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl EventSink {
+    fn send(&self, e: ContainerEvent) {
+        // The receiver gone means nobody listens any more: nothing to do.
+        if self.tx.send(e).is_ok() {
+            (self.waker)();
+        }
+    }
+}
+
+/// Control messages from [`ContainerRuntime::execute`] to a supervisor.
+enum Control {
+    Input(Vec<u8>),
+    CloseInput,
+    Resize(u16, u16),
+    Stop(Duration),
+    Kill(i32),
+    Remove,
+}
+
+struct Handle {
+    tx: Sender<Control>,
+    wake: Arc<EventFd>,
+    state: Arc<Mutex<ContainerState>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    paths: RuntimePaths,
+    images: ImageStore,
+    helper: HelperCommand,
+    /// A helper started ahead of need.
+    warm: Mutex<Option<HelperProcess>>,
+    events: EventSink,
+}
+
+impl Shared {
+    /// A ready helper: the warm one if it is still alive, else a new one.
+    fn take_helper(&self) -> Result<HelperProcess, ContainerError> {
+        let warm = self.warm.lock().map(|mut w| w.take()).unwrap_or(None);
+        if let Some(mut h) = warm {
+            if h.is_alive() {
+                return Ok(h);
+            }
+            h.finish();
+        }
+        HelperProcess::spawn(&self.helper)
+    }
+
+    /// Starts the next warm helper, unless one is there.
+    fn warm_up(&self) {
+        let Ok(mut w) = self.warm.lock() else { return };
+        if w.is_none() {
+            match HelperProcess::spawn(&self.helper) {
+                Ok(h) => *w = Some(h),
+                Err(e) => log::warn!("could not start a spare container helper: {e}"),
+            }
+        }
+    }
+}
+
+/// Runs containers. Dropping it stops every running container (SIGKILL)
+/// and waits for their supervisors.
+pub struct ContainerRuntime {
+    shared: Arc<Shared>,
+    containers: Mutex<HashMap<ContainerId, Handle>>,
+}
+
+impl ContainerRuntime {
+    /// A runtime using `paths` and starting helpers with `helper`. `waker`
+    /// is called after every event.
+    pub fn new(
+        paths: RuntimePaths,
+        helper: HelperCommand,
+        waker: impl Fn() + Send + Sync + 'static,
+    ) -> Result<(Self, Receiver<ContainerEvent>), ContainerError> {
+        for d in [paths.data_dir.join("containers"), paths.run_dir.clone()] {
+            std::fs::create_dir_all(&d).map_err(ContainerError::io("create", &d))?;
+        }
+        let images = ImageStore::open(&paths.data_dir)?;
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            paths,
+            images,
+            helper,
+            warm: Mutex::new(None),
+            events: EventSink {
+                tx,
+                waker: Arc::new(waker),
+            },
+        });
+        // The first helper's exec happens now, not when the user clicks.
+        let s = Arc::clone(&shared);
+        let _ = std::thread::Builder::new()
+            .name("container-warmup".into())
+            .spawn(move || s.warm_up());
+        Ok((
+            Self {
+                shared,
+                containers: Mutex::new(HashMap::new()),
+            },
+            rx,
+        ))
+    }
+
+    /// A fresh container id (12 random hex digits).
+    pub fn new_id() -> ContainerId {
+        let mut b = [0u8; 6];
+        // SAFETY: getrandom writes at most b.len() bytes into b.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n != b.len() as isize {
+            // Unreachable on Linux ≥ 3.17 for 6 bytes; time and pid still
+            // make a unique enough id.
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let v = (t as u64) ^ ((std::process::id() as u64) << 32);
+            b.copy_from_slice(&v.to_le_bytes()[..6]);
+        }
+        ContainerId(b.iter().map(|x| format!("{x:02x}")).collect())
+    }
+
+    /// The image store the runtime takes images from.
+    pub fn images(&self) -> &ImageStore {
+        &self.shared.images
+    }
+
+    /// The directory of a container's files.
+    pub fn container_dir(&self, id: &ContainerId) -> PathBuf {
+        self.shared.paths.data_dir.join("containers").join(&id.0)
+    }
+
+    /// The state a container is in, if it is known to this runtime.
+    pub fn state(&self, id: &ContainerId) -> Option<ContainerState> {
+        let map = self.containers.lock().ok()?;
+        let h = map.get(id)?;
+        h.state.lock().ok().map(|s| *s)
+    }
+
+    /// Carries out a command. Errors found at once are returned; the rest
+    /// arrive as [`ContainerEvent::Error`].
+    pub fn execute(&self, cmd: ContainerCommand) -> Result<(), ContainerError> {
+        let mut map = self
+            .containers
+            .lock()
+            .map_err(|_| ContainerError::Internal("container table poisoned".into()))?;
+        let (id, control) = match cmd {
+            ContainerCommand::Run { id, config } => {
+                config.validate()?;
+                if !valid_id(&id.0) {
+                    return Err(ContainerError::InvalidConfig(format!(
+                        "container id '{id}' must be 1-64 characters of a-z, 0-9, '_' or '-'"
+                    )));
+                }
+                if map.contains_key(&id) || self.container_dir(&id).exists() {
+                    return Err(ContainerError::Exists(id));
+                }
+                let handle = self.spawn_supervisor(id.clone(), config)?;
+                map.insert(id, handle);
+                return Ok(());
+            }
+            ContainerCommand::Input { id, bytes } => (id, Control::Input(bytes)),
+            ContainerCommand::CloseInput(id) => (id, Control::CloseInput),
+            ContainerCommand::Resize { id, cols, rows } => (id, Control::Resize(cols, rows)),
+            ContainerCommand::Stop { id, grace } => (id, Control::Stop(grace)),
+            ContainerCommand::Kill { id, signal } => (id, Control::Kill(signal)),
+            ContainerCommand::Remove { id, force } => {
+                let h = map
+                    .get(&id)
+                    .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
+                let state = h.state.lock().map(|s| *s).unwrap_or(ContainerState::Failed);
+                if !force
+                    && matches!(
+                        state,
+                        ContainerState::Running
+                            | ContainerState::Stopping
+                            | ContainerState::Creating
+                    )
+                {
+                    return Err(ContainerError::WrongState {
+                        id,
+                        state,
+                        what: "remove it while it runs (stop it, or force)",
+                    });
+                }
+                // The supervisor removes the files and ends; forget it.
+                let h = map
+                    .remove(&id)
+                    .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
+                let _ = h.tx.send(Control::Remove);
+                let _ = h.wake.write(1);
+                return Ok(());
+            }
+        };
+        let h = map
+            .get(&id)
+            .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
+        h.tx.send(control)
+            .map_err(|_| ContainerError::Internal(format!("supervisor of '{id}' is gone")))?;
+        h.wake
+            .write(1)
+            .map_err(|e| ContainerError::Internal(format!("wake supervisor: {e}")))?;
+        Ok(())
+    }
+
+    fn spawn_supervisor(
+        &self,
+        id: ContainerId,
+        config: ContainerConfig,
+    ) -> Result<Handle, ContainerError> {
+        let (tx, rx) = mpsc::channel();
+        let wake = Arc::new(
+            EventFd::new(EFD_NONBLOCK)
+                .map_err(|e| ContainerError::Internal(format!("eventfd: {e}")))?,
+        );
+        let state = Arc::new(Mutex::new(ContainerState::Creating));
+        let sup = Supervisor {
+            shared: Arc::clone(&self.shared),
+            dir: self.container_dir(&id),
+            cgroup_path: format!("/hangar/{}", id.0),
+            id: id.clone(),
+            config,
+            controls: rx,
+            wake: Arc::clone(&wake),
+            state: Arc::clone(&state),
+            log: None,
+            remove_requested: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("container-{}", id.0))
+            .spawn(move || sup.run())
+            .map_err(|e| ContainerError::Internal(format!("spawn supervisor thread: {e}")))?;
+        Ok(Handle {
+            tx,
+            wake,
+            state,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ContainerRuntime {
+    fn drop(&mut self) {
+        let handles: Vec<Handle> = match self.containers.lock() {
+            Ok(mut m) => m.drain().map(|(_, h)| h).collect(),
+            Err(_) => return,
+        };
+        for h in &handles {
+            let _ = h.tx.send(Control::Kill(libc::SIGKILL));
+            let _ = h.tx.send(Control::Remove);
+            let _ = h.wake.write(1);
+        }
+        for mut h in handles {
+            if let Some(t) = h.thread.take() {
+                let _ = t.join();
+            }
+        }
+        if let Ok(mut w) = self.shared.warm.lock() {
+            if let Some(h) = w.take() {
+                h.finish();
+            }
+        }
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The image, importing `default` from the set-up script's build when the
+/// store does not have it yet.
+fn resolve_image(shared: &Shared, name: &str) -> Result<ImageRecord, ContainerError> {
+    match shared.images.get(name) {
+        Err(ImageError::NotFound(_)) if name == "default" => {
+            let src = shared.paths.data_dir.join("images-src/default");
+            if !src.join("index.json").exists() {
+                return Err(ContainerError::InvalidConfig(format!(
+                    "the image 'default' is not in the store and {} does not exist: run packaging/setup.sh",
+                    src.display()
+                )));
+            }
+            Ok(shared.images.import(&src, Some("default"), &mut |_| {})?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// The stdio the engine keeps: pipes' engine ends, or the terminal.
+enum Stdio {
+    Pipes {
+        stdin: Option<File>,
+        stdout: Option<File>,
+        stderr: Option<File>,
+    },
+    Terminal(Option<File>),
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    id: ContainerId,
+    config: ContainerConfig,
+    dir: PathBuf,
+    cgroup_path: String,
+    controls: Receiver<Control>,
+    wake: Arc<EventFd>,
+    state: Arc<Mutex<ContainerState>>,
+    log: Option<File>,
+    /// Forced removal while running: remove as soon as it has exited.
+    remove_requested: bool,
+}
+
+/// Why the main loop ended.
+enum LoopEnd {
+    Exited(i32),
+    HelperLost(ContainerError),
+}
+
+impl Supervisor {
+    fn run(mut self) {
+        self.set_state(ContainerState::Creating);
+        let started = Instant::now();
+        let rootfs = self.dir.join("rootfs");
+        match self.create_and_start(started) {
+            Ok((helper, stdio)) => {
+                self.set_state(ContainerState::Running);
+                // The next container's helper starts now, while this one runs.
+                self.shared.warm_up();
+                self.supervise(helper, stdio);
+            }
+            Err(e) => {
+                self.emit(ContainerEvent::Error {
+                    id: self.id.clone(),
+                    message: e.to_string(),
+                });
+                let _ = rootfs::unmount(&rootfs);
+                self.set_state(ContainerState::Failed);
+            }
+        }
+        self.wait_for_removal();
+    }
+
+    fn emit(&self, e: ContainerEvent) {
+        self.shared.events.send(e);
+    }
+
+    fn set_state(&self, s: ContainerState) {
+        if let Ok(mut st) = self.state.lock() {
+            *st = s;
+        }
+        self.emit(ContainerEvent::StateChanged {
+            id: self.id.clone(),
+            state: s,
+        });
+    }
+
+    fn record(&self, exit: Option<ContainerExit>) -> Result<(), ContainerError> {
+        let rec = ContainerRecord {
+            id: self.id.clone(),
+            config: self.config.clone(),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            exit,
+        };
+        let p = self.dir.join("container.json");
+        let bytes = serde_json::to_vec_pretty(&rec)
+            .map_err(|e| ContainerError::Internal(format!("encode record: {e}")))?;
+        crate::store::write_atomic(&p, &bytes)
+            .map_err(|e| ContainerError::Internal(format!("write {}: {e}", p.display())))
+    }
+
+    fn create_and_start(
+        &mut self,
+        started: Instant,
+    ) -> Result<(HelperProcess, Stdio), ContainerError> {
+        let image = resolve_image(&self.shared, &self.config.image)?;
+        let layers = self.shared.images.layer_roots(&image)?;
+        let (upper, work, rootfs_dir, bundle) = (
+            self.dir.join("upper"),
+            self.dir.join("work"),
+            self.dir.join("rootfs"),
+            self.dir.join("bundle"),
+        );
+        for d in [&upper, &work, &rootfs_dir, &bundle] {
+            std::fs::create_dir_all(d).map_err(ContainerError::io("create", d))?;
+        }
+        self.record(None)?;
+        let log_path = self.dir.join("console.log");
+        self.log = Some(File::create(&log_path).map_err(ContainerError::io("create", &log_path))?);
+        rootfs::mount_overlay(&layers, &upper, &work, &rootfs_dir)?;
+
+        let run = &image.config.config;
+        let user = self
+            .config
+            .user
+            .clone()
+            .or_else(|| run.user.clone())
+            .unwrap_or_default();
+        let (uid, gid) = rootfs::resolve_user(&rootfs_dir, &user)?;
+        let mut args: Vec<String> = run.entrypoint.clone().unwrap_or_default();
+        if self.config.command.is_empty() {
+            args.extend(run.cmd.clone().unwrap_or_default());
+        } else {
+            args.extend(self.config.command.iter().cloned());
+        }
+        if args.is_empty() {
+            return Err(ContainerError::InvalidConfig(format!(
+                "the image '{}' names no command: give one",
+                self.config.image
+            )));
+        }
+        let env = merge_env(
+            run.env.as_deref().unwrap_or_default(),
+            &self.config.env,
+            &self.id.0,
+            self.config.terminal,
+        );
+        let cwd = self
+            .config
+            .workdir
+            .clone()
+            .or_else(|| run.working_dir.clone().filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into());
+        let spec = build_spec(
+            &self.config,
+            &SpecInputs {
+                rootfs: &rootfs_dir,
+                args,
+                env,
+                cwd,
+                uid,
+                gid,
+                hostname: &self.id.0,
+                cgroup_path: &self.cgroup_path,
+                netns: None,
+            },
+        )?;
+        let spec_path = bundle.join("config.json");
+        spec.save(&spec_path)
+            .map_err(|e| ContainerError::Internal(format!("write {}: {e}", spec_path.display())))?;
+
+        let mut helper = self.shared.take_helper()?;
+        let (stdio, child_fds) = if self.config.terminal {
+            (None, Vec::new())
+        } else {
+            let (in_r, in_w) = pipe()?;
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            (
+                Some(Stdio::Pipes {
+                    stdin: Some(File::from(in_w)),
+                    stdout: Some(File::from(out_r)),
+                    stderr: Some(File::from(err_r)),
+                }),
+                vec![in_r, out_w, err_w],
+            )
+        };
+        let raw: Vec<RawFd> = child_fds.iter().map(|f| f.as_raw_fd()).collect();
+        let reply = helper.request(
+            &Request::Create {
+                id: self.id.0.clone(),
+                state_root: self.shared.paths.run_dir.clone(),
+                bundle: bundle.clone(),
+                terminal: self.config.terminal,
+            },
+            &raw,
+        );
+        // The container holds its ends now; ours must close or the pipes
+        // never see end-of-file.
+        drop(child_fds);
+        let (pid, stdio) = match reply {
+            Ok((Reply::Created { pid }, fds)) => {
+                let stdio = match stdio {
+                    Some(s) => s,
+                    None => match fds.into_iter().next() {
+                        Some(master) => Stdio::Terminal(Some(File::from(master))),
+                        None => {
+                            helper.finish();
+                            return Err(ContainerError::Runtime(
+                                "the helper sent no terminal".into(),
+                            ));
+                        }
+                    },
+                };
+                (pid, stdio)
+            }
+            Ok((Reply::Failed { message }, _)) => {
+                helper.finish();
+                return Err(ContainerError::Runtime(format!("cannot create: {message}")));
+            }
+            Ok((other, _)) => {
+                helper.finish();
+                return Err(ContainerError::Internal(format!(
+                    "unexpected reply {other:?}"
+                )));
+            }
+            Err(e) => {
+                helper.finish();
+                return Err(e);
+            }
+        };
+        match helper.request(&Request::Start, &[]) {
+            Ok((Reply::Done, _)) => {}
+            Ok((Reply::Failed { message }, _)) => {
+                let _ = helper.request(&Request::Delete, &[]);
+                helper.finish();
+                return Err(ContainerError::Runtime(format!("cannot start: {message}")));
+            }
+            Ok((other, _)) => {
+                helper.finish();
+                return Err(ContainerError::Internal(format!(
+                    "unexpected reply {other:?}"
+                )));
+            }
+            Err(e) => {
+                helper.finish();
+                return Err(e);
+            }
+        }
+        self.emit(ContainerEvent::Started {
+            id: self.id.clone(),
+            pid,
+            setup: started.elapsed(),
+        });
+        Ok((helper, stdio))
+    }
+
+    /// Streams output, applies controls, samples stats, until the init
+    /// exits; then cleans up and reports.
+    fn supervise(&mut self, mut helper: HelperProcess, mut stdio: Stdio) {
+        let cgroup = CgroupFiles::new(&self.cgroup_path);
+        let mut next_stats = Instant::now();
+        let mut kill_at: Option<Instant> = None;
+        let mut stopped_by_user = false;
+        let end = loop {
+            if let Some(status) = helper.take_exit() {
+                break LoopEnd::Exited(status);
+            }
+            let now = Instant::now();
+            if now >= next_stats {
+                self.emit(ContainerEvent::Stats {
+                    id: self.id.clone(),
+                    stats: cgroup.stats(),
+                });
+                next_stats = now + STATS_INTERVAL;
+            }
+            if kill_at.is_some_and(|t| now >= t) {
+                kill_at = None;
+                self.kill(&mut helper, libc::SIGKILL, true);
+            }
+            let deadline = kill_at.map_or(next_stats, |k| k.min(next_stats));
+            let timeout = deadline.saturating_duration_since(Instant::now());
+
+            let mut fds = vec![
+                pollfd(helper.socket().as_raw_fd()),
+                pollfd(self.wake.as_raw_fd()),
+            ];
+            let outputs = output_fds(&stdio);
+            fds.extend(outputs.iter().map(|(fd, _)| pollfd(*fd)));
+            if let Err(e) = poll(&mut fds, timeout) {
+                break LoopEnd::HelperLost(ContainerError::Internal(format!("poll: {e}")));
+            }
+            for (i, (_, stream)) in outputs.iter().enumerate() {
+                if fds[2 + i].revents != 0 {
+                    self.read_output(&mut stdio, *stream);
+                }
+            }
+            if fds[1].revents != 0 {
+                let _ = self.wake.read();
+                while let Ok(c) = self.controls.try_recv() {
+                    match c {
+                        Control::Input(b) => write_input(&mut stdio, &b),
+                        Control::CloseInput => {
+                            if let Stdio::Pipes { stdin, .. } = &mut stdio {
+                                *stdin = None;
+                            }
+                        }
+                        Control::Resize(cols, rows) => resize(&stdio, cols, rows),
+                        Control::Stop(grace) => {
+                            stopped_by_user = true;
+                            self.set_state(ContainerState::Stopping);
+                            if grace.is_zero() {
+                                self.kill(&mut helper, libc::SIGKILL, true);
+                            } else {
+                                self.kill(&mut helper, libc::SIGTERM, false);
+                                kill_at = Some(Instant::now() + grace);
+                            }
+                        }
+                        Control::Kill(sig) => {
+                            stopped_by_user = true;
+                            self.kill(&mut helper, sig, sig == libc::SIGKILL);
+                        }
+                        // Removal was asked while running (forced): kill,
+                        // then the normal exit path runs and the files go.
+                        Control::Remove => {
+                            stopped_by_user = true;
+                            self.kill(&mut helper, libc::SIGKILL, true);
+                            self.remove_requested = true;
+                        }
+                    }
+                }
+            }
+            if fds[0].revents != 0 {
+                match helper.read_event() {
+                    Ok(Some(status)) => break LoopEnd::Exited(status),
+                    Ok(None) => {}
+                    Err(e) => break LoopEnd::HelperLost(e),
+                }
+            }
+        };
+        let status = match end {
+            LoopEnd::Exited(s) => Some(s),
+            LoopEnd::HelperLost(e) => {
+                self.emit(ContainerEvent::Error {
+                    id: self.id.clone(),
+                    message: e.to_string(),
+                });
+                None
+            }
+        };
+        // Read before Delete removes the cgroup: the last sample (whole
+        // CPU time used) and why it died.
+        let counters = cgroup.counters();
+        self.emit(ContainerEvent::Stats {
+            id: self.id.clone(),
+            stats: cgroup.stats(),
+        });
+        match helper.request(&Request::Delete, &[]) {
+            Ok((Reply::Done, _)) => {}
+            Ok((Reply::Failed { message }, _)) => self.emit(ContainerEvent::Error {
+                id: self.id.clone(),
+                message: format!("cleaning up the container's runtime state: {message}"),
+            }),
+            Ok(_) | Err(_) => {}
+        }
+        helper.finish();
+        // Now that neither the container nor the helper holds a writer,
+        // the streams end as soon as they are read out.
+        self.drain_output(&mut stdio);
+        if let Err(e) = rootfs::unmount(&self.dir.join("rootfs")) {
+            self.emit(ContainerEvent::Error {
+                id: self.id.clone(),
+                message: e.to_string(),
+            });
+        }
+        let exit = match status {
+            Some(s) => decode_status(s, counters, stopped_by_user),
+            None => ContainerExit {
+                code: 255,
+                stopped_by_user,
+                ..Default::default()
+            },
+        };
+        if let Err(e) = self.record(Some(exit.clone())) {
+            log::warn!("container {}: {e}", self.id);
+        }
+        // The state changes before anyone hears of the exit, so a Remove
+        // sent in answer to the event is accepted.
+        if let Ok(mut st) = self.state.lock() {
+            *st = ContainerState::Exited;
+        }
+        self.emit(ContainerEvent::Exited {
+            id: self.id.clone(),
+            exit,
+        });
+        self.set_state(ContainerState::Exited);
+    }
+
+    fn kill(&self, helper: &mut HelperProcess, signal: i32, all: bool) {
+        match helper.request(&Request::Kill { signal, all }, &[]) {
+            Ok((Reply::Done, _)) => {}
+            // It may have exited in between: the exit event follows.
+            Ok((Reply::Failed { message }, _)) => {
+                log::debug!("container {}: kill {signal}: {message}", self.id)
+            }
+            Ok(_) => {}
+            Err(e) => self.emit(ContainerEvent::Error {
+                id: self.id.clone(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// One read from a readable output; end-of-file or an error (EIO on a
+    /// terminal whose process is gone) closes our end.
+    fn read_output(&mut self, stdio: &mut Stdio, stream: OutputStream) {
+        let slot = stream_slot(stdio, stream);
+        let Some(f) = slot.as_mut() else { return };
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf) {
+            Ok(0) => *slot = None,
+            Ok(n) => {
+                buf.truncate(n);
+                self.output(stream, buf);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => *slot = None,
+        }
+    }
+
+    fn output(&mut self, stream: OutputStream, data: Vec<u8>) {
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.write_all(&data) {
+                log::warn!(
+                    "container {}: log write failed, logging stops: {e}",
+                    self.id
+                );
+                self.log = None;
+            }
+        }
+        self.emit(ContainerEvent::Output {
+            id: self.id.clone(),
+            stream,
+            data,
+        });
+    }
+
+    /// Reads what is left once the container is gone, until every stream
+    /// ends (all writers closed) or [`DRAIN_TIMEOUT`].
+    fn drain_output(&mut self, stdio: &mut Stdio) {
+        let until = Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            let outputs = output_fds(stdio);
+            let now = Instant::now();
+            if outputs.is_empty() || now >= until {
+                return;
+            }
+            let mut fds: Vec<libc::pollfd> = outputs.iter().map(|(fd, _)| pollfd(*fd)).collect();
+            if poll(&mut fds, until - now).is_err() {
+                return;
+            }
+            for (i, (_, stream)) in outputs.iter().enumerate() {
+                if fds[i].revents != 0 {
+                    self.read_output(stdio, *stream);
+                }
+            }
+        }
+    }
+
+    /// After the exit: keep the files until Remove (or the runtime's end).
+    fn wait_for_removal(&mut self) {
+        if !self.remove_requested {
+            loop {
+                match self.controls.recv() {
+                    Ok(Control::Remove) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        let _ = rootfs::unmount(&self.dir.join("rootfs"));
+        self.log = None;
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => self.emit(ContainerEvent::Removed(self.id.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.emit(ContainerEvent::Removed(self.id.clone()))
+            }
+            Err(e) => self.emit(ContainerEvent::Error {
+                id: self.id.clone(),
+                message: format!("cannot remove {}: {e}", self.dir.display()),
+            }),
+        }
+    }
+}
+
+fn stream_slot(stdio: &mut Stdio, stream: OutputStream) -> &mut Option<File> {
+    match (stdio, stream) {
+        (Stdio::Pipes { stderr, .. }, OutputStream::Stderr) => stderr,
+        (Stdio::Pipes { stdout, .. }, _) => stdout,
+        (Stdio::Terminal(m), _) => m,
+    }
+}
+
+/// The output descriptors still open.
+fn output_fds(stdio: &Stdio) -> Vec<(RawFd, OutputStream)> {
+    match stdio {
+        Stdio::Pipes { stdout, stderr, .. } => stdout
+            .iter()
+            .map(|f| (f.as_raw_fd(), OutputStream::Stdout))
+            .chain(stderr.iter().map(|f| (f.as_raw_fd(), OutputStream::Stderr)))
+            .collect(),
+        Stdio::Terminal(m) => m
+            .iter()
+            .map(|f| (f.as_raw_fd(), OutputStream::Terminal))
+            .collect(),
+    }
+}
+
+fn write_input(stdio: &mut Stdio, bytes: &[u8]) {
+    let target = match stdio {
+        Stdio::Pipes { stdin, .. } => stdin,
+        Stdio::Terminal(m) => m,
+    };
+    if let Some(f) = target {
+        // A process that stopped reading its input: drop the input, never
+        // the supervisor.
+        if f.write_all(bytes).is_err() {
+            if let Stdio::Pipes { stdin, .. } = stdio {
+                *stdin = None;
+            }
+        }
+    }
+}
+
+fn resize(stdio: &Stdio, cols: u16, rows: u16) {
+    if let Stdio::Terminal(Some(m)) = stdio {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ on a pty master with a valid winsize pointer.
+        unsafe { libc::ioctl(m.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<()> {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `fds` is a valid slice of pollfd for the call.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+        for f in fds.iter_mut() {
+            f.revents = 0;
+        }
+    }
+    Ok(())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(ContainerError::Internal(format!(
+            "pipe: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: two new descriptors nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Image env, then the user's (same name replaces), plus PATH, HOSTNAME
+/// and TERM where missing.
+fn merge_env(image: &[String], user: &[String], hostname: &str, terminal: bool) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut set = |e: &str| {
+        let key = e.split('=').next().unwrap_or(e);
+        out.retain(|x| x.split('=').next() != Some(key));
+        out.push(e.to_string());
+    };
+    set("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    set(&format!("HOSTNAME={hostname}"));
+    if terminal {
+        set("TERM=xterm-256color");
+    }
+    for e in image.iter().chain(user) {
+        set(e);
+    }
+    out
+}
+
+fn decode_status(
+    status: i32,
+    counters: super::CgroupCounters,
+    stopped_by_user: bool,
+) -> ContainerExit {
+    let (code, signal) = if libc::WIFSIGNALED(status) {
+        let s = libc::WTERMSIG(status);
+        (128 + s, Some(s))
+    } else {
+        (libc::WEXITSTATUS(status), None)
+    };
+    ContainerExit {
+        code,
+        signal,
+        oom_killed: counters.oom_kills > 0,
+        pids_limit_hits: counters.pids_max_hits,
+        stopped_by_user,
+    }
+}

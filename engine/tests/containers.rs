@@ -1,0 +1,633 @@
+//! Containers for real on the host kernel: the `default` image (busybox,
+//! built by packaging/setup.sh), libcontainer in our helper process,
+//! namespaces, cgroups. Each test gets its own data and run directories.
+//!
+//! As root. Without root the tests say so loudly and return (rootless
+//! containers have their own tests).
+
+// Test code: a failed step should panic with its error.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use hangar_engine::containers::{
+    ContainerCommand, ContainerConfig, ContainerEvent, ContainerExit, ContainerId,
+    ContainerRuntime, ContainerState, ContainerStats, HelperCommand, OutputStream, RuntimePaths,
+    Volume,
+};
+use hangar_engine::images::ImageStore;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "*** SKIPPED: not root: {test} did not run (it runs containers as root) ***"
+    );
+    false
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            return;
+        }
+    };
+}
+
+/// A temporary directory removed at drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("hangar-ct-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The set-up script's OCI layout of the default image.
+fn default_image_source() -> PathBuf {
+    let src = hangar_engine::kit::data_dir()
+        .expect("data dir")
+        .join("images-src/default");
+    assert!(
+        src.join("index.json").exists(),
+        "{} is missing: run packaging/setup.sh (it builds the default image)",
+        src.display()
+    );
+    src
+}
+
+struct Harness {
+    rt: ContainerRuntime,
+    events: Receiver<ContainerEvent>,
+    data: TempDir,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let data = TempDir::new("data");
+        let paths = RuntimePaths {
+            data_dir: data.0.clone(),
+            run_dir: data.0.join("run"),
+        };
+        // Import explicitly (the runtime would too, from the real data dir's
+        // images-src, which this temp data dir does not have).
+        ImageStore::open(&data.0)
+            .unwrap()
+            .import(&default_image_source(), Some("default"), &mut |_| {})
+            .unwrap();
+        let helper = HelperCommand {
+            program: env!("CARGO_BIN_EXE_hangar-container-helper").into(),
+            args: vec![],
+        };
+        let (rt, events) = ContainerRuntime::new(paths, helper, || {}).unwrap();
+        Harness { rt, events, data }
+    }
+
+    fn start(&self, config: ContainerConfig) -> ContainerId {
+        let id = ContainerRuntime::new_id();
+        self.rt
+            .execute(ContainerCommand::Run {
+                id: id.clone(),
+                config,
+            })
+            .unwrap();
+        id
+    }
+
+    /// Events until the container exits (or `deadline`), with output
+    /// collected; `on_event` may act on each one.
+    fn wait_exit(
+        &self,
+        id: &ContainerId,
+        deadline: Duration,
+        mut on_event: impl FnMut(&ContainerEvent),
+    ) -> Outcome {
+        let until = Instant::now() + deadline;
+        let mut out = Outcome::default();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let e = match self.events.recv_timeout(left) {
+                Ok(e) => e,
+                Err(_) => panic!(
+                    "container {id} did not exit within {deadline:?}; stdout so far: {:?} stderr: {:?}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            };
+            on_event(&e);
+            match e {
+                ContainerEvent::Output {
+                    id: i,
+                    stream,
+                    data,
+                } if &i == id => match stream {
+                    OutputStream::Stderr => out.stderr.extend(data),
+                    _ => out.stdout.extend(data),
+                },
+                ContainerEvent::Started { id: i, .. } if &i == id => out.started = true,
+                ContainerEvent::Stats { id: i, stats } if &i == id => out.stats.push(stats),
+                ContainerEvent::Error { id: i, message } if &i == id => out.errors.push(message),
+                ContainerEvent::StateChanged {
+                    id: i,
+                    state: ContainerState::Failed,
+                } if &i == id => panic!("container failed: {:?}", out.errors),
+                ContainerEvent::Exited { id: i, exit } if &i == id => {
+                    out.exit = exit;
+                    return out;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Removes the container and checks nothing of it is left.
+    fn remove(&self, id: &ContainerId) {
+        self.rt
+            .execute(ContainerCommand::Remove {
+                id: id.clone(),
+                force: false,
+            })
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(ContainerEvent::Removed(i)) if &i == id => break,
+                Ok(ContainerEvent::Error { id: i, message }) if &i == id => {
+                    panic!("removing {id}: {message}")
+                }
+                Ok(_) => {}
+                Err(_) => panic!("container {id} was not removed in 20 s"),
+            }
+        }
+        assert!(!self.rt.container_dir(id).exists(), "container dir left");
+        assert!(
+            !self.data.0.join("run").join(&id.0).exists(),
+            "runtime state left"
+        );
+        for ctl in ["memory", "pids", "cpu"] {
+            let v1 = Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join("hangar")
+                .join(&id.0);
+            assert!(!v1.exists(), "cgroup {} left", v1.display());
+        }
+        let v2 = Path::new("/sys/fs/cgroup/hangar").join(&id.0);
+        assert!(!v2.exists(), "cgroup {} left", v2.display());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&id.0), "a mount of {id} is left");
+    }
+
+    /// Runs to completion and removes: the common case.
+    fn run(&self, config: ContainerConfig) -> Outcome {
+        let id = self.start(config);
+        let out = self.wait_exit(&id, Duration::from_secs(60), |_| {});
+        self.remove(&id);
+        Outcome {
+            id: Some(id),
+            ..out
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Outcome {
+    id: Option<ContainerId>,
+    started: bool,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stats: Vec<ContainerStats>,
+    errors: Vec<String>,
+    exit: ContainerExit,
+}
+
+impl Outcome {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+fn sh(script: &str) -> ContainerConfig {
+    let mut c = ContainerConfig::new("default");
+    c.command = vec!["sh".into(), "-c".into(), script.into()];
+    c
+}
+
+#[test]
+fn hello_id_hostname() {
+    require_root!();
+    let h = Harness::new();
+    let out = h.run(sh("echo hello; id; hostname; echo oops >&2"));
+    let id = out.id.clone().unwrap();
+    assert!(out.started);
+    assert_eq!(out.exit.code, 0, "{out:?}");
+    let text = out.stdout();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"hello"), "{text}");
+    assert!(lines[1].starts_with("uid=0(root) gid=0(root)"), "{text}");
+    assert_eq!(lines[2], id.0, "hostname is the container id");
+    assert_eq!(out.stderr(), "oops\n");
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+}
+
+#[test]
+fn exit_codes_and_signals() {
+    require_root!();
+    let h = Harness::new();
+    assert_eq!(h.run(sh("exit 7")).exit.code, 7);
+    // pid 1 of a namespace ignores signals it has no handler for, so the
+    // crash happens in a child; the shell passes on its 128 + signal.
+    let out = h.run(sh("sh -c 'kill -SEGV $$'; exit $?"));
+    assert_eq!(out.exit.code, 128 + libc::SIGSEGV, "{:?}", out.exit);
+    assert_eq!(out.exit.signal, None);
+    assert!(!out.exit.stopped_by_user);
+    // A signal that kills the init itself.
+    let mut c = ContainerConfig::new("default");
+    c.command = vec!["sleep".into(), "1000".into()];
+    let id = h.start(c);
+    let out = h.wait_exit(&id, Duration::from_secs(30), |e| {
+        if let ContainerEvent::Started { id: i, .. } = e {
+            h.rt.execute(ContainerCommand::Kill {
+                id: i.clone(),
+                signal: libc::SIGKILL,
+            })
+            .unwrap();
+        }
+    });
+    assert_eq!(out.exit.signal, Some(libc::SIGKILL), "{:?}", out.exit);
+    assert_eq!(out.exit.code, 128 + libc::SIGKILL);
+    assert!(out.exit.stopped_by_user);
+    h.remove(&id);
+    let mut c = ContainerConfig::new("default");
+    c.command = vec!["/no/such/program".into()];
+    let id = h.start(c);
+    // The runtime fails the exec: either the create fails (Failed state) or
+    // the process exits non-zero; never a hang or a success.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match h
+            .events
+            .recv_timeout(until - Instant::now())
+            .expect("no outcome")
+        {
+            ContainerEvent::StateChanged {
+                id: i,
+                state: ContainerState::Failed,
+            } if i == id => break,
+            ContainerEvent::Exited { id: i, exit } if i == id => {
+                assert_ne!(exit.code, 0);
+                break;
+            }
+            _ => {}
+        }
+    }
+    h.remove(&id);
+}
+
+#[test]
+fn stdin_reaches_the_process() {
+    require_root!();
+    let h = Harness::new();
+    let mut c = ContainerConfig::new("default");
+    c.command = vec!["sh".into(), "-c".into(), "tr a-z A-Z".into()];
+    let id = h.start(c);
+    let mut sent = false;
+    let out = h.wait_exit(&id, Duration::from_secs(30), |e| {
+        if !sent && matches!(e, ContainerEvent::Started { .. }) {
+            sent = true;
+            h.rt.execute(ContainerCommand::Input {
+                id: id.clone(),
+                bytes: b"shout\n".to_vec(),
+            })
+            .unwrap();
+            h.rt.execute(ContainerCommand::CloseInput(id.clone()))
+                .unwrap();
+        }
+    });
+    assert_eq!(out.stdout(), "SHOUT\n");
+    h.remove(&id);
+}
+
+#[test]
+fn terminal_mode_gives_a_tty() {
+    require_root!();
+    let h = Harness::new();
+    let mut c = sh("tty; echo term=$TERM; stty size");
+    c.terminal = true;
+    let id = h.start(c);
+    let mut resized = false;
+    let out = h.wait_exit(&id, Duration::from_secs(30), |e| {
+        if !resized && matches!(e, ContainerEvent::Started { .. }) {
+            resized = true;
+            h.rt.execute(ContainerCommand::Resize {
+                id: id.clone(),
+                cols: 100,
+                rows: 30,
+            })
+            .unwrap();
+        }
+    });
+    let text = out.stdout();
+    assert!(text.contains("/dev/"), "tty names a device: {text:?}");
+    assert!(!text.contains("not a tty"), "{text:?}");
+    assert!(text.contains("term=xterm-256color"), "{text:?}");
+    assert_eq!(out.exit.code, 0);
+    h.remove(&id);
+}
+
+#[test]
+fn host_is_invisible() {
+    require_root!();
+    let h = Harness::new();
+    let marker = h.data.0.join("host-secret");
+    std::fs::write(&marker, "secret").unwrap();
+    let script = format!(
+        "ls /proc | grep -c '^[0-9]'; test -e {m} && echo SEEN || echo unseen; ls /sys/class/net; \
+         cat /proc/1/cmdline | tr '\\0' ' '; echo; \
+         mount -t tmpfs x /mnt 2>/dev/null && echo MOUNTED || echo no-mount",
+        m = marker.display()
+    );
+    let out = h.run(sh(&script));
+    let text = out.stdout();
+    let lines: Vec<&str> = text.lines().collect();
+    let procs: u32 = lines[0].parse().unwrap();
+    assert!(
+        procs <= 4,
+        "container sees {procs} processes: host PIDs leak\n{text}"
+    );
+    assert_eq!(lines[1], "unseen", "host file visible: {text}");
+    assert_eq!(lines[2], "lo", "network 'none' has loopback only: {text}");
+    assert!(
+        lines[3].starts_with("sh -c"),
+        "pid 1 is our process: {text}"
+    );
+    assert_eq!(lines[4], "no-mount", "mount must be refused: {text}");
+}
+
+#[test]
+fn writes_do_not_change_the_image() {
+    require_root!();
+    let h = Harness::new();
+    let image = h.rt.images().get("default").unwrap();
+    let roots = h.rt.images().layer_roots(&image).unwrap();
+    let busybox_before = std::fs::metadata(roots[0].join("bin/busybox"))
+        .unwrap()
+        .len();
+    let out = h.run(sh(
+        "echo changed > /etc/passwd && rm /bin/ls && echo new > /newfile && echo done",
+    ));
+    assert_eq!(out.stdout(), "done\n", "{}", out.stderr());
+    let out = h.run(sh("head -1 /etc/passwd; test -e /bin/ls && echo ls-there; test -e /newfile || echo no-newfile"));
+    let text = out.stdout();
+    assert!(text.starts_with("root:"), "{text}");
+    assert!(
+        text.contains("ls-there") && text.contains("no-newfile"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(roots[0].join("bin/busybox"))
+            .unwrap()
+            .len(),
+        busybox_before
+    );
+    assert!(!roots.iter().any(|r| r.join("newfile").exists()));
+}
+
+#[test]
+fn volumes_read_only_and_read_write() {
+    require_root!();
+    let h = Harness::new();
+    let ro = TempDir::new("ro");
+    let rw = TempDir::new("rw");
+    std::fs::write(ro.0.join("in.txt"), "from host").unwrap();
+    let mut c = sh("cat /ro/in.txt; echo; echo x > /ro/w 2>/dev/null && echo RO-WRITABLE || echo ro-refused; echo out > /rw/out.txt");
+    c.volumes = vec![
+        Volume {
+            source: ro.0.clone(),
+            target: "/ro".into(),
+            read_only: true,
+        },
+        Volume {
+            source: rw.0.clone(),
+            target: "/rw".into(),
+            read_only: false,
+        },
+    ];
+    c.env = vec!["GREETING=hi".into()];
+    let out = h.run(c);
+    assert_eq!(out.stdout(), "from host\nro-refused\n", "{}", out.stderr());
+    assert_eq!(
+        std::fs::read_to_string(rw.0.join("out.txt")).unwrap(),
+        "out\n"
+    );
+    assert!(!ro.0.join("w").exists());
+}
+
+#[test]
+fn env_workdir_and_user() {
+    require_root!();
+    let h = Harness::new();
+    let mut c = sh("echo $GREETING; pwd; id -u; id -g");
+    c.env = vec!["GREETING=hi".into()];
+    c.workdir = Some("/tmp".into());
+    c.user = Some("65534:65534".into());
+    let out = h.run(c);
+    assert_eq!(out.stdout(), "hi\n/tmp\n65534\n65534\n", "{}", out.stderr());
+}
+
+#[test]
+fn memory_hog_is_oom_killed_inside_its_limit() {
+    require_root!();
+    let h = Harness::new();
+    let mut c = sh("dd if=/dev/zero of=/dev/null bs=200M count=1; echo survived");
+    c.limits.memory_mib = Some(32);
+    let out = h.run(c);
+    assert!(
+        out.exit.oom_killed,
+        "not reported as OOM: {:?} {}",
+        out.exit,
+        out.stderr()
+    );
+    let d = out
+        .exit
+        .describe(&hangar_engine::containers::ContainerLimits {
+            memory_mib: Some(32),
+            ..Default::default()
+        });
+    assert!(d.contains("out of memory"), "{d}");
+    // The runtime (and this process) carry on.
+    assert_eq!(h.run(sh("echo next")).stdout(), "next\n");
+}
+
+#[test]
+fn fork_bomb_stops_at_the_pids_limit() {
+    require_root!();
+    let h = Harness::new();
+    // An inner shell forks until refused (ash gives up on a failed fork);
+    // the outer one lives on to say so.
+    let mut c =
+        sh("sh -c 'for i in $(seq 1 60); do sleep 3 & done; wait' 2>/dev/null; echo finished");
+    c.limits.pids = Some(16);
+    let out = h.run(c);
+    assert!(out.exit.pids_limit_hits > 0, "{:?}", out.exit);
+    assert!(out.stdout().contains("finished"));
+    assert_eq!(h.run(sh("echo next")).stdout(), "next\n");
+}
+
+#[test]
+fn cpu_quota_limits_cpu_time() {
+    require_root!();
+    let h = Harness::new();
+    // Two busy loops for 3 s of wall time under a quota of half a CPU:
+    // roughly 1.5 s of CPU, far from the 6 s two free loops would take
+    // (or the 3 s of one core on a loaded box).
+    let mut c =
+        sh("timeout 3 sh -c 'while :; do :; done' & timeout 3 sh -c 'while :; do :; done'; wait");
+    c.limits.cpus = Some(0.5);
+    let out = h.run(c);
+    let cpu = out.stats.last().expect("stats").cpu_time.as_secs_f64();
+    assert!(
+        (0.8..=2.2).contains(&cpu),
+        "CPU time {cpu:.2} s under a 0.5-CPU quota over 3 s"
+    );
+}
+
+#[test]
+fn stop_terminates_then_kills() {
+    require_root!();
+    let h = Harness::new();
+    // A process that exits on SIGTERM.
+    let id = h.start(sh(
+        "trap 'echo bye; exit 3' TERM; while true; do sleep 0.1; done",
+    ));
+    let mut asked = false;
+    let out = h.wait_exit(&id, Duration::from_secs(30), |e| {
+        if !asked && matches!(e, ContainerEvent::Started { .. }) {
+            asked = true;
+            std::thread::sleep(Duration::from_millis(300));
+            h.rt.execute(ContainerCommand::Stop {
+                id: id.clone(),
+                grace: Duration::from_secs(20),
+            })
+            .unwrap();
+        }
+    });
+    assert_eq!(out.exit.code, 3, "{:?}", out.exit);
+    assert!(out.exit.stopped_by_user);
+    assert!(out.stdout().contains("bye"));
+    h.remove(&id);
+
+    // A pid 1 without a TERM handler ignores it: SIGKILL after the grace.
+    let mut c = ContainerConfig::new("default");
+    c.command = vec!["sleep".into(), "1000".into()];
+    let id = h.start(c);
+    let mut asked = false;
+    let t0 = Instant::now();
+    let out = h.wait_exit(&id, Duration::from_secs(30), |e| {
+        if !asked && matches!(e, ContainerEvent::Started { .. }) {
+            asked = true;
+            h.rt.execute(ContainerCommand::Stop {
+                id: id.clone(),
+                grace: Duration::from_millis(500),
+            })
+            .unwrap();
+        }
+    });
+    assert_eq!(out.exit.signal, Some(libc::SIGKILL), "{:?}", out.exit);
+    assert!(t0.elapsed() >= Duration::from_millis(500));
+    h.remove(&id);
+}
+
+#[test]
+fn running_container_cannot_be_removed_unless_forced() {
+    require_root!();
+    let h = Harness::new();
+    let mut c = ContainerConfig::new("default");
+    c.command = vec!["sleep".into(), "1000".into()];
+    let id = h.start(c);
+    loop {
+        if let ContainerEvent::Started { id: i, .. } =
+            h.events.recv_timeout(Duration::from_secs(30)).unwrap()
+        {
+            if i == id {
+                break;
+            }
+        }
+    }
+    assert!(h
+        .rt
+        .execute(ContainerCommand::Remove {
+            id: id.clone(),
+            force: false
+        })
+        .is_err());
+    h.rt.execute(ContainerCommand::Remove {
+        id: id.clone(),
+        force: true,
+    })
+    .unwrap();
+    let mut exited = false;
+    loop {
+        match h.events.recv_timeout(Duration::from_secs(30)).unwrap() {
+            ContainerEvent::Exited { id: i, exit } if i == id => {
+                assert_eq!(exit.signal, Some(libc::SIGKILL));
+                exited = true;
+            }
+            ContainerEvent::Removed(i) if i == id => break,
+            _ => {}
+        }
+    }
+    assert!(exited);
+    assert!(!h.rt.container_dir(&id).exists());
+}
+
+#[test]
+fn bad_settings_are_refused_before_anything_runs() {
+    require_root!();
+    let h = Harness::new();
+    let mut c = ContainerConfig::new("default");
+    c.limits.memory_mib = Some(0);
+    assert!(h
+        .rt
+        .execute(ContainerCommand::Run {
+            id: ContainerRuntime::new_id(),
+            config: c
+        })
+        .is_err());
+    // A missing image fails in the supervisor with a clear message.
+    let id = h.start(ContainerConfig::new("no-such-image"));
+    loop {
+        match h.events.recv_timeout(Duration::from_secs(30)).unwrap() {
+            ContainerEvent::Error { id: i, message } if i == id => {
+                assert!(message.contains("no-such-image"), "{message}");
+            }
+            ContainerEvent::StateChanged {
+                id: i,
+                state: ContainerState::Failed,
+            } if i == id => break,
+            _ => {}
+        }
+    }
+    h.remove(&id);
+}
