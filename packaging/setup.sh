@@ -55,6 +55,8 @@ PACKAGES=(
     xvfb libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
     imagemagick
     umoci skopeo
+    libseccomp-dev libelf-dev zlib1g-dev # libcontainer: seccomp, eBPF device rules
+    crun runc passt docker-registry      # container bench peers, networking, registry tests
 )
 # The Rust target of the project's own no_std test guests.
 RUST_TARGETS=(x86_64-unknown-none)

@@ -1,6 +1,7 @@
 //! The `hangar` command line: one file per subcommand.
 
 mod bench;
+mod container;
 mod host;
 mod image;
 mod run;
@@ -28,7 +29,14 @@ enum CliCommand {
     Bench(bench::BenchArgs),
     /// Manage container images.
     Image(image::ImageArgs),
+    /// Run containers.
+    Container(container::ContainerArgs),
+    /// The per-container helper process the engine starts (not for people).
+    #[command(hide = true)]
+    ContainerHelper,
 }
+
+pub use container::helper_command;
 
 /// Run the parsed command line; the exit code reflects the guest's outcome.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -36,6 +44,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(CliCommand::Run(args)) => run::run(args),
         Some(CliCommand::Bench(args)) => bench::run(args),
         Some(CliCommand::Image(args)) => image::run(args),
+        Some(CliCommand::Container(args)) => container::run(args),
+        Some(CliCommand::ContainerHelper) => Ok(ExitCode::from(
+            hangar_engine::containers::helper_main().clamp(0, 255) as u8,
+        )),
         Some(CliCommand::Host) => host::run(),
         None => crate::gui::run().map(|()| ExitCode::SUCCESS),
     }

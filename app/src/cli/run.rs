@@ -23,9 +23,13 @@ const ESCAPE: u8 = 0x01;
 
 /// SIGINT/SIGTERM received so far. The first asks the guest to shut down,
 /// the second stops it by force, like `docker stop` then `docker kill`.
-static STOP_SIGNALS: AtomicUsize = AtomicUsize::new(0);
+pub(super) static STOP_SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
-extern "C" fn on_stop_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+pub(super) extern "C" fn on_stop_signal(
+    _: libc::c_int,
+    _: *mut libc::siginfo_t,
+    _: *mut libc::c_void,
+) {
     STOP_SIGNALS.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -93,31 +97,47 @@ impl RunArgs {
 }
 
 /// Raw terminal mode for the duration of the run, restored on drop.
-struct RawTerminal;
+pub(super) struct RawTerminal {
+    saved: libc::termios,
+}
 
 impl RawTerminal {
-    fn enable() -> Option<Self> {
+    pub(super) fn enable() -> Option<Self> {
         let stdin = std::io::stdin();
         if !std::io::IsTerminal::is_terminal(&stdin) {
             return None;
         }
-        stdin.lock().set_raw_mode().ok().map(|_| RawTerminal)
+        // Saved and restored on fd 0 directly, not through `Stdin::lock`:
+        // the stdin thread holds that lock while it blocks in read, and the
+        // restore must not wait for a key press.
+        // SAFETY: a zeroed termios is valid; tcgetattr fills it.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fd 0 with a valid termios pointer.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
+            return None;
+        }
+        stdin
+            .lock()
+            .set_raw_mode()
+            .ok()
+            .map(|_| RawTerminal { saved })
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        let _ = std::io::stdin().lock().set_canon_mode();
+        // SAFETY: fd 0 with the termios read at enable().
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
     }
 }
 
-enum Input {
+pub(super) enum Input {
     Bytes(Vec<u8>),
     Quit,
 }
 
 /// Forward stdin to the VM until EOF; in raw mode, Ctrl-A x asks to quit.
-fn spawn_stdin_reader(raw: bool, tx: mpsc::Sender<Input>) -> anyhow::Result<()> {
+pub(super) fn spawn_stdin_reader(raw: bool, tx: mpsc::Sender<Input>) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
