@@ -45,6 +45,8 @@ enum BenchWhat {
     /// Boot a guest repeatedly and report set-up time, first serial byte,
     /// time to init and VMM memory outside guest RAM.
     Boot(BootArgs),
+    /// Run /bin/true in a container repeatedly, against crun and runc.
+    Containers(super::bench_containers::ContainerBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +83,7 @@ struct Sample {
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchWhat::Boot(a) => boot(a),
+        BenchWhat::Containers(a) => super::bench_containers::containers(a),
     }
 }
 
@@ -386,7 +389,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }

@@ -1,6 +1,7 @@
 //! The `hangar` command line: one file per subcommand.
 
 mod bench;
+mod bench_containers;
 mod container;
 mod host;
 mod image;

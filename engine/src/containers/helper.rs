@@ -291,16 +291,26 @@ impl HelperProcess {
             mut child, sock, ..
         } = self;
         drop(sock);
-        // Bounded: the helper exits once it sees the socket close; if it
-        // hangs in the runtime, do not hang the caller with it.
-        for _ in 0..200 {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+        // Reaped off the caller's path: the helper exits once it sees the
+        // socket close, but that is its business, not the container's
+        // exit latency. Bounded: one that hangs in the runtime is killed.
+        let reaper = move || {
+            for _ in 0..500 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            log::warn!("container helper {} did not exit; killing it", child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("helper-reaper".into())
+            .spawn(reaper)
+        {
+            log::warn!("cannot start a thread to reap a container helper: {e}");
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

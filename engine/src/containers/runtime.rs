@@ -414,8 +414,11 @@ impl Supervisor {
         match self.create_and_start(started) {
             Ok((helper, stdio)) => {
                 self.set_state(ContainerState::Running);
-                // The next container's helper starts now, while this one runs.
-                self.shared.warm_up();
+                // The next container's helper starts now, beside this one.
+                let shared = Arc::clone(&self.shared);
+                let _ = std::thread::Builder::new()
+                    .name("container-warmup".into())
+                    .spawn(move || shared.warm_up());
                 self.supervise(helper, stdio);
             }
             Err(e) => {
@@ -455,10 +458,13 @@ impl Supervisor {
             exit,
         };
         let p = self.dir.join("container.json");
+        let tmp = self.dir.join(".container.json.tmp");
         let bytes = serde_json::to_vec_pretty(&rec)
             .map_err(|e| ContainerError::Internal(format!("encode record: {e}")))?;
-        crate::store::write_atomic(&p, &bytes)
-            .map_err(|e| ContainerError::Internal(format!("write {}: {e}", p.display())))
+        // Renamed into place but not synced: it describes a container that
+        // does not outlive the app, and an fsync would double its start time.
+        std::fs::write(&tmp, &bytes).map_err(ContainerError::io("write", &tmp))?;
+        std::fs::rename(&tmp, &p).map_err(ContainerError::io("rename", &p))
     }
 
     fn create_and_start(
