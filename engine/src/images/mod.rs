@@ -25,7 +25,10 @@
 
 mod format;
 mod import;
+mod pull;
 pub(crate) mod unpack;
+
+pub use pull::RegistryProtocol;
 
 #[cfg(test)]
 mod tests;
@@ -111,6 +114,9 @@ pub enum ImageError {
     /// A name that cannot name an image.
     #[error("{0:?} is not a valid image name")]
     BadName(String),
+    /// A registry pull failed (network, registry refusal, no such image).
+    #[error("pull failed: {0}")]
+    Pull(String),
 }
 
 impl ImageError {
@@ -177,6 +183,8 @@ impl ImageRecord {
 /// Where an import is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ImportStage {
+    /// Downloading blobs from a registry (bytes: of blobs).
+    Downloading,
     /// Reading an archive (bytes: of the archive file).
     Reading,
     /// Copying and verifying blobs (bytes: of layer blobs).
@@ -373,6 +381,19 @@ impl ImageStore {
             self.collect(prev)?;
         }
         Ok(record)
+    }
+
+    /// Pulls `reference` (e.g. `127.0.0.1:5000/tools:1.0`) from its
+    /// registry and imports it as `name`. Blocks; call it from a worker.
+    pub fn pull(
+        &self,
+        reference: &str,
+        name: &str,
+        protocol: RegistryProtocol,
+        progress: ImageProgressSink<'_>,
+    ) -> Result<ImageRecord, ImageError> {
+        check_name(name)?;
+        pull::pull(self, reference, name, protocol, progress)
     }
 
     /// Removes an image, and the blobs and layers no other image uses.
