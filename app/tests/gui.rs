@@ -78,6 +78,7 @@ fn wizard_creates_a_machine() {
     let mut h = gui_with(AppEnv {
         config_dir: dir.path().to_path_buf(),
         kit: Some(kit),
+        containers: common::no_containers(),
     });
     h.get_by_label("No machines yet. Click New… to create one.");
 

@@ -1,6 +1,6 @@
 //! The Hangar window: library on the left, tabs in the middle, log at the
-//! bottom. Each frame drains engine events, draws, then applies the
-//! commands the panels queued.
+//! bottom. Each frame drains engine and container runtime events, draws,
+//! then applies the commands the panels queued.
 
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
@@ -8,16 +8,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use hangar_engine::containers::{
+    ContainerCommand, ContainerConfig, ContainerEvent, ContainerId, ContainerRuntime,
+    ContainerState, HelperCommand, OutputStream, RuntimePaths,
+};
 use hangar_engine::{
     Command, DefaultKit, Engine, Event, ExitReason, HostCapability, MachineDefinition,
     MachineStore, StoredMachine, VmConfig, VmId,
 };
 
 use super::command::{CommandQueue, UiCommand};
+use super::container_dialog::{container_dialog_ui, ContainerDialogState};
 use super::host_banner::host_banner_ui;
 use super::library_panel::library_ui;
 use super::log_panel::{log_ui, notifications_ui};
-use super::model::{Entry, Log, Machine, Machines, RunStatus, Severity};
+use super::model::{Container, Containers, Entry, Log, Machine, Machines, RunStatus, Severity};
 use super::tabs::{close_machine, open_pane, open_pane_beside, Pane, PaneKind, TabsBehavior};
 use super::ui_state::{ui_state_path, UiState};
 use super::wizard::{wizard_ui, WizardContext, WizardState};
@@ -25,12 +30,35 @@ use super::wizard::{wizard_ui, WizardContext, WizardState};
 /// How long a guest gets to shut down after Stop before it is forced.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a container's process gets after Stop (SIGTERM) before SIGKILL.
+pub const CONTAINER_STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Where the app keeps its files and what it boots by default.
 pub struct AppEnv {
     /// Hangar's config directory (machine definitions, window layout).
     pub config_dir: PathBuf,
     /// The default guest kit, if `packaging/setup.sh` built it.
     pub kit: Option<DefaultKit>,
+    /// Where containers live and how helpers start, or why containers
+    /// cannot be run (shown in the library).
+    pub containers: Result<ContainerSetup, String>,
+}
+
+/// What the container runtime needs.
+pub struct ContainerSetup {
+    /// Data directory (images, containers) and run directory.
+    pub paths: RuntimePaths,
+    /// How the runtime starts its per-container helper processes.
+    pub helper: HelperCommand,
+}
+
+impl ContainerSetup {
+    /// The user's data directory; helpers re-execute this binary.
+    pub fn from_system() -> Result<Self, String> {
+        let paths = RuntimePaths::locate().map_err(|e| e.to_string())?;
+        let helper = crate::cli::helper_command().map_err(|e| format!("{e:#}"))?;
+        Ok(Self { paths, helper })
+    }
 }
 
 impl AppEnv {
@@ -40,8 +68,30 @@ impl AppEnv {
             config_dir: hangar_engine::store::config_dir()
                 .context("cannot find Hangar's config directory")?,
             kit: DefaultKit::locate().ok(),
+            containers: ContainerSetup::from_system(),
         })
     }
+}
+
+/// Start the container runtime; its waker repaints like the VM engine's.
+fn start_container_runtime(
+    setup: ContainerSetup,
+    repaint: &Arc<OnceLock<egui::Context>>,
+) -> Result<(ContainerRuntime, Receiver<ContainerEvent>), String> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(format!(
+            "containers need root, and Hangar runs as user {euid}"
+        ));
+    }
+    let waker_ctx = repaint.clone();
+    ContainerRuntime::new(setup.paths, setup.helper, move || {
+        if let Some(ctx) = waker_ctx.get() {
+            ctx.request_repaint();
+        }
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// The whole app: persisted UI state plus runtime handles.
@@ -61,6 +111,11 @@ pub struct Runtime {
     store: Option<MachineStore>,
     /// Library entries.
     pub machines: Machines,
+    /// Containers the app ran (and whether it can run any).
+    pub containers: Containers,
+    container_runtime: Option<ContainerRuntime>,
+    container_events: Option<Receiver<ContainerEvent>>,
+    container_dialog: Option<ContainerDialogState>,
     /// Log panel and notifications.
     pub log: Log,
     host: HostCapability,
@@ -84,6 +139,25 @@ impl HangarApp {
         let host = engine.capability().clone();
         let mut log = Log::default();
         log.push(Severity::Info, None, host.summary());
+        let mut containers = Containers::default();
+        let (container_runtime, container_events) = match env.containers {
+            Ok(setup) => match start_container_runtime(setup, &repaint) {
+                Ok((rt, events)) => (Some(rt), Some(events)),
+                Err(why) => {
+                    log.push(
+                        Severity::Info,
+                        None,
+                        format!("containers are unavailable: {why}"),
+                    );
+                    containers.unavailable = Some(why);
+                    (None, None)
+                }
+            },
+            Err(why) => {
+                containers.unavailable = Some(why);
+                (None, None)
+            }
+        };
         let ui_state_path = ui_state_path(&env.config_dir);
         let mut ui_state = UiState::load(&ui_state_path);
         let mut machines = Machines::default();
@@ -155,6 +229,10 @@ impl HangarApp {
                 repaint,
                 store,
                 machines,
+                containers,
+                container_runtime,
+                container_events,
+                container_dialog: None,
                 log,
                 host,
                 kit: env.kit,
@@ -176,6 +254,7 @@ impl HangarApp {
         library_ui(
             ui,
             &self.rt.machines,
+            &self.rt.containers,
             self.ui_state.selected.as_deref(),
             &self.rt.host,
             &mut self.rt.commands,
@@ -189,6 +268,7 @@ impl HangarApp {
             } else {
                 let mut behavior = TabsBehavior {
                     machines: &mut self.rt.machines,
+                    containers: &mut self.rt.containers,
                     commands: &mut self.rt.commands,
                 };
                 self.ui_state.tabs.ui(&mut behavior, ui);
@@ -205,6 +285,7 @@ impl HangarApp {
             },
             &mut self.rt.commands,
         );
+        container_dialog_ui(&ctx, &mut self.rt.container_dialog, &mut self.rt.commands);
         self.confirm_delete_ui(&ctx);
         notifications_ui(&ctx, &self.rt.log, &mut self.rt.commands);
 
@@ -245,6 +326,164 @@ impl HangarApp {
     fn drain_events(&mut self) {
         while let Ok(event) = self.rt.events.try_recv() {
             self.on_event(event);
+        }
+        while let Some(event) = self
+            .rt
+            .container_events
+            .as_ref()
+            .and_then(|rx| rx.try_recv().ok())
+        {
+            self.on_container_event(event);
+        }
+    }
+
+    fn on_container_event(&mut self, event: ContainerEvent) {
+        let rt = &mut self.rt;
+        match event {
+            ContainerEvent::StateChanged { id, state } => {
+                if let Some(c) = rt.containers.get_mut(&id.0) {
+                    c.state = state;
+                }
+                if state == ContainerState::Failed {
+                    rt.log
+                        .push(Severity::Info, Some(id.0), "could not be started".into());
+                }
+            }
+            ContainerEvent::Started { id, setup, .. } => {
+                rt.log.push(
+                    Severity::Info,
+                    Some(id.0),
+                    format!("started in {} ms", setup.as_millis()),
+                );
+            }
+            ContainerEvent::Output { id, stream, data } => {
+                let Some(c) = rt.containers.get_mut(&id.0) else {
+                    return;
+                };
+                let tty = stream == OutputStream::Terminal;
+                c.on_output(&data, tty);
+                // Answer the program's terminal queries at once, even while
+                // its console is hidden (a pipe has nobody to answer).
+                let replies = c.terminal.take_replies();
+                if tty && !replies.is_empty() && c.is_active() {
+                    if let Some(runtime) = &rt.container_runtime {
+                        let _ = runtime.execute(ContainerCommand::Input { id, bytes: replies });
+                    }
+                }
+            }
+            ContainerEvent::Stats { id, stats } => {
+                if let Some(c) = rt.containers.get_mut(&id.0) {
+                    c.on_stats(stats);
+                }
+            }
+            ContainerEvent::Exited { id, exit } => {
+                if let Some(c) = rt.containers.get_mut(&id.0) {
+                    c.on_exit(exit);
+                    c.state = ContainerState::Exited;
+                    let described = c.exit_description.clone().unwrap_or_default();
+                    rt.log.push(Severity::Info, Some(id.0), described);
+                }
+            }
+            ContainerEvent::Removed(id) => {
+                rt.containers.remove(&id.0);
+                close_machine(&mut self.ui_state.tabs, &id.0);
+                rt.log.push(Severity::Info, Some(id.0), "removed".into());
+            }
+            ContainerEvent::Error { id, message } => {
+                if let Some(c) = rt.containers.get_mut(&id.0) {
+                    c.last_error = Some(message.clone());
+                }
+                rt.log.push(Severity::Error, Some(id.0), message);
+            }
+        }
+    }
+
+    /// Run a container runtime command; a refusal goes to the Log. True if
+    /// accepted.
+    fn container(&mut self, id: &str, command: ContainerCommand) -> bool {
+        let Some(runtime) = &self.rt.container_runtime else {
+            let why = self
+                .rt
+                .containers
+                .unavailable
+                .clone()
+                .unwrap_or_else(|| "no container runtime".into());
+            self.rt.log.push(
+                Severity::Error,
+                None,
+                format!("containers are unavailable: {why}"),
+            );
+            return false;
+        };
+        match runtime.execute(command) {
+            Ok(()) => true,
+            Err(e) => {
+                let message = format!("{:#}", anyhow::Error::new(e));
+                if let Some(c) = self.rt.containers.get_mut(id) {
+                    c.last_error = Some(message.clone());
+                }
+                self.rt
+                    .log
+                    .push(Severity::Error, Some(id.to_string()), message);
+                false
+            }
+        }
+    }
+
+    fn run_container(&mut self, config: ContainerConfig) {
+        let id = ContainerRuntime::new_id();
+        let run = ContainerCommand::Run {
+            id: id.clone(),
+            config: config.clone(),
+        };
+        if !self.container(&id.0, run) {
+            return;
+        }
+        let c = Container::new(id.clone(), config);
+        self.rt.log.push(
+            Severity::Info,
+            Some(id.0.clone()),
+            format!("run {}", c.summary()),
+        );
+        self.rt.containers.entries.push(c);
+        open_pane(
+            &mut self.ui_state.tabs,
+            Pane {
+                machine: id.0,
+                kind: PaneKind::ContainerConsole,
+            },
+        );
+    }
+
+    fn container_input(&mut self, id: &str, bytes: Vec<u8>) {
+        let Some(c) = self.rt.containers.get(id) else {
+            return;
+        };
+        let cid = ContainerId(id.to_string());
+        if c.config.terminal {
+            self.container(id, ContainerCommand::Input { id: cid, bytes });
+            return;
+        }
+        // Pipes: Enter is a newline, Ctrl-D ends the input.
+        let (data, eof) = match bytes.iter().position(|&b| b == 0x04) {
+            Some(i) => (&bytes[..i], true),
+            None => (&bytes[..], false),
+        };
+        let data: Vec<u8> = data
+            .iter()
+            .map(|&b| if b == b'\r' { b'\n' } else { b })
+            .collect();
+        if !data.is_empty() {
+            self.container(
+                id,
+                ContainerCommand::Input {
+                    id: cid.clone(),
+                    bytes: data,
+                },
+            );
+        }
+        if eof {
+            self.container(id, ContainerCommand::CloseInput(cid));
         }
     }
 
@@ -409,6 +648,65 @@ impl HangarApp {
                     bytes,
                 },
             ),
+            UiCommand::OpenContainerDialog => {
+                let images = match &self.rt.container_runtime {
+                    Some(runtime) => match runtime.images().list() {
+                        Ok(list) => list.into_iter().map(|i| i.name).collect(),
+                        Err(e) => {
+                            self.error(None, format!("{:#}", anyhow::Error::new(e)));
+                            Vec::new()
+                        }
+                    },
+                    None => Vec::new(),
+                };
+                self.rt.container_dialog = Some(ContainerDialogState::new(images));
+            }
+            UiCommand::RunContainer(config) => self.run_container(config),
+            UiCommand::StopContainer(id) => {
+                let cid = ContainerId(id.clone());
+                self.container(
+                    &id,
+                    ContainerCommand::Stop {
+                        id: cid,
+                        grace: CONTAINER_STOP_GRACE,
+                    },
+                );
+            }
+            UiCommand::KillContainer(id) => {
+                let cid = ContainerId(id.clone());
+                self.container(
+                    &id,
+                    ContainerCommand::Stop {
+                        id: cid,
+                        grace: Duration::ZERO,
+                    },
+                );
+            }
+            UiCommand::RemoveContainer(id) => {
+                let cid = ContainerId(id.clone());
+                let asked = self.container(
+                    &id,
+                    ContainerCommand::Remove {
+                        id: cid,
+                        force: false,
+                    },
+                );
+                if let Some(c) = self.rt.containers.get_mut(&id).filter(|_| asked) {
+                    c.removing = true;
+                }
+            }
+            UiCommand::ContainerInput(id, bytes) => self.container_input(&id, bytes),
+            UiCommand::ContainerResize { id, cols, rows } => {
+                let cid = ContainerId(id.clone());
+                self.container(
+                    &id,
+                    ContainerCommand::Resize {
+                        id: cid,
+                        cols,
+                        rows,
+                    },
+                );
+            }
             UiCommand::DismissNotification(i) => {
                 if i < self.rt.log.notifications.len() {
                     self.rt.log.notifications.remove(i);
@@ -520,6 +818,16 @@ impl HangarApp {
     /// The open wizard, if any (UI scripts set its fields: automation.rs).
     pub fn wizard_mut(&mut self) -> Option<&mut WizardState> {
         self.rt.wizard.as_mut()
+    }
+
+    /// The open Run container dialog, if any (tests and UI scripts).
+    pub fn container_dialog_mut(&mut self) -> Option<&mut ContainerDialogState> {
+        self.rt.container_dialog.as_mut()
+    }
+
+    /// The container runtime, if containers can run here.
+    pub fn container_runtime(&self) -> Option<&ContainerRuntime> {
+        self.rt.container_runtime.as_ref()
     }
 
     /// Save the window layout.

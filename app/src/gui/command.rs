@@ -1,6 +1,7 @@
 //! What the UI asks for while drawing. Panels push these; the app applies
 //! them after the frame is drawn, so no panel mutates shared state mid-frame.
 
+use hangar_engine::containers::ContainerConfig;
 use hangar_engine::VmConfig;
 
 use super::tabs::PaneKind;
@@ -41,6 +42,27 @@ pub enum UiCommand {
     OpenBeside(String),
     /// Bytes typed into a machine's console.
     SerialInput(String, Vec<u8>),
+    /// Open the Run container dialog.
+    OpenContainerDialog,
+    /// Run a new container (from the dialog) and open its console.
+    RunContainer(ContainerConfig),
+    /// Ask a container's process to end (SIGTERM), killed after a grace period.
+    StopContainer(String),
+    /// Kill a container's processes at once.
+    KillContainer(String),
+    /// Delete an exited container's files.
+    RemoveContainer(String),
+    /// Bytes typed into a container's console.
+    ContainerInput(String, Vec<u8>),
+    /// A container's console grid changed size (terminal mode).
+    ContainerResize {
+        /// The container.
+        id: String,
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
     /// Dismiss a notification.
     DismissNotification(usize),
 }

@@ -1,10 +1,12 @@
-//! The machine library: every defined machine with its state, and the
-//! actions on the selected one.
+//! The library: every defined machine with its state and the actions on
+//! the selected one; below, the containers the app ran, with Stop / Remove.
 
+use hangar_engine::containers::ContainerState;
 use hangar_engine::HostCapability;
 
+use super::app::CONTAINER_STOP_GRACE;
 use super::command::{CommandQueue, UiCommand};
-use super::model::{Entry, Machine, Machines, RunStatus};
+use super::model::{Container, Containers, Entry, Machine, Machines, RunStatus};
 use super::tabs::PaneKind;
 
 /// Why Start is disabled for this machine, if it is.
@@ -29,6 +31,7 @@ pub fn start_blocked_reason(machine: &Machine, host: &HostCapability) -> Option<
 pub fn library_ui(
     ui: &mut egui::Ui,
     machines: &Machines,
+    containers: &Containers,
     selected: Option<&str>,
     host: &HostCapability,
     commands: &mut CommandQueue,
@@ -76,8 +79,108 @@ pub fn library_ui(
                     }
                     None => {}
                 }
+                ui.separator();
+            }
+            containers_ui(ui, containers, commands);
+        });
+}
+
+/// The Containers section: Run container, then one row per container.
+fn containers_ui(ui: &mut egui::Ui, containers: &Containers, commands: &mut CommandQueue) {
+    ui.horizontal(|ui| {
+        ui.heading("Containers");
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            let run = ui.add_enabled(
+                containers.unavailable.is_none(),
+                egui::Button::new("Run container"),
+            );
+            let run = match &containers.unavailable {
+                Some(why) => {
+                    ui.ctx()
+                        .accesskit_node_builder(run.id, |node| node.set_description(why.as_str()));
+                    run.on_disabled_hover_text(why)
+                }
+                None => run.on_hover_text("Run a command in a new container"),
+            };
+            if run.clicked() {
+                commands.push(UiCommand::OpenContainerDialog);
             }
         });
+    });
+    if let Some(why) = &containers.unavailable {
+        ui.colored_label(
+            ui.visuals().error_fg_color,
+            format!("Containers are unavailable: {why}"),
+        );
+        return;
+    }
+    if containers.entries.is_empty() {
+        ui.weak("No containers. Click Run container to start one.");
+        return;
+    }
+    egui::ScrollArea::vertical()
+        .id_salt("containers")
+        .auto_shrink([false, true])
+        .show(ui, |ui| {
+            for c in &containers.entries {
+                container_row_ui(ui, c, commands);
+            }
+        });
+}
+
+fn container_row_ui(ui: &mut egui::Ui, c: &Container, commands: &mut CommandQueue) {
+    let id = c.id.0.clone();
+    ui.horizontal(|ui| {
+        let status = c.state_label();
+        let mut text = egui::RichText::new(format!("{}  ·  {status}", c.name()));
+        if status == "failed" {
+            text = text.color(ui.visuals().error_fg_color);
+        } else if status == "running" {
+            text = text.strong();
+        }
+        let mut hover = c.summary();
+        if let Some(d) = &c.exit_description {
+            hover.push_str(&format!("\n{d}"));
+        }
+        if let Some(e) = &c.last_error {
+            hover.push_str(&format!("\n{e}"));
+        }
+        let row = ui.selectable_label(false, text).on_hover_text(hover);
+        if row.clicked() {
+            commands.push(UiCommand::OpenTab(id.clone(), PaneKind::ContainerConsole));
+        }
+        if c.removing {
+            return;
+        }
+        match c.state {
+            ContainerState::Creating | ContainerState::Running => {
+                if ui
+                    .small_button("Stop")
+                    .on_hover_text(format!(
+                        "SIGTERM, then SIGKILL after {} s",
+                        CONTAINER_STOP_GRACE.as_secs()
+                    ))
+                    .clicked()
+                {
+                    commands.push(UiCommand::StopContainer(id));
+                }
+            }
+            ContainerState::Stopping => {
+                if ui.small_button("Kill").clicked() {
+                    commands.push(UiCommand::KillContainer(id));
+                }
+            }
+            ContainerState::Exited | ContainerState::Failed => {
+                if ui
+                    .small_button("Remove")
+                    .on_hover_text("Delete its files and its output")
+                    .clicked()
+                {
+                    commands.push(UiCommand::RemoveContainer(id));
+                }
+            }
+        }
+    });
 }
 
 fn entry_ui(

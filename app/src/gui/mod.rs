@@ -6,6 +6,8 @@ pub mod app;
 pub mod automation;
 pub mod command;
 pub mod console_tab;
+pub mod container_console_tab;
+pub mod container_dialog;
 pub mod frame_stats;
 pub mod host_banner;
 pub mod library_panel;

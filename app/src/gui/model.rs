@@ -1,11 +1,15 @@
-//! The app's runtime view of machines: definitions from the store, what the
-//! engine last said about each, their consoles and recent figures.
+//! The app's runtime view of machines and containers: definitions from the
+//! store, what the engines last said about each, their consoles and recent
+//! figures.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use hangar_engine::config::detect_kernel_kind;
+use hangar_engine::containers::{
+    ContainerConfig, ContainerExit, ContainerId, ContainerState, ContainerStats,
+};
 use hangar_engine::{ExitReason, KernelKind, MachineDefinition, VmState, VmStats};
 
 use super::terminal::TerminalView;
@@ -184,6 +188,167 @@ impl Machines {
         self.get(id)
             .map(|m| m.name().to_string())
             .unwrap_or_else(|| id.to_string())
+    }
+}
+
+/// One container stats sample with the time it arrived.
+#[derive(Debug, Clone)]
+pub struct ContainerStatsSample {
+    /// Seconds since the container was created.
+    pub t: f64,
+    /// The figures.
+    pub stats: ContainerStats,
+}
+
+/// A container the app ran (containers do not outlive the app).
+pub struct Container {
+    /// Its id (also its name in the library and the Log).
+    pub id: ContainerId,
+    /// What it was asked to run.
+    pub config: ContainerConfig,
+    /// What the runtime last said.
+    pub state: ContainerState,
+    /// Remove was asked and accepted; waiting for the runtime to confirm.
+    pub removing: bool,
+    /// Its output (kept while the tab is closed or hidden).
+    pub terminal: TerminalView,
+    /// Recent figures, one a second.
+    pub stats: VecDeque<ContainerStatsSample>,
+    /// When it was created (by the app's clock).
+    pub created: Instant,
+    /// How it ended, once it has.
+    pub exit: Option<ContainerExit>,
+    /// [`ContainerExit::describe`] of `exit`, in plain words.
+    pub exit_description: Option<String>,
+    /// The last error the runtime reported.
+    pub last_error: Option<String>,
+    /// The terminal size last sent to the runtime (terminal mode).
+    pub sent_size: Option<(u16, u16)>,
+}
+
+impl Container {
+    /// A container being created, with an empty console.
+    pub fn new(id: ContainerId, config: ContainerConfig) -> Self {
+        Self {
+            id,
+            config,
+            state: ContainerState::Creating,
+            removing: false,
+            terminal: TerminalView::new(80, 25),
+            stats: VecDeque::new(),
+            created: Instant::now(),
+            exit: None,
+            exit_description: None,
+            last_error: None,
+            sent_size: None,
+        }
+    }
+
+    /// Its display name: the id.
+    pub fn name(&self) -> &str {
+        &self.id.0
+    }
+
+    /// True while its process may still run (Stop makes sense, Remove does not).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.state,
+            ContainerState::Creating | ContainerState::Running | ContainerState::Stopping
+        )
+    }
+
+    /// A word for the library.
+    pub fn state_label(&self) -> &'static str {
+        if self.removing {
+            return "removing";
+        }
+        match self.state {
+            ContainerState::Creating => "creating",
+            ContainerState::Running => "running",
+            ContainerState::Stopping => "stopping",
+            ContainerState::Exited => "exited",
+            ContainerState::Failed => "failed",
+        }
+    }
+
+    /// Image and command, e.g. `default: sh -c "echo hi"`.
+    pub fn summary(&self) -> String {
+        let command = if self.config.command.is_empty() {
+            "(image default command)".to_string()
+        } else {
+            self.config
+                .command
+                .iter()
+                .map(|a| {
+                    if a.is_empty() || a.contains(char::is_whitespace) {
+                        format!("{a:?}")
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        format!("{}: {command}", self.config.image)
+    }
+
+    /// Feed output; pipes output gets carriage returns, as a tty would add.
+    pub fn on_output(&mut self, data: &[u8], from_terminal: bool) {
+        if from_terminal {
+            self.terminal.feed(data);
+        } else {
+            let mut crlf = Vec::with_capacity(data.len() + 16);
+            for &b in data {
+                if b == b'\n' {
+                    crlf.push(b'\r');
+                }
+                crlf.push(b);
+            }
+            self.terminal.feed(&crlf);
+        }
+    }
+
+    /// Keep a stats sample, dropping the oldest past the history length.
+    pub fn on_stats(&mut self, stats: ContainerStats) {
+        if self.stats.len() == STATS_HISTORY {
+            self.stats.pop_front();
+        }
+        self.stats.push_back(ContainerStatsSample {
+            t: self.created.elapsed().as_secs_f64(),
+            stats,
+        });
+    }
+
+    /// Keep how it ended.
+    pub fn on_exit(&mut self, exit: ContainerExit) {
+        self.exit_description = Some(exit.describe(&self.config.limits));
+        self.exit = Some(exit);
+    }
+}
+
+/// The containers the app ran, oldest first, and whether it can run any.
+#[derive(Default)]
+pub struct Containers {
+    /// Containers, in the order they were run.
+    pub entries: Vec<Container>,
+    /// Why containers cannot be run here, if they cannot.
+    pub unavailable: Option<String>,
+}
+
+impl Containers {
+    /// The container with this id.
+    pub fn get(&self, id: &str) -> Option<&Container> {
+        self.entries.iter().find(|c| c.id.0 == id)
+    }
+
+    /// The container with this id, mutable.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Container> {
+        self.entries.iter_mut().find(|c| c.id.0 == id)
+    }
+
+    /// Forget a container (it was removed).
+    pub fn remove(&mut self, id: &str) {
+        self.entries.retain(|c| c.id.0 != id);
     }
 }
 

@@ -1,12 +1,14 @@
 //! The tab area: an egui_tiles tree of panes (Console / Overview per
-//! machine) that the user can drag into splits, close and reopen.
+//! machine, Console per container) that the user can drag into splits,
+//! close and reopen.
 
 use egui_tiles::{Container, Tile, TileId, Tree};
 use serde::{Deserialize, Serialize};
 
 use super::command::CommandQueue;
 use super::console_tab::console_tab_ui;
-use super::model::Machines;
+use super::container_console_tab::container_console_tab_ui;
+use super::model::{Containers, Machines};
 use super::overview_tab::overview_tab_ui;
 
 /// What a pane shows.
@@ -16,12 +18,15 @@ pub enum PaneKind {
     Console,
     /// Configuration and live figures.
     Overview,
+    /// A container's output and input (`machine` is the container's id).
+    ContainerConsole,
 }
 
-/// One tab: a view of one machine.
+/// One tab: a view of one machine or container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pane {
-    /// The machine's id.
+    /// The machine's id (the container's id for
+    /// [`PaneKind::ContainerConsole`]).
     pub machine: String,
     /// Which view.
     pub kind: PaneKind,
@@ -119,6 +124,8 @@ pub fn visible_panes(tree: &Tree<Pane>) -> Vec<Pane> {
 pub struct TabsBehavior<'a> {
     /// The machines the panes show.
     pub machines: &'a mut Machines,
+    /// The containers the panes show.
+    pub containers: &'a mut Containers,
     /// Where pane UIs put their commands.
     pub commands: &'a mut CommandQueue,
 }
@@ -130,10 +137,20 @@ impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
         _tile_id: TileId,
         pane: &mut Pane,
     ) -> egui_tiles::UiResponse {
+        if pane.kind == PaneKind::ContainerConsole {
+            match self.containers.get_mut(&pane.machine) {
+                Some(c) => container_console_tab_ui(ui, c, self.commands),
+                None => {
+                    ui.centered_and_justified(|ui| ui.label("This container no longer exists."));
+                }
+            }
+            return egui_tiles::UiResponse::None;
+        }
         match self.machines.get_mut(&pane.machine) {
             Some(machine) => match pane.kind {
                 PaneKind::Console => console_tab_ui(ui, &pane.machine, machine, self.commands),
                 PaneKind::Overview => overview_tab_ui(ui, machine),
+                PaneKind::ContainerConsole => {}
             },
             None => {
                 ui.centered_and_justified(|ui| ui.label("This machine no longer exists."));
@@ -147,6 +164,7 @@ impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
         match pane.kind {
             PaneKind::Console => format!("{name} — Console").into(),
             PaneKind::Overview => format!("{name} — Overview").into(),
+            PaneKind::ContainerConsole => format!("{} — Console", pane.machine).into(),
         }
     }
 

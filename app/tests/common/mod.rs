@@ -1,6 +1,7 @@
 //! Shared helpers of the GUI tests: a fresh config directory per test, the
-//! app in an egui_kittest harness, the no-std test guests, and waits with a
-//! deadline that fail with the app's Log.
+//! app in an egui_kittest harness (with a container runtime on a data
+//! directory of its own when asked), the no-std test guests, and waits with
+//! a deadline that fail with the app's Log.
 #![allow(dead_code)] // Each test binary uses its own subset.
 
 use std::io::Write as _;
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::{By, NodeT as _, Queryable as _};
 use egui_kittest::{Harness, Node};
-use hangar::gui::app::{AppEnv, HangarApp};
+use hangar::gui::app::{AppEnv, ContainerSetup, HangarApp};
 use hangar::gui::model::Machine;
+use hangar_engine::containers::{HelperCommand, RuntimePaths};
 use hangar_engine::{MachineDefinition, MachineStore, VmConfig};
 use vmm_sys_util::tempdir::TempDir;
 
@@ -112,11 +114,85 @@ pub fn fake_bzimage() -> Vec<u8> {
     b
 }
 
+/// Why tests that do not ask for containers have none.
+pub const NO_CONTAINERS: &str = "not used by this test";
+
+/// A container set-up that tests without containers pass.
+pub fn no_containers() -> Result<ContainerSetup, String> {
+    Err(NO_CONTAINERS.into())
+}
+
+/// A fresh, private data directory for containers (its `images-src` is
+/// the real one, so the default image can be imported), removed when
+/// dropped.
+pub struct DataDir {
+    dir: TempDir,
+}
+
+impl DataDir {
+    /// A new directory under /tmp whose `images-src` links to the user's.
+    pub fn new() -> Self {
+        let real = hangar_engine::kit::data_dir()
+            .expect("no Hangar data directory")
+            .join("images-src");
+        assert!(
+            real.join("default/index.json").exists(),
+            "{} is missing: run packaging/setup.sh",
+            real.display()
+        );
+        let dir = TempDir::new_with_prefix("/tmp/hangar-gui-data-")
+            .expect("cannot create a temporary data dir");
+        std::os::unix::fs::symlink(&real, dir.as_path().join("images-src"))
+            .expect("cannot link images-src");
+        Self { dir }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.as_path()
+    }
+
+    /// Where the runtime keeps a container's files.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.path().join("containers").join(id)
+    }
+
+    /// Runtime paths inside this directory; helpers are the real binary.
+    pub fn setup(&self) -> ContainerSetup {
+        ContainerSetup {
+            paths: RuntimePaths {
+                data_dir: self.path().to_path_buf(),
+                run_dir: self.path().join("run"),
+            },
+            helper: HelperCommand {
+                program: PathBuf::from(env!("CARGO_BIN_EXE_hangar")),
+                args: vec!["container-helper".into()],
+            },
+        }
+    }
+}
+
+impl Default for DataDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The app on `config_dir` in a harness the size of a laptop window.
 pub fn gui(config_dir: &ConfigDir) -> Gui {
     gui_with(AppEnv {
         config_dir: config_dir.path().to_path_buf(),
         kit: None,
+        containers: no_containers(),
+    })
+}
+
+/// The app on `config_dir`, running containers in `data_dir`.
+pub fn gui_with_containers(config_dir: &ConfigDir, data_dir: &DataDir) -> Gui {
+    gui_with(AppEnv {
+        config_dir: config_dir.path().to_path_buf(),
+        kit: None,
+        containers: Ok(data_dir.setup()),
     })
 }
 
@@ -259,8 +335,22 @@ pub fn wait_until(h: &mut Gui, what: &str, timeout: Duration, done: impl Fn(&Gui
                     )
                 })
                 .collect();
+            let containers: String = app
+                .rt
+                .containers
+                .entries
+                .iter()
+                .map(|c| {
+                    format!(
+                        "  container {} ({}):\n{}\n",
+                        c.name(),
+                        c.state_label(),
+                        c.terminal.screen_text()
+                    )
+                })
+                .collect();
             panic!(
-                "timed out after {timeout:?} waiting for {what}\nLog:\n{}\nConsoles:\n{consoles}",
+                "timed out after {timeout:?} waiting for {what}\nLog:\n{}\nConsoles:\n{consoles}{containers}",
                 log_text(app)
             );
         }

@@ -1,0 +1,257 @@
+//! GUI tests of containers: the Run container dialog (its checks), a real
+//! container run from it (output in its console tab, exit in the library,
+//! removal), and the library when containers are unavailable. Containers
+//! run as root on a data directory of their own; without root those tests
+//! say so loudly and return.
+
+mod common;
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use egui::accesskit::Role;
+use egui_kittest::kittest::{NodeT as _, Queryable as _};
+use hangar::gui::command::UiCommand;
+use hangar::gui::tabs::{visible_panes, Pane, PaneKind};
+
+use common::{
+    clear_focused_field, click, gui, gui_with_containers, is_disabled, library_state, settle,
+    type_into, wait_until, ConfigDir, DataDir, Gui, NO_CONTAINERS,
+};
+
+/// Longest wait for a container (the first run imports the default image).
+const CONTAINER_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    // Straight to stderr: the harness captures the output of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "*** SKIPPED: not root: {test} did not run (it runs containers as root) ***"
+    );
+    false
+}
+
+/// The one console on screen, as kittest sees it: its accessible text.
+fn console_text(h: &Gui) -> String {
+    h.query_by_role(Role::Terminal)
+        .and_then(|n| n.value())
+        .unwrap_or_default()
+}
+
+fn description(h: &Gui, label: &str) -> String {
+    h.get_by_label(label)
+        .accesskit_node()
+        .description()
+        .unwrap_or_default()
+}
+
+#[test]
+fn container_runs_from_the_dialog_and_is_removed() {
+    if !is_root() {
+        return;
+    }
+    let dir = ConfigDir::new();
+    let data = DataDir::new();
+    let mut h = gui_with_containers(&dir, &data);
+    h.get_by_label("No containers. Click Run container to start one.");
+
+    click(&mut h, "Run container");
+    h.get_by_label("New container");
+    let dialog = h
+        .state_mut()
+        .container_dialog_mut()
+        .expect("the dialog is open");
+    assert_eq!(dialog.image, "default", "the default image is chosen");
+    assert!(dialog.images.iter().any(|i| i == "default"));
+    type_into(
+        &mut h,
+        "Command",
+        r#"sh -c "echo hello-from-container; sleep 0.2""#,
+    );
+    assert!(!is_disabled(&h.get_by_label("Run")), "Run is enabled");
+    click(&mut h, "Run");
+    assert!(
+        h.query_by_label("New container").is_none(),
+        "the dialog closes after Run"
+    );
+
+    let containers = &h.state().rt.containers.entries;
+    assert_eq!(containers.len(), 1, "one container is run");
+    let c = &containers[0];
+    let id = c.id.0.clone();
+    assert_eq!(
+        c.config.command,
+        vec!["sh", "-c", "echo hello-from-container; sleep 0.2"]
+    );
+    assert_eq!(c.config.image, "default");
+    assert!(c.config.terminal, "a terminal by default");
+    assert_eq!(
+        visible_panes(&h.state().ui_state.tabs),
+        vec![Pane {
+            machine: id.clone(),
+            kind: PaneKind::ContainerConsole
+        }],
+        "Run opens the container's console"
+    );
+    h.get_by_label(&format!("{id} — Console"));
+
+    wait_until(
+        &mut h,
+        "the console to show the output and the library the exit",
+        CONTAINER_TIMEOUT,
+        |h| console_text(h).contains("hello-from-container") && library_state(h, &id) == "exited",
+    );
+    h.get_by_label("Ended: exited with code 0");
+    h.get_by_label("Container console · exited");
+    assert!(data.container_dir(&id).is_dir(), "kept until removed");
+    assert!(
+        h.query_by_label("Stop").is_none(),
+        "no Stop for an exited container"
+    );
+
+    click(&mut h, "Remove");
+    wait_until(
+        &mut h,
+        "the container to be removed",
+        CONTAINER_TIMEOUT,
+        |h| h.state().rt.containers.entries.is_empty(),
+    );
+    settle(&mut h);
+    assert!(
+        !data.container_dir(&id).exists(),
+        "{} is gone",
+        data.container_dir(&id).display()
+    );
+    assert!(
+        h.query_by_label(&format!("{id} — Console")).is_none(),
+        "its tab is closed"
+    );
+    h.get_by_label("No containers. Click Run container to start one.");
+    assert!(
+        h.state().rt.log.notifications.is_empty(),
+        "no errors:\n{}",
+        common::log_text(h.state())
+    );
+}
+
+#[test]
+fn interactive_shell_gets_keys_and_the_console_size_and_can_be_stopped() {
+    if !is_root() {
+        return;
+    }
+    let dir = ConfigDir::new();
+    let data = DataDir::new();
+    let mut h = gui_with_containers(&dir, &data);
+    click(&mut h, "Run container");
+    type_into(&mut h, "Command", "sh");
+    click(&mut h, "Run");
+    let id = h.state().rt.containers.entries[0].id.0.clone();
+    wait_until(&mut h, "the shell to run", CONTAINER_TIMEOUT, |h| {
+        library_state(h, &id) == "running"
+    });
+
+    h.get_by_role(Role::Terminal).click();
+    h.step();
+    h.get_by_role(Role::Terminal)
+        .type_text("stty size; echo typed-$((6*7))");
+    h.key_press(egui::Key::Enter);
+    wait_until(&mut h, "the shell to answer", CONTAINER_TIMEOUT, |h| {
+        console_text(h).contains("typed-42")
+    });
+    let (cols, rows) = h.state().rt.containers.entries[0].terminal.size();
+    assert!(cols > 80, "the grid fills the tab: {cols} columns");
+    let size = format!("{rows} {cols}");
+    assert!(
+        console_text(&h).lines().any(|l| l.trim() == size),
+        "the shell's terminal is the console's size ({size}):\n{}",
+        console_text(&h)
+    );
+
+    // An interactive shell as init ignores SIGTERM: Stop, then Kill.
+    click(&mut h, "Stop");
+    wait_until(
+        &mut h,
+        "the container to be stopping",
+        CONTAINER_TIMEOUT,
+        |h| library_state(h, &id) == "stopping",
+    );
+    click(&mut h, "Kill");
+    wait_until(&mut h, "the container to exit", CONTAINER_TIMEOUT, |h| {
+        library_state(h, &id) == "exited"
+    });
+    h.get_by_label("Ended: killed by signal 9 (SIGKILL); stopped on request");
+    click(&mut h, "Remove");
+    wait_until(
+        &mut h,
+        "the container to be removed",
+        CONTAINER_TIMEOUT,
+        |h| h.state().rt.containers.entries.is_empty() && !data.container_dir(&id).exists(),
+    );
+}
+
+#[test]
+fn run_is_disabled_for_an_invalid_memory_limit() {
+    let dir = ConfigDir::new();
+    let data = DataDir::new();
+    let root = is_root();
+    let mut h = if root {
+        gui_with_containers(&dir, &data)
+    } else {
+        gui(&dir)
+    };
+    if root {
+        click(&mut h, "Run container");
+    } else {
+        // Without root the button is disabled; the dialog's checks do not
+        // depend on the runtime.
+        h.state_mut().apply(UiCommand::OpenContainerDialog);
+        settle(&mut h);
+    }
+    h.get_by_label("New container");
+    assert!(!is_disabled(&h.get_by_label("Run")));
+
+    type_into(&mut h, "Memory (MiB)", "1");
+    let why = "memory limit 1 MiB is out of range (4 MiB or more)";
+    assert!(is_disabled(&h.get_by_label("Run")), "Run is disabled");
+    assert!(
+        description(&h, "Run").contains(why),
+        "the reason is Run's description: {:?}",
+        description(&h, "Run")
+    );
+    assert!(
+        h.query_by_label_contains(why).is_some(),
+        "the reason is shown in the dialog"
+    );
+    click(&mut h, "Run");
+    assert!(h.state().rt.containers.entries.is_empty(), "nothing ran");
+
+    h.get_by_label("Memory (MiB)").click();
+    h.step();
+    clear_focused_field(&mut h);
+    h.get_by_label("Memory (MiB)").type_text("64");
+    settle(&mut h);
+    assert!(!is_disabled(&h.get_by_label("Run")), "64 MiB is fine");
+    assert!(h.query_by_label_contains("out of range").is_none());
+
+    click(&mut h, "Cancel");
+    assert!(h.query_by_label("New container").is_none());
+    assert!(h.state().rt.containers.entries.is_empty());
+}
+
+#[test]
+fn unavailable_containers_say_why() {
+    let dir = ConfigDir::new();
+    let h = gui(&dir);
+    h.get_by_label(&format!("Containers are unavailable: {NO_CONTAINERS}"));
+    let run = h.get_by_label("Run container");
+    assert!(is_disabled(&run));
+    assert_eq!(
+        run.accesskit_node().description().as_deref(),
+        Some(NO_CONTAINERS)
+    );
+}
