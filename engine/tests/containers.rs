@@ -631,3 +631,142 @@ fn bad_settings_are_refused_before_anything_runs() {
     }
     h.remove(&id);
 }
+
+/// Waits for exec `n` of `id` to end; its output and exit.
+fn wait_exec(h: &Harness, id: &ContainerId, n: u32) -> (String, ContainerExit) {
+    let mut out = Vec::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match h
+            .events
+            .recv_timeout(left)
+            .expect("exec did not end in 30 s")
+        {
+            ContainerEvent::ExecOutput {
+                id: i, exec, data, ..
+            } if &i == id && exec == n => out.extend(data),
+            ContainerEvent::ExecExited { id: i, exec, exit } if &i == id && exec == n => {
+                return (String::from_utf8_lossy(&out).into_owned(), exit);
+            }
+            ContainerEvent::Error { id: i, message } if &i == id => panic!("{message}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn exec_runs_a_second_process_in_the_running_container() {
+    require_root!();
+    let h = Harness::new();
+    let mut c = ContainerConfig::new("default");
+    c.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo marker > /tmp/m; sleep 1000".into(),
+    ];
+    c.env = vec!["FROM_INIT=yes".into()];
+    let id = h.start(c);
+    loop {
+        if let ContainerEvent::Started { id: i, .. } =
+            h.events.recv_timeout(Duration::from_secs(30)).unwrap()
+        {
+            if i == id {
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Pipes: sees the init's files, pid namespace and environment.
+    h.rt.execute(ContainerCommand::Exec {
+        id: id.clone(),
+        exec: 1,
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat /tmp/m; echo $FROM_INIT; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 4".into(),
+        ],
+        terminal: false,
+    })
+    .unwrap();
+    let (text, exit) = wait_exec(&h, &id, 1);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(exit.code, 4, "{text}");
+    assert_eq!(lines[0], "marker", "{text}");
+    assert_eq!(lines[1], "yes", "{text}");
+    assert_eq!(lines[2], id.0, "{text}");
+    // pid 1 is the init (the shell exec'd its last command, sleep).
+    assert_eq!(lines[3].trim(), "sleep 1000", "{text}");
+
+    // A terminal, driven by input: an interactive shell.
+    h.rt.execute(ContainerCommand::Exec {
+        id: id.clone(),
+        exec: 2,
+        command: vec!["sh".into()],
+        terminal: true,
+    })
+    .unwrap();
+    loop {
+        match h.events.recv_timeout(Duration::from_secs(30)).unwrap() {
+            ContainerEvent::ExecStarted { id: i, exec: 2, .. } if i == id => break,
+            ContainerEvent::Error { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    h.rt.execute(ContainerCommand::ExecInput {
+        id: id.clone(),
+        exec: 2,
+        bytes: b"tty; exit 6\n".to_vec(),
+    })
+    .unwrap();
+    let (text, exit) = wait_exec(&h, &id, 2);
+    assert_eq!(exit.code, 6, "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+
+    // The container itself runs on, and stops as usual.
+    assert_eq!(h.rt.state(&id), Some(ContainerState::Running));
+    h.rt.execute(ContainerCommand::Kill {
+        id: id.clone(),
+        signal: libc::SIGKILL,
+    })
+    .unwrap();
+    let out = h.wait_exit(&id, Duration::from_secs(30), |_| {});
+    assert_eq!(out.exit.signal, Some(libc::SIGKILL));
+    h.remove(&id);
+}
+
+#[test]
+fn exec_processes_end_with_their_container() {
+    require_root!();
+    let h = Harness::new();
+    let mut c = ContainerConfig::new("default");
+    c.command = vec!["sleep".into(), "1000".into()];
+    let id = h.start(c);
+    let mut asked = false;
+    let mut exec_exit = None;
+    let out = h.wait_exit(&id, Duration::from_secs(30), |e| match e {
+        ContainerEvent::Started { .. } if !asked => {
+            asked = true;
+            h.rt.execute(ContainerCommand::Exec {
+                id: id.clone(),
+                exec: 7,
+                command: vec!["sleep".into(), "1000".into()],
+                terminal: false,
+            })
+            .unwrap();
+        }
+        ContainerEvent::ExecStarted { exec: 7, .. } => {
+            h.rt.execute(ContainerCommand::Kill {
+                id: id.clone(),
+                signal: libc::SIGKILL,
+            })
+            .unwrap();
+        }
+        ContainerEvent::ExecExited { exec: 7, exit, .. } => exec_exit = Some(exit.clone()),
+        _ => {}
+    });
+    assert_eq!(out.exit.signal, Some(libc::SIGKILL));
+    let exec_exit = exec_exit.expect("the exec'd process is reported before the container's exit");
+    assert_eq!(exec_exit.signal, Some(libc::SIGKILL), "{exec_exit:?}");
+    h.remove(&id);
+}

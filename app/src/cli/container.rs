@@ -268,7 +268,12 @@ fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
                 exit = Some(e);
             }
             ContainerEvent::Removed(_) => break,
-            ContainerEvent::StateChanged { .. } | ContainerEvent::Stats { .. } => {}
+            // This command starts no other processes in the container.
+            ContainerEvent::StateChanged { .. }
+            | ContainerEvent::Stats { .. }
+            | ContainerEvent::ExecStarted { .. }
+            | ContainerEvent::ExecOutput { .. }
+            | ContainerEvent::ExecExited { .. } => {}
         }
     }
     drop(raw);

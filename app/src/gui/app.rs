@@ -395,6 +395,10 @@ impl HangarApp {
                 }
                 rt.log.push(Severity::Error, Some(id.0), message);
             }
+            // The app starts no exec'd processes (yet).
+            ContainerEvent::ExecStarted { .. }
+            | ContainerEvent::ExecOutput { .. }
+            | ContainerEvent::ExecExited { .. } => {}
         }
     }
 

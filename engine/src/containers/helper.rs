@@ -66,6 +66,9 @@ pub(crate) enum Request {
     Kill { signal: i32, all: bool },
     /// Remove runtime state and cgroup (kills what is left).
     Delete,
+    /// Start another process in the running container, described by an
+    /// OCI process JSON file. Without a terminal, three fds come along.
+    Exec { process: PathBuf, terminal: bool },
 }
 
 /// Helper → engine.
@@ -80,6 +83,10 @@ pub(crate) enum Reply {
     Failed { message: String },
     /// The init exited; raw wait status.
     Exited { status: i32 },
+    /// An exec'd process runs; its host pid (terminal master attached).
+    ExecStarted { pid: i32 },
+    /// An exec'd process exited; raw wait status.
+    ExecExited { pid: i32, status: i32 },
 }
 
 // ------------------------------------------------------------------ wire --
@@ -194,8 +201,8 @@ fn recv_msg<T: for<'de> Deserialize<'de>>(
 pub(crate) struct HelperProcess {
     child: Child,
     sock: OwnedFd,
-    /// An `Exited` that arrived while waiting for a reply.
-    pending_exit: Option<i32>,
+    /// Unasked messages (exits) that arrived while waiting for a reply.
+    pending: std::collections::VecDeque<Reply>,
 }
 
 impl HelperProcess {
@@ -227,7 +234,7 @@ impl HelperProcess {
         Ok(Self {
             child,
             sock: ours,
-            pending_exit: None,
+            pending: std::collections::VecDeque::new(),
         })
     }
 
@@ -241,8 +248,8 @@ impl HelperProcess {
         self.sock.as_fd()
     }
 
-    /// Sends a request and waits for its reply (an `Exited` met on the way
-    /// is kept for [`Self::take_exit`]).
+    /// Sends a request and waits for its reply (exits met on the way are
+    /// kept for [`Self::take_unasked`]).
     pub(crate) fn request(
         &mut self,
         req: &Request,
@@ -251,7 +258,9 @@ impl HelperProcess {
         send_msg(self.sock.as_fd(), req, fds).map_err(|e| self.died(e))?;
         loop {
             match recv_msg::<Reply>(self.sock.as_fd()) {
-                Ok(Some((Reply::Exited { status }, _))) => self.pending_exit = Some(status),
+                Ok(Some((r @ (Reply::Exited { .. } | Reply::ExecExited { .. }), _))) => {
+                    self.pending.push_back(r)
+                }
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) => return Err(self.died(io::Error::other("it closed its socket"))),
                 Err(e) => return Err(self.died(e)),
@@ -260,21 +269,20 @@ impl HelperProcess {
     }
 
     /// Reads one unasked message (call when the socket is readable).
-    pub(crate) fn read_event(&mut self) -> Result<Option<i32>, ContainerError> {
-        if let Some(s) = self.pending_exit.take() {
-            return Ok(Some(s));
+    pub(crate) fn read_event(&mut self) -> Result<Option<Reply>, ContainerError> {
+        if let Some(r) = self.pending.pop_front() {
+            return Ok(Some(r));
         }
         match recv_msg::<Reply>(self.sock.as_fd()) {
-            Ok(Some((Reply::Exited { status }, _))) => Ok(Some(status)),
-            Ok(Some(_)) => Ok(None),
+            Ok(Some((r, _))) => Ok(Some(r)),
             Ok(None) => Err(self.died(io::Error::other("it closed its socket"))),
             Err(e) => Err(self.died(e)),
         }
     }
 
-    /// An exit status received while waiting for a reply.
-    pub(crate) fn take_exit(&mut self) -> Option<i32> {
-        self.pending_exit.take()
+    /// An unasked message received while waiting for a reply.
+    pub(crate) fn take_unasked(&mut self) -> Option<Reply> {
+        self.pending.pop_front()
     }
 
     fn died(&mut self, e: io::Error) -> ContainerError {
@@ -358,6 +366,9 @@ pub fn helper_main() -> i32 {
         container: None,
         init_pidfd: None,
         init_pid: 0,
+        state_root: PathBuf::new(),
+        id: String::new(),
+        execs: Vec::new(),
     };
     h.run();
     0
@@ -368,6 +379,10 @@ struct Helper {
     container: Option<libcontainer::container::Container>,
     init_pidfd: Option<OwnedFd>,
     init_pid: i32,
+    state_root: PathBuf,
+    id: String,
+    /// Exec'd processes still running: pid and pidfd.
+    execs: Vec<(i32, OwnedFd)>,
 }
 
 impl Helper {
@@ -378,13 +393,15 @@ impl Helper {
                 events: libc::POLLIN,
                 revents: 0,
             }];
-            if let Some(p) = &self.init_pidfd {
-                pfds.push(libc::pollfd {
-                    fd: p.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
+            let watched = self
+                .init_pidfd
+                .iter()
+                .chain(self.execs.iter().map(|(_, fd)| fd));
+            pfds.extend(watched.map(|p| libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }));
             // SAFETY: `pfds` is a valid array of pollfd for the call.
             let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
             if n < 0 {
@@ -393,8 +410,8 @@ impl Helper {
                 }
                 break;
             }
-            if pfds.get(1).is_some_and(|p| p.revents != 0) {
-                self.reap_init();
+            if pfds[1..].iter().any(|p| p.revents != 0) {
+                self.reap();
             }
             if pfds[0].revents != 0 {
                 match recv_msg::<Request>(self.sock.as_fd()) {
@@ -435,9 +452,10 @@ impl Helper {
                 if r.is_ok() {
                     self.container = None;
                 }
-                self.reap_orphans();
+                self.reap();
                 r.map(|()| (Reply::Done, vec![]))
             }
+            Request::Exec { process, terminal } => self.exec(&process, terminal, fds),
         };
         r.unwrap_or_else(|message| (Reply::Failed { message }, vec![]))
     }
@@ -501,12 +519,14 @@ impl Helper {
                 }
                 // A failed create leaves its state directory behind.
                 let _ = std::fs::remove_dir_all(state_root.join(id));
-                self.reap_orphans();
+                self.reap();
                 return Err(e.to_string());
             }
         };
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
         self.container = Some(container);
+        self.id = id.to_string();
+        self.state_root = state_root.to_path_buf();
         let mut out = Vec::new();
         if let Some((listener, path)) = console {
             let master = receive_console(&listener);
@@ -519,37 +539,89 @@ impl Helper {
         if pid <= 0 {
             return Err("the runtime reported no init process".into());
         }
-        // SAFETY: pidfd_open with a pid and no flags; returns a new fd or -1.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if pidfd < 0 {
-            return Err(format!("pidfd_open: {}", io::Error::last_os_error()));
-        }
-        // SAFETY: a new descriptor nothing else owns.
-        self.init_pidfd = Some(unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
+        self.init_pidfd = Some(pidfd_open(pid)?);
         self.init_pid = pid;
         Ok((Reply::Created { pid }, out))
     }
 
-    /// The init's pidfd is readable: it has exited.
-    fn reap_init(&mut self) {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(self.init_pid, &mut status, libc::WNOHANG) };
-        if r == self.init_pid || r < 0 {
-            self.init_pidfd = None;
-            self.reap_orphans();
-            let _ = send_msg(self.sock.as_fd(), &Reply::Exited { status }, &[]);
+    fn exec(
+        &mut self,
+        process: &Path,
+        terminal: bool,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Reply, Vec<OwnedFd>), String> {
+        use libcontainer::container::builder::ContainerBuilder;
+        use libcontainer::syscall::syscall::SyscallType;
+
+        if self.container.is_none() {
+            return Err("no container has been created".into());
         }
+        let mut builder = ContainerBuilder::new(self.id.clone(), SyscallType::Linux)
+            .with_root_path(&self.state_root)
+            .map_err(|e| e.to_string())?;
+        let n = self.execs.len();
+        let console = if terminal {
+            let path = self.state_root.join(format!("{}.exec{n}.console", self.id));
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path)
+                .map_err(|e| format!("console socket {}: {e}", path.display()))?;
+            builder = builder.with_console_socket(Some(&path));
+            Some((listener, path))
+        } else {
+            let mut it = fds.into_iter();
+            match (it.next(), it.next(), it.next()) {
+                (Some(i), Some(o), Some(e)) => {
+                    builder = builder.with_stdin(i).with_stdout(o).with_stderr(e);
+                }
+                _ => return Err("exec without a terminal needs stdin, stdout and stderr".into()),
+            }
+            None
+        };
+        let built = builder
+            .as_tenant()
+            .with_process(Some(process))
+            .with_detach(true)
+            .build();
+        let pid = match built {
+            Ok(p) => p.as_raw(),
+            Err(e) => {
+                if let Some((_, p)) = &console {
+                    let _ = std::fs::remove_file(p);
+                }
+                self.reap();
+                return Err(e.to_string());
+            }
+        };
+        let mut out = Vec::new();
+        if let Some((listener, path)) = console {
+            let master = receive_console(&listener);
+            let _ = std::fs::remove_file(&path);
+            out.push(master.map_err(|e| format!("the process's terminal did not arrive: {e}"))?);
+        }
+        self.execs.push((pid, pidfd_open(pid)?));
+        Ok((Reply::ExecStarted { pid }, out))
     }
 
-    fn reap_orphans(&self) {
+    /// Reaps every child that has exited: the init and exec'd processes
+    /// are reported, orphans of the container are just collected.
+    fn reap(&mut self) {
         loop {
             let mut status = 0;
             // SAFETY: waitpid with a valid status pointer, never blocking.
             let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if r <= 0 || r == self.init_pid && self.init_pidfd.is_some() {
+            if r <= 0 {
                 break;
             }
+            let reply = if r == self.init_pid && self.init_pidfd.is_some() {
+                self.init_pidfd = None;
+                Reply::Exited { status }
+            } else if let Some(i) = self.execs.iter().position(|(p, _)| *p == r) {
+                self.execs.remove(i);
+                Reply::ExecExited { pid: r, status }
+            } else {
+                continue;
+            };
+            let _ = send_msg(self.sock.as_fd(), &reply, &[]);
         }
     }
 
@@ -562,8 +634,18 @@ impl Helper {
             let _ = c.delete(true);
         }
         self.container = None;
-        self.reap_orphans();
+        self.reap();
     }
+}
+
+fn pidfd_open(pid: i32) -> Result<OwnedFd, String> {
+    // SAFETY: pidfd_open with a pid and no flags; returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(format!("pidfd_open: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Accepts libcontainer's connection on the console socket and receives

@@ -309,6 +309,39 @@ pub enum ContainerCommand {
         /// How long it gets to exit by itself.
         grace: Duration,
     },
+    /// Start another process in the running container (e.g. a shell), with
+    /// the init's user, capabilities and environment. Without a terminal its
+    /// stdin is empty.
+    Exec {
+        /// Which container.
+        id: ContainerId,
+        /// The caller's number for this process (named in its events).
+        exec: u32,
+        /// argv.
+        command: Vec<String>,
+        /// Give it a pseudo-terminal.
+        terminal: bool,
+    },
+    /// Bytes for an exec'd process's terminal.
+    ExecInput {
+        /// Which container.
+        id: ContainerId,
+        /// Which process.
+        exec: u32,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Tell an exec'd process's terminal its new size.
+    ExecResize {
+        /// Which container.
+        id: ContainerId,
+        /// Which process.
+        exec: u32,
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
     /// Send a signal to the container's init process.
     Kill {
         /// Which container.
@@ -366,6 +399,35 @@ pub enum ContainerEvent {
         /// Which container.
         id: ContainerId,
         /// How.
+        exit: ContainerExit,
+    },
+    /// An exec'd process runs.
+    ExecStarted {
+        /// Which container.
+        id: ContainerId,
+        /// The caller's number for it.
+        exec: u32,
+        /// Its host pid.
+        pid: i32,
+    },
+    /// Output of an exec'd process.
+    ExecOutput {
+        /// Which container.
+        id: ContainerId,
+        /// Which process.
+        exec: u32,
+        /// Which stream.
+        stream: OutputStream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// An exec'd process ended; its output has all been reported.
+    ExecExited {
+        /// Which container.
+        id: ContainerId,
+        /// Which process.
+        exec: u32,
+        /// How (limits and `stopped_by_user` are not tracked per process).
         exit: ContainerExit,
     },
     /// The container is gone (after Remove).

@@ -99,6 +99,13 @@ impl EventSink {
 /// Control messages from [`ContainerRuntime::execute`] to a supervisor.
 enum Control {
     Input(Vec<u8>),
+    Exec {
+        n: u32,
+        command: Vec<String>,
+        terminal: bool,
+    },
+    ExecInput(u32, Vec<u8>),
+    ExecResize(u32, u16, u16),
     CloseInput,
     Resize(u16, u16),
     Stop(Duration),
@@ -252,6 +259,28 @@ impl ContainerRuntime {
             ContainerCommand::CloseInput(id) => (id, Control::CloseInput),
             ContainerCommand::Resize { id, cols, rows } => (id, Control::Resize(cols, rows)),
             ContainerCommand::Stop { id, grace } => (id, Control::Stop(grace)),
+            ContainerCommand::Exec {
+                id,
+                exec,
+                command,
+                terminal,
+            } => (
+                id,
+                Control::Exec {
+                    n: exec,
+                    command,
+                    terminal,
+                },
+            ),
+            ContainerCommand::ExecInput { id, exec, bytes } => {
+                (id, Control::ExecInput(exec, bytes))
+            }
+            ContainerCommand::ExecResize {
+                id,
+                exec,
+                cols,
+                rows,
+            } => (id, Control::ExecResize(exec, cols, rows)),
             ContainerCommand::Kill { id, signal } => (id, Control::Kill(signal)),
             ContainerCommand::Remove { id, force } => {
                 let h = map
@@ -630,8 +659,16 @@ impl Supervisor {
         let mut next_stats = Instant::now();
         let mut kill_at: Option<Instant> = None;
         let mut stopped_by_user = false;
+        let mut execs: Vec<ExecSession> = Vec::new();
         let end = loop {
-            if let Some(status) = helper.take_exit() {
+            let mut init_status = None;
+            while let Some(r) = helper.take_unasked() {
+                match r {
+                    Reply::Exited { status } => init_status = Some(status),
+                    other => self.on_exec_reply(other, &mut execs),
+                }
+            }
+            if let Some(status) = init_status {
                 break LoopEnd::Exited(status);
             }
             let now = Instant::now();
@@ -653,14 +690,37 @@ impl Supervisor {
                 pollfd(helper.socket().as_raw_fd()),
                 pollfd(self.wake.as_raw_fd()),
             ];
-            let outputs = output_fds(&stdio);
-            fds.extend(outputs.iter().map(|(fd, _)| pollfd(*fd)));
+            let mut outputs: Vec<(RawFd, Option<usize>, OutputStream)> = output_fds(&stdio)
+                .into_iter()
+                .map(|(fd, s)| (fd, None, s))
+                .collect();
+            for (i, e) in execs.iter().enumerate() {
+                outputs.extend(
+                    output_fds(&e.stdio)
+                        .into_iter()
+                        .map(|(fd, s)| (fd, Some(i), s)),
+                );
+            }
+            fds.extend(outputs.iter().map(|(fd, _, _)| pollfd(*fd)));
             if let Err(e) = poll(&mut fds, timeout) {
                 break LoopEnd::HelperLost(ContainerError::Internal(format!("poll: {e}")));
             }
-            for (i, (_, stream)) in outputs.iter().enumerate() {
-                if fds[2 + i].revents != 0 {
-                    self.read_output(&mut stdio, *stream);
+            for (i, (_, exec, stream)) in outputs.iter().enumerate() {
+                if fds[2 + i].revents == 0 {
+                    continue;
+                }
+                match exec {
+                    None => self.read_output(&mut stdio, *stream),
+                    Some(e) => {
+                        if let Some(data) = read_some(&mut execs[*e].stdio, *stream) {
+                            self.emit(ContainerEvent::ExecOutput {
+                                id: self.id.clone(),
+                                exec: execs[*e].n,
+                                stream: *stream,
+                                data,
+                            });
+                        }
+                    }
                 }
             }
             if fds[1].revents != 0 {
@@ -674,6 +734,34 @@ impl Supervisor {
                             }
                         }
                         Control::Resize(cols, rows) => resize(&stdio, cols, rows),
+                        Control::Exec {
+                            n,
+                            command,
+                            terminal,
+                        } => match self.exec(&mut helper, n, command, terminal) {
+                            Ok(session) => {
+                                self.emit(ContainerEvent::ExecStarted {
+                                    id: self.id.clone(),
+                                    exec: n,
+                                    pid: session.pid,
+                                });
+                                execs.push(session);
+                            }
+                            Err(e) => self.emit(ContainerEvent::Error {
+                                id: self.id.clone(),
+                                message: format!("cannot run process {n} in the container: {e}"),
+                            }),
+                        },
+                        Control::ExecInput(n, b) => {
+                            if let Some(e) = execs.iter_mut().find(|e| e.n == n) {
+                                write_input(&mut e.stdio, &b);
+                            }
+                        }
+                        Control::ExecResize(n, cols, rows) => {
+                            if let Some(e) = execs.iter().find(|e| e.n == n) {
+                                resize(&e.stdio, cols, rows);
+                            }
+                        }
                         Control::Stop(grace) => {
                             stopped_by_user = true;
                             self.set_state(ContainerState::Stopping);
@@ -700,12 +788,29 @@ impl Supervisor {
             }
             if fds[0].revents != 0 {
                 match helper.read_event() {
-                    Ok(Some(status)) => break LoopEnd::Exited(status),
+                    Ok(Some(Reply::Exited { status })) => break LoopEnd::Exited(status),
+                    Ok(Some(other)) => self.on_exec_reply(other, &mut execs),
                     Ok(None) => {}
                     Err(e) => break LoopEnd::HelperLost(e),
                 }
             }
         };
+        // Exec'd processes die with the container's pid namespace; their
+        // exits may still be queued.
+        while let Some(r) = helper.take_unasked() {
+            self.on_exec_reply(r, &mut execs);
+        }
+        for e in execs.drain(..) {
+            self.emit(ContainerEvent::ExecExited {
+                id: self.id.clone(),
+                exec: e.n,
+                exit: ContainerExit {
+                    code: 128 + libc::SIGKILL,
+                    signal: Some(libc::SIGKILL),
+                    ..Default::default()
+                },
+            });
+        }
         let status = match end {
             LoopEnd::Exited(s) => Some(s),
             LoopEnd::HelperLost(e) => {
@@ -764,6 +869,126 @@ impl Supervisor {
         self.set_state(ContainerState::Exited);
     }
 
+    /// Starts `command` in the running container with the init's
+    /// settings (user, capabilities, environment, seccomp).
+    fn exec(
+        &self,
+        helper: &mut HelperProcess,
+        n: u32,
+        command: Vec<String>,
+        terminal: bool,
+    ) -> Result<ExecSession, ContainerError> {
+        if command.is_empty() {
+            return Err(ContainerError::InvalidConfig("no command given".into()));
+        }
+        let spec_path = self.dir.join("bundle/config.json");
+        let spec: serde_json::Value = std::fs::read(&spec_path)
+            .map_err(ContainerError::io("read", &spec_path))
+            .and_then(|b| {
+                serde_json::from_slice(&b)
+                    .map_err(|e| ContainerError::Internal(format!("runtime spec: {e}")))
+            })?;
+        let mut process = spec["process"].clone();
+        process["args"] = serde_json::json!(command);
+        process["terminal"] = terminal.into();
+        if terminal {
+            if let Some(env) = process["env"].as_array_mut() {
+                if !env
+                    .iter()
+                    .any(|e| e.as_str().is_some_and(|s| s.starts_with("TERM=")))
+                {
+                    env.push("TERM=xterm-256color".into());
+                }
+            }
+        }
+        let process_path = self.dir.join(format!("exec-{n}.json"));
+        std::fs::write(&process_path, process.to_string())
+            .map_err(ContainerError::io("write", &process_path))?;
+
+        let (stdio, child_fds) = if terminal {
+            (None, Vec::new())
+        } else {
+            // No input: stdin is a pipe whose writer is closed at once.
+            let (in_r, in_w) = pipe()?;
+            drop(in_w);
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            (
+                Some(Stdio::Pipes {
+                    stdin: None,
+                    stdout: Some(File::from(out_r)),
+                    stderr: Some(File::from(err_r)),
+                }),
+                vec![in_r, out_w, err_w],
+            )
+        };
+        let raw: Vec<RawFd> = child_fds.iter().map(|f| f.as_raw_fd()).collect();
+        let reply = helper.request(
+            &Request::Exec {
+                process: process_path.clone(),
+                terminal,
+            },
+            &raw,
+        );
+        drop(child_fds);
+        let _ = std::fs::remove_file(&process_path);
+        match reply? {
+            (Reply::ExecStarted { pid }, fds) => {
+                let stdio = match stdio {
+                    Some(s) => s,
+                    None => Stdio::Terminal(Some(File::from(fds.into_iter().next().ok_or_else(
+                        || ContainerError::Runtime("the helper sent no terminal".into()),
+                    )?))),
+                };
+                Ok(ExecSession { n, pid, stdio })
+            }
+            (Reply::Failed { message }, _) => Err(ContainerError::Runtime(message)),
+            (other, _) => Err(ContainerError::Internal(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// An exec'd process ended: its output is read out, then reported.
+    fn on_exec_reply(&mut self, reply: Reply, execs: &mut Vec<ExecSession>) {
+        let Reply::ExecExited { pid, status } = reply else {
+            return;
+        };
+        let Some(i) = execs.iter().position(|e| e.pid == pid) else {
+            return;
+        };
+        let mut e = execs.remove(i);
+        let until = Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            let outs = output_fds(&e.stdio);
+            let now = Instant::now();
+            if outs.is_empty() || now >= until {
+                break;
+            }
+            let mut fds: Vec<libc::pollfd> = outs.iter().map(|(fd, _)| pollfd(*fd)).collect();
+            if poll(&mut fds, until - now).is_err() {
+                break;
+            }
+            for (j, (_, stream)) in outs.iter().enumerate() {
+                if fds[j].revents != 0 {
+                    if let Some(data) = read_some(&mut e.stdio, *stream) {
+                        self.emit(ContainerEvent::ExecOutput {
+                            id: self.id.clone(),
+                            exec: e.n,
+                            stream: *stream,
+                            data,
+                        });
+                    }
+                }
+            }
+        }
+        self.emit(ContainerEvent::ExecExited {
+            id: self.id.clone(),
+            exec: e.n,
+            exit: decode_status(status, super::CgroupCounters::default(), false),
+        });
+    }
+
     fn kill(&self, helper: &mut HelperProcess, signal: i32, all: bool) {
         match helper.request(&Request::Kill { signal, all }, &[]) {
             Ok((Reply::Done, _)) => {}
@@ -782,17 +1007,8 @@ impl Supervisor {
     /// One read from a readable output; end-of-file or an error (EIO on a
     /// terminal whose process is gone) closes our end.
     fn read_output(&mut self, stdio: &mut Stdio, stream: OutputStream) {
-        let slot = stream_slot(stdio, stream);
-        let Some(f) = slot.as_mut() else { return };
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf) {
-            Ok(0) => *slot = None,
-            Ok(n) => {
-                buf.truncate(n);
-                self.output(stream, buf);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => *slot = None,
+        if let Some(data) = read_some(stdio, stream) {
+            self.output(stream, data);
         }
     }
 
@@ -858,6 +1074,31 @@ impl Supervisor {
             }),
         }
     }
+}
+
+/// One read from a readable output; end-of-file or an error (EIO on a
+/// terminal whose process is gone) closes our end.
+fn read_some(stdio: &mut Stdio, stream: OutputStream) -> Option<Vec<u8>> {
+    let slot = stream_slot(stdio, stream);
+    let f = slot.as_mut()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    match f.read(&mut buf) {
+        Ok(0) => *slot = None,
+        Ok(n) => {
+            buf.truncate(n);
+            return Some(buf);
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        Err(_) => *slot = None,
+    }
+    None
+}
+
+/// A process started in a running container.
+struct ExecSession {
+    n: u32,
+    pid: i32,
+    stdio: Stdio,
 }
 
 fn stream_slot(stdio: &mut Stdio, stream: OutputStream) -> &mut Option<File> {
