@@ -16,10 +16,11 @@ pub fn container_console_tab_ui(ui: &mut egui::Ui, c: &mut Container, commands: 
     });
     if let Some(last) = c.stats.back() {
         ui.weak(format!(
-            "CPU {:.2} s · memory {:.1} MiB · {} processes",
+            "CPU {:.2} s · memory {:.1} MiB · {} process{}",
             last.stats.cpu_time.as_secs_f64(),
             last.stats.memory_bytes as f64 / (1 << 20) as f64,
-            last.stats.pids
+            last.stats.pids,
+            if last.stats.pids == 1 { "" } else { "es" }
         ));
     }
     if let Some(err) = &c.last_error {
