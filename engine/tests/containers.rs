@@ -770,3 +770,78 @@ fn exec_processes_end_with_their_container() {
     assert_eq!(exec_exit.signal, Some(libc::SIGKILL), "{exec_exit:?}");
     h.remove(&id);
 }
+
+#[test]
+fn user_network_reaches_host_loopback_and_forwards_a_port() {
+    require_root!();
+    use std::io::{Read, Write as _};
+    use std::net::{TcpListener, TcpStream};
+    let h = Harness::new();
+    // A server on the host's loopback, reached through pasta's gateway.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_port = server.local_addr().unwrap().port();
+    let serve = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf);
+        s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nhello-from-host\n")
+            .unwrap();
+    });
+    // A free host port to forward to the container's port 8080.
+    let host_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = sh(&format!(
+        "gw=$(ip route | awk '/^default/ {{print $3}}'); \
+         wget -q -O- http://$gw:{server_port}/; \
+         mkdir /www && echo hello-from-container > /www/index.html && \
+         httpd -f -p 8080 -h /www"
+    ));
+    c.network = hangar_engine::containers::NetworkMode::User;
+    c.ports = vec![hangar_engine::containers::PortForward {
+        host_port,
+        container_port: 8080,
+    }];
+    let id = h.start(c);
+    let mut fetched = String::new();
+    let out = h.wait_exit(&id, Duration::from_secs(60), |e| {
+        if let ContainerEvent::Output { data, .. } = e {
+            if String::from_utf8_lossy(data).contains("hello-from-host") && fetched.is_empty() {
+                // The container's server: through the forward on 127.0.0.1.
+                let until = Instant::now() + Duration::from_secs(10);
+                loop {
+                    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", host_port)) {
+                        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                        let _ = s.read_to_string(&mut fetched);
+                        if fetched.contains("hello-from-container") {
+                            break;
+                        }
+                        fetched.clear();
+                    }
+                    assert!(Instant::now() < until, "the forward never answered");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                h.rt.execute(ContainerCommand::Kill {
+                    id: id.clone(),
+                    signal: libc::SIGKILL,
+                })
+                .unwrap();
+            }
+        }
+    });
+    serve.join().unwrap();
+    assert!(out.stdout().contains("hello-from-host"), "{}", out.stderr());
+    assert!(fetched.contains("hello-from-container"), "{fetched}");
+    h.remove(&id);
+    // pasta and the namespace are gone with the container.
+    let ns = std::path::Path::new("/run/netns").join(format!("hangar-{}", id.0));
+    assert!(!ns.exists(), "{} left", ns.display());
+    // pasta was sent SIGTERM; give it a moment to close its socket.
+    let until = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", host_port)).is_ok() {
+        assert!(Instant::now() < until, "the forwarded port is still open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

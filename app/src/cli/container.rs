@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use hangar_engine::containers::{
     ContainerCommand, ContainerConfig, ContainerEvent, ContainerExit, ContainerLimits,
-    ContainerRuntime, HelperCommand, OutputStream, RuntimePaths, Volume,
+    ContainerRuntime, HelperCommand, NetworkMode, OutputStream, PortForward, RuntimePaths, Volume,
 };
 
 use super::run::{on_stop_signal, spawn_stdin_reader, Input, RawTerminal, STOP_SIGNALS};
@@ -53,6 +53,14 @@ struct RunArgs {
     /// Limit on processes and threads.
     #[arg(long)]
     pids: Option<u64>,
+    /// Network: none (loopback only) or user (pasta: outgoing connections,
+    /// the gateway reaches this host's loopback, port forwards).
+    #[arg(long, default_value = "none", value_parser = ["none", "user"])]
+    network: String,
+    /// Forward 127.0.0.1:HOST on this machine to port CONTAINER inside
+    /// (implies --network user).
+    #[arg(short = 'p', long = "publish", value_name = "HOST:CONTAINER")]
+    ports: Vec<String>,
     /// Bind-mount a host directory: SRC:DST or SRC:DST:ro.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
     volumes: Vec<String>,
@@ -93,6 +101,16 @@ impl RunArgs {
             cpus: self.cpus,
             pids: self.pids,
         };
+        c.ports = self
+            .ports
+            .iter()
+            .map(|p| parse_port(p))
+            .collect::<anyhow::Result<_>>()?;
+        c.network = if self.network == "user" || !c.ports.is_empty() {
+            NetworkMode::User
+        } else {
+            NetworkMode::None
+        };
         c.volumes = self
             .volumes
             .iter()
@@ -100,6 +118,23 @@ impl RunArgs {
             .collect::<anyhow::Result<_>>()?;
         Ok(c)
     }
+}
+
+/// `HOST:CONTAINER` port numbers.
+fn parse_port(s: &str) -> anyhow::Result<PortForward> {
+    let (h, c) = s
+        .split_once(':')
+        .with_context(|| format!("port forward '{s}' is not HOST:CONTAINER"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("'{p}' in '{s}' is not a port number"))
+    };
+    Ok(PortForward {
+        host_port: port(h)?,
+        container_port: port(c)?,
+    })
 }
 
 /// `SRC:DST` or `SRC:DST:ro|rw`; a relative SRC is taken from the current
@@ -296,6 +331,15 @@ fn terminal_size() -> Option<(u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_parse() {
+        let p = parse_port("8080:80").unwrap();
+        assert_eq!((p.host_port, p.container_port), (8080, 80));
+        assert!(parse_port("8080").is_err());
+        assert!(parse_port("0:80").is_err());
+        assert!(parse_port("70000:80").is_err());
+    }
 
     #[test]
     fn volumes_parse() {

@@ -17,6 +17,7 @@
 
 mod cgroup;
 pub mod helper;
+mod network;
 mod rootfs;
 mod runtime;
 mod spec;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cgroup::CgroupCounters;
 pub use helper::{helper_main, HelperCommand, HELPER_FD_ENV};
+pub use network::PortForward;
 pub use runtime::{ContainerRuntime, RuntimePaths};
 pub use spec::{BLOCKED_SYSCALLS, DEFAULT_CAPABILITIES};
 
@@ -70,6 +72,10 @@ pub enum NetworkMode {
     /// An empty network namespace: loopback only.
     #[default]
     None,
+    /// User-mode networking through pasta: outgoing connections as the
+    /// host's, the gateway address reaching the host's loopback, and the
+    /// configured port forwards (root only for now).
+    User,
 }
 
 /// What to run. [`ContainerConfig::new`] gives the image's defaults.
@@ -91,6 +97,10 @@ pub struct ContainerConfig {
     pub limits: ContainerLimits,
     /// Network.
     pub network: NetworkMode,
+    /// Host ports on 127.0.0.1 forwarded into the container (with
+    /// [`NetworkMode::User`]).
+    #[serde(default)]
+    pub ports: Vec<PortForward>,
     /// Bind mounts.
     pub volumes: Vec<Volume>,
     /// Give the process a pseudo-terminal (interactive shells) instead of
@@ -109,6 +119,7 @@ impl ContainerConfig {
             user: None,
             limits: ContainerLimits::default(),
             network: NetworkMode::None,
+            ports: Vec::new(),
             volumes: Vec::new(),
             terminal: false,
         }
@@ -162,6 +173,20 @@ impl ContainerConfig {
                     "volume source '{}' does not exist",
                     v.source.display()
                 ));
+            }
+        }
+        if !self.ports.is_empty() && self.network != NetworkMode::User {
+            return bad("port forwards need user-mode networking (network 'user')".into());
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.host_port == 0 || p.container_port == 0 {
+                return bad(format!(
+                    "port forward {}:{} uses port 0",
+                    p.host_port, p.container_port
+                ));
+            }
+            if self.ports[..i].iter().any(|q| q.host_port == p.host_port) {
+                return bad(format!("host port {} is forwarded twice", p.host_port));
             }
         }
         if let Some(w) = &self.workdir {

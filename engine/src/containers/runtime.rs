@@ -23,10 +23,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::cgroup::CgroupFiles;
 use super::helper::{HelperCommand, HelperProcess, Reply, Request};
+use super::network::UserNetwork;
 use super::spec::{build_spec, SpecInputs};
 use super::{
     rootfs, ContainerCommand, ContainerConfig, ContainerError, ContainerEvent, ContainerExit,
-    ContainerId, ContainerState, OutputStream,
+    ContainerId, ContainerState, NetworkMode, OutputStream,
 };
 use crate::images::{ImageError, ImageRecord, ImageStore};
 
@@ -343,6 +344,7 @@ impl ContainerRuntime {
             state: Arc::clone(&state),
             log: None,
             remove_requested: false,
+            network: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("container-{}", id.0))
@@ -427,6 +429,8 @@ struct Supervisor {
     log: Option<File>,
     /// Forced removal while running: remove as soon as it has exited.
     remove_requested: bool,
+    /// pasta and its namespace (network `user`), stopped when dropped.
+    network: Option<UserNetwork>,
 }
 
 /// Why the main loop ended.
@@ -456,6 +460,7 @@ impl Supervisor {
                     message: e.to_string(),
                 });
                 let _ = rootfs::unmount(&rootfs);
+                self.network = None;
                 self.set_state(ContainerState::Failed);
             }
         }
@@ -548,6 +553,16 @@ impl Supervisor {
             .clone()
             .or_else(|| run.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into());
+        let netns = match self.config.network {
+            NetworkMode::None => None,
+            NetworkMode::User => {
+                let net =
+                    UserNetwork::start(&self.id.0, &self.config.ports, self.dir.join("pasta.pid"))?;
+                let path = net.netns_path();
+                self.network = Some(net);
+                Some(path)
+            }
+        };
         let spec = build_spec(
             &self.config,
             &SpecInputs {
@@ -559,7 +574,7 @@ impl Supervisor {
                 gid,
                 hostname: &self.id.0,
                 cgroup_path: &self.cgroup_path,
-                netns: None,
+                netns: netns.as_deref(),
             },
         )?;
         let spec_path = bundle.join("config.json");
@@ -840,6 +855,8 @@ impl Supervisor {
         // Now that neither the container nor the helper holds a writer,
         // the streams end as soon as they are read out.
         self.drain_output(&mut stdio);
+        // Stops pasta and deletes the namespace.
+        self.network = None;
         if let Err(e) = rootfs::unmount(&self.dir.join("rootfs")) {
             self.emit(ContainerEvent::Error {
                 id: self.id.clone(),

@@ -1,0 +1,141 @@
+//! User-mode networking for a container: `pasta` (from passt) serving a
+//! named network namespace that the container then joins. pasta copies the
+//! host's addresses and routes into the namespace, maps the gateway address
+//! to the host's loopback, and forwards host ports on 127.0.0.1 into the
+//! container. No bridge, no iptables, nothing the host's other programs see
+//! but the forwarded ports.
+//!
+//! As root the namespace is named (`ip netns add`) and pasta runs with
+//! `--runas 0`; pasta bound to a named namespace exits when it is deleted,
+//! and we stop it ourselves first (measured: pasta attached by PID does not
+//! exit with its namespace).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use super::ContainerError;
+
+/// A host port on 127.0.0.1 forwarded to a port inside the container (TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    /// Port on the host's 127.0.0.1.
+    pub host_port: u16,
+    /// Port inside the container.
+    pub container_port: u16,
+}
+
+/// A container's network namespace and the pasta process serving it.
+/// Dropping it stops pasta and deletes the namespace.
+pub(crate) struct UserNetwork {
+    name: String,
+    pasta_pid: Option<i32>,
+    pid_file: PathBuf,
+}
+
+impl UserNetwork {
+    /// Creates namespace `hangar-<id>` and starts pasta for it.
+    pub(crate) fn start(
+        id: &str,
+        ports: &[PortForward],
+        pid_file: PathBuf,
+    ) -> Result<Self, ContainerError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(ContainerError::Host(
+                "user-mode networking needs root for now".into(),
+            ));
+        }
+        let name = format!("hangar-{id}");
+        run("ip", &["netns", "add", &name])?;
+        let mut net = UserNetwork {
+            name,
+            pasta_pid: None,
+            pid_file,
+        };
+        let mut args: Vec<String> = vec![
+            "--config-net".into(),
+            "--quiet".into(),
+            "--runas".into(),
+            "0".into(),
+            "--netns".into(),
+            net.name.clone(),
+            "--pid".into(),
+            net.pid_file.display().to_string(),
+            // Only what is asked: no UDP, and nothing from the namespace
+            // to host ports.
+            "-u".into(),
+            "none".into(),
+            "-T".into(),
+            "none".into(),
+            "-U".into(),
+            "none".into(),
+        ];
+        if ports.is_empty() {
+            args.extend(["-t".into(), "none".into()]);
+        }
+        for p in ports {
+            args.push("-t".into());
+            args.push(format!("127.0.0.1/{}:{}", p.host_port, p.container_port));
+        }
+        // pasta daemonizes once the namespace is configured and its ports
+        // are bound: when it returns, the network is ready.
+        run_owned("pasta", &args).map_err(|e| {
+            ContainerError::Host(format!(
+                "{e} (is a forwarded port already in use? is the passt package installed?)"
+            ))
+        })?;
+        let pid = std::fs::read_to_string(&net.pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        net.pasta_pid = pid;
+        if pid.is_none() {
+            return Err(ContainerError::Host(
+                "pasta started but wrote no pid file".into(),
+            ));
+        }
+        Ok(net)
+    }
+
+    /// The namespace's path, for the container to join.
+    pub(crate) fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for UserNetwork {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pasta_pid.take() {
+            // SAFETY: kill with a pid we read from pasta's own pid file.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+            log::warn!("{e}");
+        }
+    }
+}
+
+fn run(prog: &str, args: &[&str]) -> Result<(), ContainerError> {
+    let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    run_owned(prog, &owned)
+}
+
+fn run_owned(prog: &str, args: &[String]) -> Result<(), ContainerError> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| ContainerError::Host(format!("cannot run {prog}: {e}")))?;
+    if !out.status.success() {
+        return Err(ContainerError::Host(format!(
+            "{prog} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
