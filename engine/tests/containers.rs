@@ -845,3 +845,38 @@ fn user_network_reaches_host_loopback_and_forwards_a_port() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn an_image_in_use_cannot_be_removed() {
+    require_root!();
+    let h = Harness::new();
+    let mut c = ContainerConfig::new("default");
+    c.command = vec!["sleep".into(), "1000".into()];
+    let id = h.start(c);
+    loop {
+        if let ContainerEvent::Started { id: i, .. } =
+            h.events.recv_timeout(Duration::from_secs(30)).unwrap()
+        {
+            if i == id {
+                break;
+            }
+        }
+    }
+    let err = h.rt.images().remove("default").unwrap_err();
+    assert!(err.to_string().contains(&id.0), "{err}");
+    h.rt.execute(ContainerCommand::Remove {
+        id: id.clone(),
+        force: true,
+    })
+    .unwrap();
+    loop {
+        if let ContainerEvent::Removed(i) = h.events.recv_timeout(Duration::from_secs(30)).unwrap()
+        {
+            if i == id {
+                break;
+            }
+        }
+    }
+    h.rt.images().remove("default").unwrap();
+    assert!(h.rt.images().list().unwrap().is_empty());
+}

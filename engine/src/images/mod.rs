@@ -114,6 +114,14 @@ pub enum ImageError {
     /// A name that cannot name an image.
     #[error("{0:?} is not a valid image name")]
     BadName(String),
+    /// Containers still use the image (their roots stack its layers).
+    #[error("image {name:?} is used by container(s) {containers}: remove them first")]
+    InUse {
+        /// The image.
+        name: String,
+        /// Their ids.
+        containers: String,
+    },
     /// A registry pull failed (network, registry refusal, no such image).
     #[error("pull failed: {0}")]
     Pull(String),
@@ -383,6 +391,35 @@ impl ImageStore {
         Ok(record)
     }
 
+    /// Ids of the containers (in `<data dir>/containers/`, beside the
+    /// store) whose record names image `name`.
+    fn containers_using(&self, name: &str) -> Vec<String> {
+        #[derive(Deserialize)]
+        struct Record {
+            id: String,
+            config: RecordConfig,
+        }
+        #[derive(Deserialize)]
+        struct RecordConfig {
+            image: String,
+        }
+        let Some(dir) = self.root.parent().map(|d| d.join("containers")) else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("container.json")).ok())
+            .filter_map(|b| serde_json::from_slice::<Record>(&b).ok())
+            .filter(|r| r.config.image == name)
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Pulls `reference` (e.g. `127.0.0.1:5000/tools:1.0`) from its
     /// registry and imports it as `name`. Blocks; call it from a worker.
     pub fn pull(
@@ -400,6 +437,13 @@ impl ImageStore {
     pub fn remove(&self, name: &str) -> Result<(), ImageError> {
         let _lock = self.lock()?;
         let record = self.get(name)?;
+        let users = self.containers_using(name);
+        if !users.is_empty() {
+            return Err(ImageError::InUse {
+                name: name.to_string(),
+                containers: users.join(", "),
+            });
+        }
         let p = self.record_path(name)?;
         std::fs::remove_file(&p).map_err(ImageError::io("remove", &p))?;
         self.collect(&record)
