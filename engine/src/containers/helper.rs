@@ -480,32 +480,11 @@ impl Helper {
         terminal: bool,
         fds: Vec<OwnedFd>,
     ) -> Result<(Reply, Vec<OwnedFd>), String> {
-        use libcontainer::container::builder::ContainerBuilder;
-        use libcontainer::syscall::syscall::SyscallType;
-
         if self.container.is_some() {
             return Err("this helper already has a container".into());
         }
-        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-            .with_root_path(state_root)
-            .map_err(|e| e.to_string())?;
-        let console = if terminal {
-            let path = state_root.join(format!("{id}.console"));
-            let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path)
-                .map_err(|e| format!("console socket {}: {e}", path.display()))?;
-            builder = builder.with_console_socket(Some(&path));
-            Some((listener, path))
-        } else {
-            let mut it = fds.into_iter();
-            match (it.next(), it.next(), it.next()) {
-                (Some(i), Some(o), Some(e)) => {
-                    builder = builder.with_stdin(i).with_stdout(o).with_stderr(e);
-                }
-                _ => return Err("create without a terminal needs stdin, stdout and stderr".into()),
-            }
-            None
-        };
+        let (builder, console) =
+            builder_with_stdio(id, state_root, &format!("{id}.console"), terminal, fds)?;
         let built = builder
             .as_init(bundle)
             .with_systemd(false)
@@ -550,33 +529,12 @@ impl Helper {
         terminal: bool,
         fds: Vec<OwnedFd>,
     ) -> Result<(Reply, Vec<OwnedFd>), String> {
-        use libcontainer::container::builder::ContainerBuilder;
-        use libcontainer::syscall::syscall::SyscallType;
-
         if self.container.is_none() {
             return Err("no container has been created".into());
         }
-        let mut builder = ContainerBuilder::new(self.id.clone(), SyscallType::Linux)
-            .with_root_path(&self.state_root)
-            .map_err(|e| e.to_string())?;
-        let n = self.execs.len();
-        let console = if terminal {
-            let path = self.state_root.join(format!("{}.exec{n}.console", self.id));
-            let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path)
-                .map_err(|e| format!("console socket {}: {e}", path.display()))?;
-            builder = builder.with_console_socket(Some(&path));
-            Some((listener, path))
-        } else {
-            let mut it = fds.into_iter();
-            match (it.next(), it.next(), it.next()) {
-                (Some(i), Some(o), Some(e)) => {
-                    builder = builder.with_stdin(i).with_stdout(o).with_stderr(e);
-                }
-                _ => return Err("exec without a terminal needs stdin, stdout and stderr".into()),
-            }
-            None
-        };
+        let name = format!("{}.exec{}.console", self.id, self.execs.len());
+        let (builder, console) =
+            builder_with_stdio(&self.id, &self.state_root, &name, terminal, fds)?;
         let built = builder
             .as_tenant()
             .with_process(Some(process))
@@ -635,6 +593,47 @@ impl Helper {
         }
         self.container = None;
         self.reap();
+    }
+}
+
+/// A libcontainer builder for container `id` with its stdio: a console
+/// socket (named `console_name` in the state root) whose listener the
+/// caller accepts on after the build, or the three fds the engine sent.
+fn builder_with_stdio(
+    id: &str,
+    state_root: &Path,
+    console_name: &str,
+    terminal: bool,
+    fds: Vec<OwnedFd>,
+) -> Result<
+    (
+        libcontainer::container::builder::ContainerBuilder,
+        Option<(UnixListener, PathBuf)>,
+    ),
+    String,
+> {
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        .with_root_path(state_root)
+        .map_err(|e| e.to_string())?;
+    if terminal {
+        let path = state_root.join(console_name);
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| format!("console socket {}: {e}", path.display()))?;
+        return Ok((
+            builder.with_console_socket(Some(&path)),
+            Some((listener, path)),
+        ));
+    }
+    let mut it = fds.into_iter();
+    match (it.next(), it.next(), it.next()) {
+        (Some(i), Some(o), Some(e)) => {
+            Ok((builder.with_stdin(i).with_stdout(o).with_stderr(e), None))
+        }
+        _ => Err("without a terminal, stdin, stdout and stderr must come along".into()),
     }
 }
 

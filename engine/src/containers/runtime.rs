@@ -344,6 +344,10 @@ impl ContainerRuntime {
             state: Arc::clone(&state),
             log: None,
             remove_requested: false,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             network: None,
         };
         let thread = std::thread::Builder::new()
@@ -431,6 +435,8 @@ struct Supervisor {
     remove_requested: bool,
     /// pasta and its namespace (network `user`), stopped when dropped.
     network: Option<UserNetwork>,
+    /// When it was created (seconds since the epoch), for its record.
+    created: u64,
 }
 
 /// Why the main loop ended.
@@ -485,10 +491,7 @@ impl Supervisor {
         let rec = ContainerRecord {
             id: self.id.clone(),
             config: self.config.clone(),
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created: self.created,
             exit,
         };
         let p = self.dir.join("container.json");
@@ -585,17 +588,8 @@ impl Supervisor {
         let (stdio, child_fds) = if self.config.terminal {
             (None, Vec::new())
         } else {
-            let (in_r, in_w) = pipe()?;
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            (
-                Some(Stdio::Pipes {
-                    stdin: Some(File::from(in_w)),
-                    stdout: Some(File::from(out_r)),
-                    stderr: Some(File::from(err_r)),
-                }),
-                vec![in_r, out_w, err_w],
-            )
+            let (s, fds) = stdio_pipes(true)?;
+            (Some(s), fds)
         };
         let raw: Vec<RawFd> = child_fds.iter().map(|f| f.as_raw_fd()).collect();
         let reply = helper.request(
@@ -926,18 +920,8 @@ impl Supervisor {
             (None, Vec::new())
         } else {
             // No input: stdin is a pipe whose writer is closed at once.
-            let (in_r, in_w) = pipe()?;
-            drop(in_w);
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            (
-                Some(Stdio::Pipes {
-                    stdin: None,
-                    stdout: Some(File::from(out_r)),
-                    stderr: Some(File::from(err_r)),
-                }),
-                vec![in_r, out_w, err_w],
-            )
+            let (s, fds) = stdio_pipes(false)?;
+            (Some(s), fds)
         };
         let raw: Vec<RawFd> = child_fds.iter().map(|f| f.as_raw_fd()).collect();
         let reply = helper.request(
@@ -1192,6 +1176,21 @@ fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Pipes for a process without a terminal: our ends, and the process's
+/// (stdin, stdout, stderr) to send to the helper. Without `input`, our end
+/// of stdin is closed at once (the process reads end-of-file).
+fn stdio_pipes(input: bool) -> Result<(Stdio, Vec<OwnedFd>), ContainerError> {
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let ours = Stdio::Pipes {
+        stdin: input.then(|| File::from(in_w)),
+        stdout: Some(File::from(out_r)),
+        stderr: Some(File::from(err_r)),
+    };
+    Ok((ours, vec![in_r, out_w, err_w]))
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
