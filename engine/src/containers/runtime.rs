@@ -585,6 +585,30 @@ impl Supervisor {
             .map_err(|e| ContainerError::Internal(format!("write {}: {e}", spec_path.display())))?;
 
         let mut helper = self.shared.take_helper()?;
+        // Any failure from here on ends the helper (which kills and deletes
+        // whatever it created) in one place.
+        let (pid, stdio) = match self.create_in_helper(&mut helper, &bundle) {
+            Ok(r) => r,
+            Err(e) => {
+                helper.finish();
+                return Err(e);
+            }
+        };
+        self.emit(ContainerEvent::Started {
+            id: self.id.clone(),
+            pid,
+            setup: started.elapsed(),
+        });
+        Ok((helper, stdio))
+    }
+
+    /// Creates and starts the container through `helper`; its host pid and
+    /// our ends of its stdio.
+    fn create_in_helper(
+        &self,
+        helper: &mut HelperProcess,
+        bundle: &std::path::Path,
+    ) -> Result<(i32, Stdio), ContainerError> {
         let (stdio, child_fds) = if self.config.terminal {
             (None, Vec::new())
         } else {
@@ -596,7 +620,7 @@ impl Supervisor {
             &Request::Create {
                 id: self.id.0.clone(),
                 state_root: self.shared.paths.run_dir.clone(),
-                bundle: bundle.clone(),
+                bundle: bundle.to_path_buf(),
                 terminal: self.config.terminal,
             },
             &raw,
@@ -604,61 +628,30 @@ impl Supervisor {
         // The container holds its ends now; ours must close or the pipes
         // never see end-of-file.
         drop(child_fds);
-        let (pid, stdio) = match reply {
-            Ok((Reply::Created { pid }, fds)) => {
-                let stdio = match stdio {
-                    Some(s) => s,
-                    None => match fds.into_iter().next() {
-                        Some(master) => Stdio::Terminal(Some(File::from(master))),
-                        None => {
-                            helper.finish();
-                            return Err(ContainerError::Runtime(
-                                "the helper sent no terminal".into(),
-                            ));
-                        }
-                    },
-                };
-                (pid, stdio)
+        let (pid, master) = match reply? {
+            (Reply::Created { pid }, fds) => (pid, fds.into_iter().next()),
+            (Reply::Failed { message }, _) => {
+                return Err(ContainerError::Runtime(format!("cannot create: {message}")))
             }
-            Ok((Reply::Failed { message }, _)) => {
-                helper.finish();
-                return Err(ContainerError::Runtime(format!("cannot create: {message}")));
-            }
-            Ok((other, _)) => {
-                helper.finish();
-                return Err(ContainerError::Internal(format!(
-                    "unexpected reply {other:?}"
-                )));
-            }
-            Err(e) => {
-                helper.finish();
-                return Err(e);
+            (other, _) => return Err(unexpected(&other)),
+        };
+        let stdio = match (stdio, master) {
+            (Some(s), _) => s,
+            (None, Some(m)) => Stdio::Terminal(Some(File::from(m))),
+            (None, None) => {
+                return Err(ContainerError::Runtime(
+                    "the helper sent no terminal".into(),
+                ))
             }
         };
-        match helper.request(&Request::Start, &[]) {
-            Ok((Reply::Done, _)) => {}
-            Ok((Reply::Failed { message }, _)) => {
+        match helper.request(&Request::Start, &[])? {
+            (Reply::Done, _) => Ok((pid, stdio)),
+            (Reply::Failed { message }, _) => {
                 let _ = helper.request(&Request::Delete, &[]);
-                helper.finish();
-                return Err(ContainerError::Runtime(format!("cannot start: {message}")));
+                Err(ContainerError::Runtime(format!("cannot start: {message}")))
             }
-            Ok((other, _)) => {
-                helper.finish();
-                return Err(ContainerError::Internal(format!(
-                    "unexpected reply {other:?}"
-                )));
-            }
-            Err(e) => {
-                helper.finish();
-                return Err(e);
-            }
+            (other, _) => Err(unexpected(&other)),
         }
-        self.emit(ContainerEvent::Started {
-            id: self.id.clone(),
-            pid,
-            setup: started.elapsed(),
-        });
-        Ok((helper, stdio))
     }
 
     /// Streams output, applies controls, samples stats, until the init
@@ -944,9 +937,7 @@ impl Supervisor {
                 Ok(ExecSession { n, pid, stdio })
             }
             (Reply::Failed { message }, _) => Err(ContainerError::Runtime(message)),
-            (other, _) => Err(ContainerError::Internal(format!(
-                "unexpected reply {other:?}"
-            ))),
+            (other, _) => Err(unexpected(&other)),
         }
     }
 
@@ -1152,6 +1143,10 @@ fn resize(stdio: &Stdio, cols: u16, rows: u16) {
         // SAFETY: TIOCSWINSZ on a pty master with a valid winsize pointer.
         unsafe { libc::ioctl(m.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
+}
+
+fn unexpected(reply: &Reply) -> ContainerError {
+    ContainerError::Internal(format!("unexpected reply from the helper: {reply:?}"))
 }
 
 fn pollfd(fd: RawFd) -> libc::pollfd {
