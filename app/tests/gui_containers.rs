@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use egui::accesskit::Role;
@@ -15,26 +14,12 @@ use hangar::gui::command::UiCommand;
 use hangar::gui::tabs::{visible_panes, Pane, PaneKind};
 
 use common::{
-    clear_focused_field, click, gui, gui_with_containers, is_disabled, library_state, settle,
-    type_into, wait_until, ConfigDir, DataDir, Gui, NO_CONTAINERS,
+    clear_focused_field, click, gui, gui_with_containers, is_disabled, is_root, library_state,
+    settle, type_into, wait_until, ConfigDir, DataDir, Gui, NO_CONTAINERS,
 };
 
 /// Longest wait for a container (the first run imports the default image).
 const CONTAINER_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    // Straight to stderr: the harness captures the output of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "*** SKIPPED: not root: {test} did not run (it runs containers as root) ***"
-    );
-    false
-}
 
 /// The one console on screen, as kittest sees it: its accessible text.
 fn console_text(h: &Gui) -> String {

@@ -117,6 +117,23 @@ pub fn fake_bzimage() -> Vec<u8> {
 /// Why tests that do not ask for containers have none.
 pub const NO_CONTAINERS: &str = "not used by this test";
 
+/// True as root; otherwise says loudly that the calling test did not run
+/// (it then returns and counts as passed, so the message is the trace).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    // Straight to stderr: the harness captures the output of passing tests.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "*** SKIPPED: not root: {test} did not run (it runs containers as root) ***"
+    );
+    false
+}
+
 /// A container set-up that tests without containers pass.
 pub fn no_containers() -> Result<ContainerSetup, String> {
     Err(NO_CONTAINERS.into())
