@@ -2,8 +2,11 @@
 //! built by packaging/setup.sh), libcontainer in our helper process,
 //! namespaces, cgroups. Each test gets its own data and run directories.
 //!
-//! As root. Without root the tests say so loudly and return (rootless
-//! containers have their own tests).
+//! As root, and then the whole suite once more as an unprivileged user
+//! (`whole_suite_again_as_an_unprivileged_user` re-runs this binary as
+//! `nobody` with [`ROOTLESS_ENV`] set): rootless containers pass the same
+//! tests. Run by anyone else without that variable, the tests say so loudly
+//! and return.
 
 // Test code: a failed step should panic with its error.
 #![allow(clippy::unwrap_used)]
@@ -20,22 +23,35 @@ use hangar_engine::containers::{
 };
 use hangar_engine::images::ImageStore;
 
+/// Set by the root run for its unprivileged re-run of this suite.
+const ROOTLESS_ENV: &str = "HANGAR_ROOTLESS_TESTS";
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Root, or the unprivileged re-run that root prepared (delegated cgroup,
+/// /dev/net/tun).
+fn may_run() -> bool {
+    if is_root() || rootless() {
         return true;
     }
     let test = std::thread::current().name().unwrap_or("?").to_string();
     let _ = writeln!(
         std::io::stderr(),
-        "*** SKIPPED: not root: {test} did not run (it runs containers as root) ***"
+        "*** SKIPPED: not root: {test} did not run (root runs it, and again as an unprivileged user) ***"
     );
     false
 }
 
+fn rootless() -> bool {
+    !is_root() && std::env::var_os(ROOTLESS_ENV).is_some()
+}
+
 macro_rules! require_root {
     () => {
-        if !is_root() {
+        if !may_run() {
             return;
         }
     };
@@ -183,10 +199,15 @@ impl Harness {
             !self.data.0.join("run").join(&id.0).exists(),
             "runtime state left"
         );
-        for ctl in ["memory", "pids", "cpu"] {
+        // SAFETY: geteuid has no preconditions.
+        let parent = match unsafe { libc::geteuid() } {
+            0 => "hangar".to_string(),
+            uid => format!("hangar/user-{uid}"),
+        };
+        for ctl in ["memory", "pids", "cpu", "devices"] {
             let v1 = Path::new("/sys/fs/cgroup")
                 .join(ctl)
-                .join("hangar")
+                .join(&parent)
                 .join(&id.0);
             assert!(!v1.exists(), "cgroup {} left", v1.display());
         }
@@ -452,6 +473,37 @@ fn env_workdir_and_user() {
     c.env = vec!["GREETING=hi".into()];
     c.workdir = Some("/tmp".into());
     c.user = Some("65534:65534".into());
+    if rootless() {
+        // Only root is mapped into a rootless container: said, not run.
+        let id = h.start(c);
+        let mut errors = Vec::new();
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match h.events.recv_timeout(left).unwrap() {
+                ContainerEvent::Error { id: i, message } if i == id => errors.push(message),
+                ContainerEvent::StateChanged {
+                    id: i,
+                    state: ContainerState::Failed,
+                } if i == id => break,
+                _ => {}
+            }
+        }
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("rootless container runs as root")),
+            "{errors:?}"
+        );
+        h.remove(&id);
+        c = sh("echo $GREETING; pwd; id -u; id -g");
+        c.env = vec!["GREETING=hi".into()];
+        c.workdir = Some("/tmp".into());
+        c.user = Some("root".into());
+        let out = h.run(c);
+        assert_eq!(out.stdout(), "hi\n/tmp\n0\n0\n", "{}", out.stderr());
+        return;
+    }
     let out = h.run(c);
     assert_eq!(out.stdout(), "hi\n/tmp\n65534\n65534\n", "{}", out.stderr());
 }
@@ -879,4 +931,209 @@ fn an_image_in_use_cannot_be_removed() {
     }
     h.rt.images().remove("default").unwrap();
     assert!(h.rt.images().list().unwrap().is_empty());
+}
+
+/// The unprivileged user the suite runs as the second time.
+const UNPRIVILEGED: (u32, u32) = (65534, 65534);
+
+#[test]
+fn whole_suite_again_as_an_unprivileged_user() {
+    if rootless() {
+        return; // this is that run
+    }
+    if !is_root() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "*** SKIPPED: not root: cannot prepare the unprivileged run (delegated cgroup, /dev/net/tun) ***"
+        );
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // What root prepares for a user, as the set-up script does: a
+    // delegated cgroup, and /dev/net/tun usable (Debian's default 0666).
+    let delegate = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/delegate-cgroup");
+    let st = std::process::Command::new(&delegate)
+        .arg("nobody")
+        .status()
+        .unwrap();
+    assert!(st.success(), "{} nobody failed", delegate.display());
+    std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
+    // The user's own data dir, holding the default image's source.
+    let home = TempDir::new("rootless-home");
+    let src = default_image_source();
+    let dst = home.0.join("data/hangar/images-src/default");
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    let st = std::process::Command::new("cp")
+        .args(["-a", "--no-preserve=ownership"])
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::create_dir_all(home.0.join("run")).unwrap();
+    let chown = std::process::Command::new("chown")
+        .args(["-R", &format!("{}:{}", UNPRIVILEGED.0, UNPRIVILEGED.1)])
+        .arg(&home.0)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    std::fs::set_permissions(&home.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--skip",
+            "whole_suite_again_as_an_unprivileged_user",
+            "--test-threads=2",
+        ])
+        .env(ROOTLESS_ENV, "1")
+        .env("HOME", &home.0)
+        .env("XDG_DATA_HOME", home.0.join("data"))
+        .env("XDG_RUNTIME_DIR", home.0.join("run"))
+        .env("TMPDIR", &home.0)
+        .current_dir(&home.0)
+        .uid(UNPRIVILEGED.0)
+        .gid(UNPRIVILEGED.1)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "--- the suite as uid {} ---\n{stdout}\n{stderr}",
+        UNPRIVILEGED.0
+    );
+    assert!(out.status.success(), "the rootless run failed");
+    assert!(
+        !stderr.contains("SKIPPED"),
+        "a test skipped in the rootless run"
+    );
+    // Every other test of this file ran (none filtered away).
+    let ran: usize = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("test result: ok. ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(ran >= 20, "only {ran} tests ran rootless\n{stdout}");
+}
+
+/// A docker-archive directory: the default image's layer under a second
+/// layer that deletes `/etc/hostname` and makes `/var` opaque with one new
+/// file; named `wh:latest`.
+fn whiteout_archive(dir: &Path) {
+    use sha2::Digest;
+    let src = default_image_source();
+    let read_json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let blob = |digest: &str| src.join("blobs/sha256").join(&digest[7..]);
+    let index = read_json(src.join("index.json"));
+    let manifest = read_json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let config = read_json(blob(manifest["config"]["digest"].as_str().unwrap()));
+    let base_diff_id = config["rootfs"]["diff_ids"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::copy(
+        blob(manifest["layers"][0]["digest"].as_str().unwrap()),
+        dir.join("base.tar.gz"),
+    )
+    .unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    add("etc/", tar::EntryType::Directory, b"");
+    add("etc/.wh.hostname", tar::EntryType::Regular, b"");
+    add("var/", tar::EntryType::Directory, b"");
+    add("var/.wh..wh..opq", tar::EntryType::Regular, b"");
+    add("var/new", tar::EntryType::Regular, b"new\n");
+    let top = b.into_inner().unwrap();
+    let top_diff_id = format!("sha256:{:x}", sha2::Sha256::digest(&top));
+    std::fs::write(dir.join("top.tar"), &top).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [base_diff_id, top_diff_id]},
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let manifest = serde_json::json!([{
+        "Config": "config.json", "RepoTags": ["wh:latest"],
+        "Layers": ["base.tar.gz", "top.tar"],
+    }]);
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+}
+
+#[test]
+fn upper_layer_whiteouts_hide_lower_files() {
+    require_root!();
+    let h = Harness::new();
+    let archive = TempDir::new("wh-archive");
+    whiteout_archive(&archive.0);
+    h.rt.images()
+        .import(&archive.0, Some("wh"), &mut |_| {})
+        .unwrap();
+    let mut c = sh("test -e /etc/hostname && echo HOSTNAME-SEEN; ls /etc | grep -c hostname; ls -A /var; cat /var/new");
+    c.image = "wh".into();
+    let out = h.run(c);
+    // grep -c prints 0 (and fails) when the name is gone from the listing.
+    assert_eq!(out.stdout(), "0\nnew\nnew\n", "{}", out.stderr());
+}
+
+#[test]
+fn container_root_is_the_invoking_user_on_the_host() {
+    require_root!();
+    let h = Harness::new();
+    let mut c = ContainerConfig::new("default");
+    c.command = vec!["sleep".into(), "1000".into()];
+    let id = h.start(c);
+    let pid = loop {
+        if let ContainerEvent::Started { id: i, pid, .. } =
+            h.events.recv_timeout(Duration::from_secs(30)).unwrap()
+        {
+            if i == id {
+                break pid;
+            }
+        }
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let map: Vec<&str> = uid_map.split_whitespace().collect();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let host_uids: Vec<u32> = uid_line
+        .split_whitespace()
+        .skip(1)
+        .map(|u| u.parse().unwrap())
+        .collect();
+    assert!(host_uids.iter().all(|u| *u == me), "{uid_line}");
+    if rootless() {
+        // Only root inside, which is us outside: nothing else is mapped.
+        assert_eq!(map, ["0", &me.to_string(), "1"], "{uid_map}");
+    } else {
+        assert_eq!(map, ["0", "0", "4294967295"], "{uid_map}");
+    }
+    h.rt.execute(ContainerCommand::Remove {
+        id: id.clone(),
+        force: true,
+    })
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while !matches!(h.events.recv_timeout(until.saturating_duration_since(Instant::now())), Ok(ContainerEvent::Removed(ref i)) if *i == id)
+    {
+        assert!(Instant::now() < until, "not removed");
+    }
 }

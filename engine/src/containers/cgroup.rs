@@ -1,13 +1,21 @@
-//! Reading a container's cgroup: resource use for the plots, and the
-//! counters that tell why it died (OOM kills, refused forks). The runtime
-//! creates and removes the cgroup; we only read it, on v1 and v2 alike.
+//! A container's cgroup: resource use for the plots, the counters that
+//! tell why it died (OOM kills, refused forks), and — rootless — its
+//! limits. The runtime creates and removes the cgroup, on v1 and v2 alike.
+//!
+//! Rootless containers live under a parent cgroup the user may write:
+//! on cgroup v1 `/hangar/user-<uid>` in every hierarchy, made once by root
+//! (`packaging/delegate-cgroup USER`, which the set-up script runs); on
+//! v2 `hangar/` inside the user's systemd-delegated `user@<uid>.service`.
+//! libcontainer 0.7 would also write the v1 devices controller, which only
+//! the host's root may do, so for rootless containers the engine writes
+//! the memory, CPU and pids limits itself, between create and start.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ContainerStats;
+use super::{ContainerError, ContainerLimits, ContainerStats};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -27,6 +35,7 @@ pub(crate) struct CgroupFiles {
     unified: Option<PathBuf>,
     /// v1 controller directories.
     memory: PathBuf,
+    cpu: PathBuf,
     cpuacct: PathBuf,
     pids: PathBuf,
 }
@@ -49,6 +58,7 @@ impl CgroupFiles {
         Self {
             unified,
             memory: root.join("memory").join(rel),
+            cpu: root.join("cpu").join(rel),
             cpuacct: root.join("cpuacct").join(rel),
             pids: root.join("pids").join(rel),
         }
@@ -89,6 +99,138 @@ impl CgroupFiles {
             pids_max_hits: keyed(&pids_events, "max").unwrap_or(0),
         }
     }
+}
+
+impl CgroupFiles {
+    /// Writes `limits` (the cgroup exists: the container is created, not
+    /// yet started). `cpu_period_us` is the CFS period quotas are per.
+    pub(crate) fn apply_limits(
+        &self,
+        limits: &ContainerLimits,
+        cpu_period_us: u64,
+    ) -> Result<(), ContainerError> {
+        let quota = limits
+            .cpus
+            .map(|c| (c * cpu_period_us as f64).round() as u64);
+        let memory = match limits.memory_mib {
+            Some(mib) => Some(mib.checked_mul(1 << 20).ok_or_else(|| {
+                ContainerError::InvalidConfig(format!("memory limit {mib} MiB is too large"))
+            })?),
+            None => None,
+        };
+        let mut writes: Vec<(PathBuf, String)> = Vec::new();
+        match &self.unified {
+            Some(d) => {
+                if let Some(b) = memory {
+                    writes.push((d.join("memory.max"), b.to_string()));
+                }
+                if let Some(q) = quota {
+                    writes.push((d.join("cpu.max"), format!("{q} {cpu_period_us}")));
+                }
+                if let Some(p) = limits.pids {
+                    writes.push((d.join("pids.max"), p.to_string()));
+                }
+            }
+            None => {
+                if let Some(b) = memory {
+                    writes.push((self.memory.join("memory.limit_in_bytes"), b.to_string()));
+                }
+                if let Some(q) = quota {
+                    // The period first: a quota is checked against it.
+                    writes.push((
+                        self.cpu.join("cpu.cfs_period_us"),
+                        cpu_period_us.to_string(),
+                    ));
+                    writes.push((self.cpu.join("cpu.cfs_quota_us"), q.to_string()));
+                }
+                if let Some(p) = limits.pids {
+                    writes.push((self.pids.join("pids.max"), p.to_string()));
+                }
+            }
+        }
+        for (path, value) in writes {
+            std::fs::write(&path, &value).map_err(|e| {
+                ContainerError::Host(format!(
+                    "cannot set the limit {} = {value}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The parent cgroup (as a `cgroupsPath`) of user `uid`'s rootless
+/// containers, checked to exist and be writable, or why not.
+pub(crate) fn rootless_parent(uid: u32) -> Result<String, ContainerError> {
+    rootless_parent_in(Path::new(CGROUP_ROOT), uid, &own_cgroup_v2())
+}
+
+/// Our own cgroup v2 path (`0::/...` in /proc/self/cgroup).
+fn own_cgroup_v2() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
+        .unwrap_or_default()
+}
+
+fn rootless_parent_in(root: &Path, uid: u32, own_v2: &str) -> Result<String, ContainerError> {
+    if root.join("cgroup.controllers").exists() {
+        // v2: systemd delegates user@<uid>.service to the user.
+        let service = format!("user@{uid}.service");
+        let Some(end) = own_v2.find(&service) else {
+            return Err(ContainerError::Host(format!(
+                "rootless containers need the cgroup systemd delegates to you ({service}); \
+                 this process is in '{own_v2}': start Hangar from your desktop session"
+            )));
+        };
+        let parent = format!("{}/hangar", &own_v2[..end + service.len()]);
+        let dir = root.join(parent.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).map_err(ContainerError::io("create", &dir))?;
+        // Give the containers below the controllers we limit.
+        let subtree = dir.join("cgroup.subtree_control");
+        for c in ["+memory", "+pids", "+cpu"] {
+            if let Err(e) = std::fs::write(&subtree, c) {
+                return Err(ContainerError::Host(format!(
+                    "cannot enable {} for rootless containers in {}: {e} (is the controller delegated to your user?)",
+                    &c[1..],
+                    subtree.display()
+                )));
+            }
+        }
+        return Ok(parent);
+    }
+    let parent = format!("/hangar/user-{uid}");
+    for controller in [
+        "memory", "cpu", "cpuacct", "pids", "cpuset", "devices", "freezer",
+    ] {
+        let hierarchy = root.join(controller);
+        if !hierarchy.exists() {
+            continue;
+        }
+        let dir = hierarchy.join(parent.trim_start_matches('/'));
+        if !writable(&dir) {
+            return Err(ContainerError::Host(format!(
+                "rootless containers need a cgroup delegated to you: {} is missing or not yours; \
+                 as root run `packaging/delegate-cgroup <your user name>` (the set-up script does; \
+                 cgroup v1 hierarchies are empty again after a reboot)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(parent)
+}
+
+fn writable(dir: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+    else {
+        return false;
+    };
+    // SAFETY: valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 fn single(p: &Path) -> Option<u64> {
@@ -151,6 +293,70 @@ mod tests {
         let v2 = CgroupFiles::with_root(&dir, "/hangar/x");
         assert_eq!(v2.counters().oom_kills, 1);
         assert_eq!(v2.stats().cpu_time, Duration::from_micros(1500));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn limits_are_written_in_each_layout() {
+        let dir = std::env::temp_dir().join(format!("hangar-cgl-{}", std::process::id()));
+        for c in ["memory", "cpu", "pids"] {
+            std::fs::create_dir_all(dir.join(c).join("h/x")).unwrap();
+        }
+        let limits = ContainerLimits {
+            memory_mib: Some(32),
+            cpus: Some(0.5),
+            pids: Some(16),
+        };
+        let v1 = CgroupFiles::with_root(&dir, "/h/x");
+        v1.apply_limits(&limits, 100_000).unwrap();
+        let read = |p: &str| std::fs::read_to_string(dir.join(p)).unwrap();
+        assert_eq!(read("memory/h/x/memory.limit_in_bytes"), "33554432");
+        assert_eq!(read("cpu/h/x/cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu/h/x/cpu.cfs_period_us"), "100000");
+        assert_eq!(read("pids/h/x/pids.max"), "16");
+        std::fs::write(dir.join("cgroup.controllers"), "memory pids cpu\n").unwrap();
+        std::fs::create_dir_all(dir.join("h/x")).unwrap();
+        let v2 = CgroupFiles::with_root(&dir, "/h/x");
+        v2.apply_limits(&limits, 100_000).unwrap();
+        assert_eq!(read("h/x/memory.max"), "33554432");
+        assert_eq!(read("h/x/cpu.max"), "50000 100000");
+        // A missing cgroup is an error that names the file.
+        let gone = CgroupFiles::with_root(&dir, "/h/none");
+        let e = gone.apply_limits(&limits, 100_000).unwrap_err().to_string();
+        assert!(e.contains("memory.max"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rootless_parent_v1_must_be_delegated() {
+        let dir = std::env::temp_dir().join(format!("hangar-cgd-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("memory")).unwrap();
+        let e = rootless_parent_in(&dir, 4242, "").unwrap_err().to_string();
+        assert!(e.contains("delegate-cgroup"), "{e}");
+        std::fs::create_dir_all(dir.join("memory/hangar/user-4242")).unwrap();
+        assert_eq!(
+            rootless_parent_in(&dir, 4242, "").unwrap(),
+            "/hangar/user-4242"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rootless_parent_v2_is_under_the_user_service() {
+        let dir = std::env::temp_dir().join(format!("hangar-cg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.controllers"), "memory pids cpu\n").unwrap();
+        let own = "/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope";
+        let e = rootless_parent_in(&dir, 1000, "/system.slice/x.service")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("user@1000.service"), "{e}");
+        let p = rootless_parent_in(&dir, 1000, own).unwrap();
+        assert_eq!(p, "/user.slice/user-1000.slice/user@1000.service/hangar");
+        // On a plain directory the last controller written wins; on
+        // cgroupfs each write adds one.
+        let sub = std::fs::read_to_string(dir.join(&p[1..]).join("cgroup.subtree_control"));
+        assert_eq!(sub.unwrap(), "+cpu");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -59,6 +59,9 @@ pub(crate) enum Request {
         state_root: PathBuf,
         bundle: PathBuf,
         terminal: bool,
+        /// Rootless: the overlay root to mount first, in the helper's own
+        /// mount namespace (as root the engine mounts it on the host).
+        overlay: Option<OverlayRoot>,
     },
     /// Start the created container's process.
     Start,
@@ -69,6 +72,16 @@ pub(crate) enum Request {
     /// Start another process in the running container, described by an
     /// OCI process JSON file. Without a terminal, three fds come along.
     Exec { process: PathBuf, terminal: bool },
+}
+
+/// An overlayfs root: the image's layers (bottom first) under the
+/// container's own upper directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OverlayRoot {
+    pub lower: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub target: PathBuf,
 }
 
 /// Helper → engine.
@@ -238,6 +251,11 @@ impl HelperProcess {
         })
     }
 
+    /// Its pid (rootless: whose network namespace the container uses).
+    pub(crate) fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// Whether the process is still there (a warm helper may have died).
     pub(crate) fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -361,7 +379,20 @@ pub fn helper_main() -> i32 {
     // init.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // SAFETY: geteuid has no preconditions.
+    let rootless = unsafe { libc::geteuid() } != 0;
+    // A failure is kept and given as the answer to the first request: the
+    // engine has nobody else to hear it from.
+    let setup_error = if rootless {
+        enter_user_namespace()
+            .err()
+            .map(|e| format!("cannot make the helper's user namespace: {e}"))
+    } else {
+        None
+    };
     let mut h = Helper {
+        rootless,
+        setup_error,
         sock,
         container: None,
         init_pidfd: None,
@@ -375,6 +406,10 @@ pub fn helper_main() -> i32 {
 }
 
 struct Helper {
+    /// Started by an unprivileged user: we are root only in our own user
+    /// namespace, where the overlay root is mounted too.
+    rootless: bool,
+    setup_error: Option<String>,
     sock: OwnedFd,
     container: Option<libcontainer::container::Container>,
     init_pidfd: Option<OwnedFd>,
@@ -431,13 +466,20 @@ impl Helper {
     }
 
     fn handle(&mut self, req: Request, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
+        if let Some(message) = self.setup_error.clone() {
+            return (Reply::Failed { message }, vec![]);
+        }
         let r = match req {
             Request::Create {
                 id,
                 state_root,
                 bundle,
                 terminal,
-            } => self.create(&id, &state_root, &bundle, terminal, fds),
+                overlay,
+            } => match self.mount_root(overlay.as_ref()) {
+                Ok(()) => self.create(&id, &state_root, &bundle, terminal, fds),
+                Err(e) => Err(e),
+            },
             Request::Start => self
                 .with_container(|c| c.start())
                 .map(|()| (Reply::Done, vec![])),
@@ -458,6 +500,17 @@ impl Helper {
             Request::Exec { process, terminal } => self.exec(&process, terminal, fds),
         };
         r.unwrap_or_else(|message| (Reply::Failed { message }, vec![]))
+    }
+
+    /// Mounts a rootless container's overlay root (here, in our mount
+    /// namespace: it goes away with the helper and the container).
+    fn mount_root(&self, overlay: Option<&OverlayRoot>) -> Result<(), String> {
+        let Some(o) = overlay else { return Ok(()) };
+        if !self.rootless {
+            return Err("the helper runs as root: the engine mounts the root".into());
+        }
+        super::rootfs::mount_overlay(&o.lower, &o.upper, &o.work, &o.target, true)
+            .map_err(|e| e.to_string())
     }
 
     fn with_container(
@@ -594,6 +647,45 @@ impl Helper {
         self.container = None;
         self.reap();
     }
+}
+
+/// Makes a user namespace in which our own uid and gid are root (nothing
+/// else is mapped: no setuid helper is needed), a private mount namespace
+/// and the container's network namespace, the way podman runs its OCI
+/// runtime rootless. The container shares the network namespace (one
+/// helper serves one container), so pasta can attach to it through the
+/// helper: the container's own init is not dumpable until it starts, and
+/// an unprivileged pasta could not open its namespaces. libcontainer
+/// then sees it runs in a user namespace and acts rootless (bind-mounted
+/// devices, no mknod), with the spec needing no user namespace of its
+/// own — which would also switch it to systemd cgroups.
+fn enter_user_namespace() -> io::Result<()> {
+    // SAFETY: getters with no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // SAFETY: unshare with flags only; the helper is single-threaded, as
+    // CLONE_NEWUSER requires.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // setgroups must be denied before an unprivileged gid_map write.
+    std::fs::write("/proc/self/setgroups", "deny")?;
+    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+    // Our mounts (the container's root) stay ours.
+    // SAFETY: NUL-terminated literals; no data pointer.
+    let r = unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A libcontainer builder for container `id` with its stdio: a console

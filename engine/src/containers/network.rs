@@ -9,6 +9,10 @@
 //! `--runas 0`; pasta bound to a named namespace exits when it is deleted,
 //! and we stop it ourselves first (measured: pasta attached by PID does not
 //! exit with its namespace).
+//!
+//! Rootless, pasta runs as the user and attaches by pid to the helper
+//! process whose user and network namespaces the container shares, before
+//! the container is created.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -29,13 +33,15 @@ pub struct PortForward {
 /// A container's network namespace and the pasta process serving it.
 /// Dropping it stops pasta and deletes the namespace.
 pub(crate) struct UserNetwork {
-    name: String,
+    /// The named namespace (root); rootless pasta serves the container's
+    /// own namespace instead.
+    name: Option<String>,
     pasta_pid: Option<i32>,
     pid_file: PathBuf,
 }
 
 impl UserNetwork {
-    /// Creates namespace `hangar-<id>` and starts pasta for it.
+    /// Creates namespace `hangar-<id>` and starts pasta for it (root).
     pub(crate) fn start(
         id: &str,
         ports: &[PortForward],
@@ -43,28 +49,56 @@ impl UserNetwork {
     ) -> Result<Self, ContainerError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            return Err(ContainerError::Host(
-                "user-mode networking needs root for now".into(),
+            return Err(ContainerError::Internal(
+                "named network namespaces need root; rootless containers attach pasta".into(),
             ));
         }
         let name = format!("hangar-{id}");
         run("ip", &["netns", "add", &name])?;
+        // From here on, dropping `net` deletes the namespace.
         let mut net = UserNetwork {
-            name,
+            name: Some(name.clone()),
             pasta_pid: None,
             pid_file,
         };
+        let mut args: Vec<String> = vec!["--runas".into(), "0".into(), "--netns".into(), name];
+        args.extend(net.common_args(ports));
+        net.spawn_pasta(
+            &args,
+            "is a forwarded port already in use? is the passt package installed?",
+        )?;
+        Ok(net)
+    }
+
+    /// Rootless: starts pasta for the network namespace of process `pid`
+    /// (the container's helper, whose namespace the container shares;
+    /// pasta joins its user namespace too).
+    pub(crate) fn attach(
+        pid: i32,
+        ports: &[PortForward],
+        pid_file: PathBuf,
+    ) -> Result<Self, ContainerError> {
+        let mut net = UserNetwork {
+            name: None,
+            pasta_pid: None,
+            pid_file,
+        };
+        let mut args = net.common_args(ports);
+        args.push(pid.to_string());
+        net.spawn_pasta(
+            &args,
+            "is a forwarded port already in use? is the passt package installed? \
+             an unprivileged user needs read-write access to /dev/net/tun (mode 0666, as Debian ships it)",
+        )?;
+        Ok(net)
+    }
+
+    fn common_args(&self, ports: &[PortForward]) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "--config-net".into(),
             "--quiet".into(),
-            "--runas".into(),
-            "0".into(),
-            "--netns".into(),
-            net.name.clone(),
             "--pid".into(),
-            net.pid_file.display().to_string(),
-            // Only what is asked: no UDP, and nothing from the namespace
-            // to host ports.
+            self.pid_file.display().to_string(),
             "-u".into(),
             "none".into(),
             "-T".into(),
@@ -79,28 +113,30 @@ impl UserNetwork {
             args.push("-t".into());
             args.push(format!("127.0.0.1/{}:{}", p.host_port, p.container_port));
         }
-        // pasta daemonizes once the namespace is configured and its ports
-        // are bound: when it returns, the network is ready.
-        run_owned("pasta", &args).map_err(|e| {
-            ContainerError::Host(format!(
-                "{e} (is a forwarded port already in use? is the passt package installed?)"
-            ))
-        })?;
-        let pid = std::fs::read_to_string(&net.pid_file)
+        args
+    }
+
+    /// Runs pasta (it daemonizes once the namespace is configured) and
+    /// keeps its pid.
+    fn spawn_pasta(&mut self, args: &[String], hint: &str) -> Result<(), ContainerError> {
+        run_owned("pasta", args).map_err(|e| ContainerError::Host(format!("{e} ({hint})")))?;
+        let pid = std::fs::read_to_string(&self.pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok());
-        net.pasta_pid = pid;
+        self.pasta_pid = pid;
         if pid.is_none() {
             return Err(ContainerError::Host(
                 "pasta started but wrote no pid file".into(),
             ));
         }
-        Ok(net)
+        Ok(())
     }
 
-    /// The namespace's path, for the container to join.
-    pub(crate) fn netns_path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+    /// The named namespace's path (root only).
+    pub(crate) fn netns_path(&self) -> Option<PathBuf> {
+        self.name
+            .as_ref()
+            .map(|n| PathBuf::from("/run/netns").join(n))
     }
 }
 
@@ -111,31 +147,33 @@ impl Drop for UserNetwork {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let _ = std::fs::remove_file(&self.pid_file);
-        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
-            log::warn!("{e}");
+        if let Some(name) = &self.name {
+            if let Err(e) = run("ip", &["netns", "del", name]) {
+                log::warn!("{e}");
+            }
         }
     }
 }
 
 fn run(prog: &str, args: &[&str]) -> Result<(), ContainerError> {
     let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    run_owned(prog, &owned)
+    run_owned(prog, &owned).map_err(ContainerError::Host)
 }
 
-fn run_owned(prog: &str, args: &[String]) -> Result<(), ContainerError> {
+fn run_owned(prog: &str, args: &[String]) -> Result<(), String> {
     let out = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| ContainerError::Host(format!("cannot run {prog}: {e}")))?;
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
     if !out.status.success() {
-        return Err(ContainerError::Host(format!(
+        return Err(format!(
             "{prog} {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        ));
     }
     Ok(())
 }

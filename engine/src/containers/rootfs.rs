@@ -17,12 +17,14 @@ use crate::images::unpack::{open_file_in, open_root};
 const MAX_MOUNT_DATA: usize = 4095;
 
 /// Mounts the overlay of `lower` (bottom layer first) with `upper`/`work`
-/// on `target`.
+/// on `target`. `rootless`: inside a user namespace, where overlayfs keeps
+/// its metadata (whiteouts, opaque directories) in `user.` xattrs.
 pub(crate) fn mount_overlay(
     lower: &[PathBuf],
     upper: &Path,
     work: &Path,
     target: &Path,
+    rootless: bool,
 ) -> Result<(), ContainerError> {
     if lower.is_empty() {
         return Err(ContainerError::InvalidConfig(
@@ -47,12 +49,15 @@ pub(crate) fn mount_overlay(
         .rev()
         .map(|p| p.display().to_string())
         .collect();
-    let data = format!(
+    let mut data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowerdir.join(":"),
         upper.display(),
         work.display()
     );
+    if rootless {
+        data.push_str(",userxattr");
+    }
     if data.len() > MAX_MOUNT_DATA {
         return Err(ContainerError::Host(format!(
             "the image has too many layers ({}) for one overlay mount",

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::cgroup::CgroupFiles;
-use super::helper::{HelperCommand, HelperProcess, Reply, Request};
+use super::cgroup::{self, CgroupFiles};
+use super::helper::{HelperCommand, HelperProcess, OverlayRoot, Reply, Request};
 use super::network::UserNetwork;
-use super::spec::{build_spec, SpecInputs};
+use super::spec::{self, build_spec, SpecInputs};
 use super::{
     rootfs, ContainerCommand, ContainerConfig, ContainerError, ContainerEvent, ContainerExit,
     ContainerId, ContainerState, NetworkMode, OutputStream,
@@ -123,6 +123,9 @@ struct Handle {
 
 struct Shared {
     paths: RuntimePaths,
+    /// Run by an unprivileged user: helpers make their own user namespace,
+    /// mount the root there, and the engine writes the limits.
+    rootless: bool,
     images: ImageStore,
     helper: HelperCommand,
     /// A helper started ahead of need.
@@ -177,6 +180,8 @@ impl ContainerRuntime {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             paths,
+            // SAFETY: geteuid has no preconditions.
+            rootless: unsafe { libc::geteuid() } != 0,
             images,
             helper,
             warm: Mutex::new(None),
@@ -332,11 +337,17 @@ impl ContainerRuntime {
             EventFd::new(EFD_NONBLOCK)
                 .map_err(|e| ContainerError::Internal(format!("eventfd: {e}")))?,
         );
+        let cgroup_parent = if self.shared.rootless {
+            // SAFETY: geteuid has no preconditions.
+            cgroup::rootless_parent(unsafe { libc::geteuid() })?
+        } else {
+            "/hangar".to_string()
+        };
         let state = Arc::new(Mutex::new(ContainerState::Creating));
         let sup = Supervisor {
             shared: Arc::clone(&self.shared),
             dir: self.container_dir(&id),
-            cgroup_path: format!("/hangar/{}", id.0),
+            cgroup_path: format!("{cgroup_parent}/{}", id.0),
             id: id.clone(),
             config,
             controls: rx,
@@ -465,7 +476,7 @@ impl Supervisor {
                     id: self.id.clone(),
                     message: e.to_string(),
                 });
-                let _ = rootfs::unmount(&rootfs);
+                self.unmount_root(&rootfs);
                 self.network = None;
                 self.set_state(ContainerState::Failed);
             }
@@ -522,8 +533,13 @@ impl Supervisor {
         self.record(None)?;
         let log_path = self.dir.join("console.log");
         self.log = Some(File::create(&log_path).map_err(ContainerError::io("create", &log_path))?);
-        rootfs::mount_overlay(&layers, &upper, &work, &rootfs_dir)?;
-
+        let rootless = self.shared.rootless;
+        let overlay = OverlayRoot {
+            lower: layers,
+            upper,
+            work,
+            target: rootfs_dir.clone(),
+        };
         let run = &image.config.config;
         let user = self
             .config
@@ -531,7 +547,20 @@ impl Supervisor {
             .clone()
             .or_else(|| run.user.clone())
             .unwrap_or_default();
-        let (uid, gid) = rootfs::resolve_user(&rootfs_dir, &user)?;
+        // Rootless, the root is mounted by the helper, out of our sight,
+        // and only root (our own uid outside) is mapped inside.
+        let (uid, gid) = if rootless {
+            rootless_user(&user)?
+        } else {
+            rootfs::mount_overlay(
+                &overlay.lower,
+                &overlay.upper,
+                &overlay.work,
+                &overlay.target,
+                false,
+            )?;
+            rootfs::resolve_user(&rootfs_dir, &user)?
+        };
         let mut args: Vec<String> = run.entrypoint.clone().unwrap_or_default();
         if self.config.command.is_empty() {
             args.extend(run.cmd.clone().unwrap_or_default());
@@ -557,13 +586,16 @@ impl Supervisor {
             .or_else(|| run.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into());
         let netns = match self.config.network {
+            // Rootless, pasta attaches to the container's own namespace
+            // once it exists (create_in_helper).
             NetworkMode::None => None,
+            NetworkMode::User if rootless => None,
             NetworkMode::User => {
                 let net =
                     UserNetwork::start(&self.id.0, &self.config.ports, self.dir.join("pasta.pid"))?;
                 let path = net.netns_path();
                 self.network = Some(net);
-                Some(path)
+                path
             }
         };
         let spec = build_spec(
@@ -578,6 +610,7 @@ impl Supervisor {
                 hostname: &self.id.0,
                 cgroup_path: &self.cgroup_path,
                 netns: netns.as_deref(),
+                rootless,
             },
         )?;
         let spec_path = bundle.join("config.json");
@@ -587,7 +620,8 @@ impl Supervisor {
         let mut helper = self.shared.take_helper()?;
         // Any failure from here on ends the helper (which kills and deletes
         // whatever it created) in one place.
-        let (pid, stdio) = match self.create_in_helper(&mut helper, &bundle) {
+        let overlay = rootless.then_some(overlay);
+        let (pid, stdio) = match self.create_in_helper(&mut helper, &bundle, overlay) {
             Ok(r) => r,
             Err(e) => {
                 helper.finish();
@@ -605,9 +639,10 @@ impl Supervisor {
     /// Creates and starts the container through `helper`; its host pid and
     /// our ends of its stdio.
     fn create_in_helper(
-        &self,
+        &mut self,
         helper: &mut HelperProcess,
         bundle: &std::path::Path,
+        overlay: Option<OverlayRoot>,
     ) -> Result<(i32, Stdio), ContainerError> {
         let (stdio, child_fds) = if self.config.terminal {
             (None, Vec::new())
@@ -616,12 +651,22 @@ impl Supervisor {
             (Some(s), fds)
         };
         let raw: Vec<RawFd> = child_fds.iter().map(|f| f.as_raw_fd()).collect();
+        if self.shared.rootless && self.config.network == NetworkMode::User {
+            // Before Create: libcontainer makes the helper non-dumpable,
+            // and then pasta could no longer open its namespaces.
+            self.network = Some(UserNetwork::attach(
+                helper.pid(),
+                &self.config.ports,
+                self.dir.join("pasta.pid"),
+            )?);
+        }
         let reply = helper.request(
             &Request::Create {
                 id: self.id.0.clone(),
                 state_root: self.shared.paths.run_dir.clone(),
                 bundle: bundle.to_path_buf(),
                 terminal: self.config.terminal,
+                overlay,
             },
             &raw,
         );
@@ -644,6 +689,11 @@ impl Supervisor {
                 ))
             }
         };
+        if self.shared.rootless {
+            // Before its first instruction runs (see cgroup.rs).
+            CgroupFiles::new(&self.cgroup_path)
+                .apply_limits(&self.config.limits, spec::CPU_PERIOD_US)?;
+        }
         match helper.request(&Request::Start, &[])? {
             (Reply::Done, _) => Ok((pid, stdio)),
             (Reply::Failed { message }, _) => {
@@ -844,12 +894,7 @@ impl Supervisor {
         self.drain_output(&mut stdio);
         // Stops pasta and deletes the namespace.
         self.network = None;
-        if let Err(e) = rootfs::unmount(&self.dir.join("rootfs")) {
-            self.emit(ContainerEvent::Error {
-                id: self.id.clone(),
-                message: e.to_string(),
-            });
-        }
+        self.unmount_root(&self.dir.join("rootfs"));
         let exit = match status {
             Some(s) => decode_status(s, counters, stopped_by_user),
             None => ContainerExit {
@@ -1043,6 +1088,20 @@ impl Supervisor {
         }
     }
 
+    /// Unmounts the root the engine mounted (as root; a rootless root
+    /// lives and ends in the helper's mount namespace).
+    fn unmount_root(&self, rootfs: &std::path::Path) {
+        if self.shared.rootless {
+            return;
+        }
+        if let Err(e) = rootfs::unmount(rootfs) {
+            self.emit(ContainerEvent::Error {
+                id: self.id.clone(),
+                message: e.to_string(),
+            });
+        }
+    }
+
     /// After the exit: keep the files until Remove (or the runtime's end).
     fn wait_for_removal(&mut self) {
         if !self.remove_requested {
@@ -1053,9 +1112,9 @@ impl Supervisor {
                 }
             }
         }
-        let _ = rootfs::unmount(&self.dir.join("rootfs"));
+        self.unmount_root(&self.dir.join("rootfs"));
         self.log = None;
-        match std::fs::remove_dir_all(&self.dir) {
+        match remove_tree(&self.dir) {
             Ok(()) => self.emit(ContainerEvent::Removed(self.id.clone())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.emit(ContainerEvent::Removed(self.id.clone()))
@@ -1064,6 +1123,52 @@ impl Supervisor {
                 id: self.id.clone(),
                 message: format!("cannot remove {}: {e}", self.dir.display()),
             }),
+        }
+    }
+}
+
+/// Rootless, only root is mapped in the container: any other user the
+/// config or image names cannot be run as.
+fn rootless_user(user: &str) -> Result<(u32, u32), ContainerError> {
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    let is_root = |s: &str| matches!(s.trim(), "" | "0" | "root");
+    if is_root(u) && is_root(g) {
+        Ok((0, 0))
+    } else {
+        Err(ContainerError::InvalidConfig(format!(
+            "user '{user}': a rootless container runs as root inside (only your own user is mapped into it)"
+        )))
+    }
+}
+
+/// Removes a container's directory. Rootless, overlayfs leaves its work
+/// directory (and the container may leave directories) without
+/// permissions for their owner: give them back and retry.
+fn remove_tree(dir: &std::path::Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            grant_owner_access(dir);
+            std::fs::remove_dir_all(dir)
+        }
+        r => r,
+    }
+}
+
+fn grant_owner_access(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            grant_owner_access(&e.path());
         }
     }
 }

@@ -128,6 +128,10 @@ pub struct SpecInputs<'a> {
     /// Path of an existing network namespace to join (pasta's), or none
     /// for a fresh empty one.
     pub netns: Option<&'a Path>,
+    /// Run by an unprivileged user (inside the helper's user namespace):
+    /// no cgroup resources in the spec (the engine writes the limits, see
+    /// `cgroup.rs`) and no mount options naming unmapped ids.
+    pub rootless: bool,
 }
 
 /// Builds the runtime spec and checks it against the OCI schema types.
@@ -136,13 +140,24 @@ pub fn build_spec(
     inputs: &SpecInputs<'_>,
 ) -> Result<Spec, ContainerError> {
     let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let mut devpts_options = vec![
+        "nosuid",
+        "noexec",
+        "newinstance",
+        "ptmxmode=0666",
+        "mode=0620",
+    ];
+    // The tty group (5) is not mapped in a rootless user namespace.
+    if !inputs.rootless {
+        devpts_options.push("gid=5");
+    }
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+               "options": devpts_options}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
@@ -170,10 +185,13 @@ pub fn build_spec(
         json!({"type": "mount"}),
         json!({"type": "cgroup"}),
     ];
-    namespaces.push(match inputs.netns {
-        Some(p) => json!({"type": "network", "path": p}),
-        None => json!({"type": "network"}),
-    });
+    // Rootless, the container stays in the helper's network namespace,
+    // which is its own already.
+    match inputs.netns {
+        Some(p) => namespaces.push(json!({"type": "network", "path": p})),
+        None if inputs.rootless => {}
+        None => namespaces.push(json!({"type": "network"})),
+    }
 
     let mut resources = json!({
         // Only the usual character devices; libcontainer adds the
@@ -206,6 +224,16 @@ pub fn build_spec(
         }],
     });
 
+    let mut linux = json!({
+        "cgroupsPath": inputs.cgroup_path,
+        "namespaces": namespaces,
+        "maskedPaths": MASKED_PATHS,
+        "readonlyPaths": READONLY_PATHS,
+        "seccomp": seccomp,
+    });
+    if !inputs.rootless {
+        linux["resources"] = resources;
+    }
     let spec = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -225,14 +253,7 @@ pub fn build_spec(
         "root": {"path": inputs.rootfs, "readonly": false},
         "hostname": inputs.hostname,
         "mounts": mounts,
-        "linux": {
-            "cgroupsPath": inputs.cgroup_path,
-            "resources": resources,
-            "namespaces": namespaces,
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
-            "seccomp": seccomp,
-        },
+        "linux": linux,
     });
     to_spec(spec)
 }
@@ -259,7 +280,37 @@ mod tests {
             hostname: "abc",
             cgroup_path: "/hangar/abc",
             netns: None,
+            rootless: false,
         }
+    }
+
+    #[test]
+    fn rootless_leaves_limits_to_the_engine_and_maps_no_tty_group() {
+        let mut cfg = ContainerConfig::new("default");
+        cfg.limits.memory_mib = Some(64);
+        let mut i = inputs(Path::new("/r"));
+        i.rootless = true;
+        let v = serde_json::to_value(build_spec(&cfg, &i).unwrap()).unwrap();
+        assert!(v["linux"].get("resources").is_none(), "{}", v["linux"]);
+        let devpts = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["type"] == "devpts")
+            .unwrap()
+            .clone();
+        assert!(!devpts["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == "gid=5"));
+        // No user or network namespace in the spec: the helper's are the
+        // container's.
+        assert!(!v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "user" || n["type"] == "network"));
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub(super) fn import(
             size_cap: store.size_cap.max(total.saturating_mul(2)),
             chown: false,
             devices: false,
-            overlay_whiteouts: false,
+            whiteouts: unpack::WhiteoutForm::Recorded,
         };
         unpack::unpack_tar(tar, &dir, &opts, &mut || {})?;
         unpack::open_root(&dir).map_err(ImageError::io("open", &dir))?

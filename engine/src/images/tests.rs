@@ -815,7 +815,7 @@ fn test_images_hostile_device_node_skipped_when_not_root() {
         size_cap: 1 << 20,
         chown: false,
         devices: false,
-        overlay_whiteouts: false,
+        whiteouts: unpack::WhiteoutForm::Recorded,
     };
     let s = unpack::unpack_tar(&t[..], &dest, &opts, &mut || {}).unwrap();
     assert!(!dest.join("dev/null").exists());

@@ -12,11 +12,14 @@
 //! Each layer is unpacked into its own directory (the store shares it
 //! between images; overlayfs stacks them later). Whiteouts are never applied
 //! to lower layers here: each is recorded in the layer's summary
-//! (`whiteouts`, `opaque_dirs`), and, when the process may do it (root), also
-//! written in overlayfs form — a 0/0 character device for `.wh.NAME`, the
-//! `trusted.overlay.opaque=y` xattr for `.wh..wh..opq` — so the directory can
-//! be used as an overlayfs lower layer as it is. Rootless runs keep only the
-//! recorded lists; the runtime converts them.
+//! (`whiteouts`, `opaque_dirs`), and also written in overlayfs form so the
+//! directory can be used as an overlayfs lower layer as it is. As root: a
+//! 0/0 character device for `.wh.NAME`, the `trusted.overlay.opaque=y`
+//! xattr for `.wh..wh..opq`. Rootless (overlayfs mounted with `userxattr`
+//! in a user namespace, kernel ≥ 6.7): an empty file with the
+//! `user.overlay.whiteout` xattr, its directory marked
+//! `user.overlay.opaque=x` ("holds whiteouts"; without it they still show
+//! in listings, measured on 6.18), and `user.overlay.opaque=y`.
 //!
 //! Device nodes are created only when running as root (and skipped, and
 //! listed, otherwise, or when the kernel refuses); the store's directory is
@@ -54,8 +57,28 @@ pub(crate) struct UnpackOptions {
     pub chown: bool,
     /// Create character and block devices.
     pub devices: bool,
-    /// Write whiteouts in overlayfs form (0/0 char device, opaque xattr).
-    pub overlay_whiteouts: bool,
+    /// How whiteouts are written for overlayfs.
+    pub whiteouts: WhiteoutForm,
+}
+
+/// The form whiteouts and opaque directories take in an unpacked layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhiteoutForm {
+    /// Only listed in the layer summary.
+    Recorded,
+    /// overlayfs' classic form (root): 0/0 char devices, `trusted.` xattrs.
+    Device,
+    /// overlayfs' `userxattr` form (rootless): marked files, `user.` xattrs.
+    UserXattr,
+}
+
+impl WhiteoutForm {
+    fn opaque_xattr(self) -> &'static std::ffi::CStr {
+        match self {
+            WhiteoutForm::UserXattr => c"user.overlay.opaque",
+            _ => c"trusted.overlay.opaque",
+        }
+    }
 }
 
 impl UnpackOptions {
@@ -68,7 +91,11 @@ impl UnpackOptions {
             size_cap,
             chown: root,
             devices: root,
-            overlay_whiteouts: root,
+            whiteouts: if root {
+                WhiteoutForm::Device
+            } else {
+                WhiteoutForm::UserXattr
+            },
         }
     }
 }
@@ -395,7 +422,7 @@ pub(crate) fn unpack_tar(
         limit,
     });
     let mut summary = LayerSummary {
-        overlay_whiteouts: opts.overlay_whiteouts,
+        overlay_whiteouts: opts.whiteouts != WhiteoutForm::Recorded,
         ..Default::default()
     };
     let mut deferred = Vec::new();
@@ -433,8 +460,9 @@ pub(crate) fn unpack_tar(
             let pfd = dir.open(parent, true).map_err(io_fail("open"))?;
             if name.as_slice() == OPAQUE {
                 summary.opaque_dirs.push(display(parent));
-                if opts.overlay_whiteouts {
-                    set_opaque(pfd.as_fd()).map_err(io_fail("mark opaque"))?;
+                if opts.whiteouts != WhiteoutForm::Recorded {
+                    set_opaque(pfd.as_fd(), opts.whiteouts, b"y")
+                        .map_err(io_fail("mark opaque"))?;
                 }
             } else if name.starts_with(WH_META_PREFIX) {
                 // aufs bookkeeping (.wh..wh.plnk and the like): ignored.
@@ -446,13 +474,10 @@ pub(crate) fn unpack_tar(
                 let mut t = parent.to_vec();
                 t.push(target.to_vec());
                 summary.whiteouts.push(display(&t));
-                if opts.overlay_whiteouts {
+                if opts.whiteouts != WhiteoutForm::Recorded {
                     let c = cstring(target).map_err(io_fail("whiteout"))?;
                     remove_at(pfd.as_fd(), &c, false).map_err(io_fail("whiteout"))?;
-                    // SAFETY: valid dir fd and NUL-terminated name; mknodat
-                    // never follows a symlink at the final component.
-                    check(unsafe { libc::mknodat(pfd.as_raw_fd(), c.as_ptr(), libc::S_IFCHR, 0) })
-                        .map_err(io_fail("whiteout"))?;
+                    write_whiteout(pfd.as_fd(), &c, opts.whiteouts).map_err(io_fail("whiteout"))?;
                 }
             }
             progress();
@@ -651,12 +676,67 @@ pub(crate) fn unpack_tar(
     Ok(summary)
 }
 
-fn set_opaque(dir: BorrowedFd<'_>) -> io::Result<()> {
+/// Marks `dir` opaque (`y`) or, user-xattr form, as holding whiteouts
+/// (`x`; never downgrading a `y`).
+fn set_opaque(dir: BorrowedFd<'_>, form: WhiteoutForm, value: &[u8; 1]) -> io::Result<()> {
     // An O_PATH fd cannot carry xattrs: reopen the directory itself.
     let fd = openat2(dir, b".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-    let name = c"trusted.overlay.opaque";
+    let name = form.opaque_xattr();
+    if value == b"x" {
+        let mut cur = [0u8; 1];
+        // SAFETY: valid fd and name, a buffer of the length given.
+        let n =
+            unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), cur.as_mut_ptr().cast(), 1) };
+        if n == 1 && cur == *b"y" {
+            return Ok(());
+        }
+    }
     // SAFETY: valid fd, NUL-terminated name, a 1-byte value buffer.
-    check(unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) })
+    check(unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), 1, 0) })
+}
+
+/// Writes the whiteout `name` in directory `dir` in `form`.
+fn write_whiteout(dir: BorrowedFd<'_>, name: &CString, form: WhiteoutForm) -> io::Result<()> {
+    match form {
+        WhiteoutForm::Recorded => Ok(()),
+        WhiteoutForm::Device => {
+            // SAFETY: valid dir fd and NUL-terminated name; mknodat never
+            // follows a symlink at the final component.
+            check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), libc::S_IFCHR, 0) })
+        }
+        WhiteoutForm::UserXattr => {
+            // SAFETY: valid dir fd and NUL-terminated name; O_EXCL after
+            // the removal above, O_NOFOLLOW for a racing symlink.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_WRONLY
+                        | libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    0o644,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a new descriptor that nothing else owns.
+            let file = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: valid fd, NUL-terminated name, an empty value.
+            check(unsafe {
+                libc::fsetxattr(
+                    file.as_raw_fd(),
+                    c"user.overlay.whiteout".as_ptr(),
+                    std::ptr::null(),
+                    0,
+                    0,
+                )
+            })?;
+            set_opaque(dir, form, b"x")
+        }
+    }
 }
 
 /// Decompresses by magic bytes: gzip (`1f 8b`), zstd (`28 b5 2f fd`), or
