@@ -96,24 +96,37 @@ struct Harness {
     data: TempDir,
 }
 
+/// A data directory holding the default image.
+fn data_with_default_image() -> TempDir {
+    let data = TempDir::new("data");
+    // Import explicitly (the runtime would too, from the real data dir's
+    // images-src, which this temp data dir does not have).
+    ImageStore::open(&data.0)
+        .unwrap()
+        .import(&default_image_source(), Some("default"), &mut |_| {})
+        .unwrap();
+    data
+}
+
+fn runtime_on(data: &Path) -> (ContainerRuntime, Receiver<ContainerEvent>) {
+    let paths = RuntimePaths {
+        data_dir: data.to_path_buf(),
+        run_dir: data.join("run"),
+    };
+    let helper = HelperCommand {
+        program: env!("CARGO_BIN_EXE_hangar-container-helper").into(),
+        args: vec![],
+    };
+    ContainerRuntime::new(paths, helper, || {}).unwrap()
+}
+
 impl Harness {
     fn new() -> Self {
-        let data = TempDir::new("data");
-        let paths = RuntimePaths {
-            data_dir: data.0.clone(),
-            run_dir: data.0.join("run"),
-        };
-        // Import explicitly (the runtime would too, from the real data dir's
-        // images-src, which this temp data dir does not have).
-        ImageStore::open(&data.0)
-            .unwrap()
-            .import(&default_image_source(), Some("default"), &mut |_| {})
-            .unwrap();
-        let helper = HelperCommand {
-            program: env!("CARGO_BIN_EXE_hangar-container-helper").into(),
-            args: vec![],
-        };
-        let (rt, events) = ContainerRuntime::new(paths, helper, || {}).unwrap();
+        Self::on(data_with_default_image())
+    }
+
+    fn on(data: TempDir) -> Self {
+        let (rt, events) = runtime_on(&data.0);
         Harness { rt, events, data }
     }
 
@@ -215,6 +228,13 @@ impl Harness {
         assert!(!v2.exists(), "cgroup {} left", v2.display());
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(&id.0), "a mount of {id} is left");
+    }
+
+    /// Runs to completion, keeping the container.
+    fn run_kept(&self, config: ContainerConfig) -> ContainerId {
+        let id = self.start(config);
+        self.wait_exit(&id, Duration::from_secs(60), |_| {});
+        id
     }
 
     /// Runs to completion and removes: the common case.
@@ -1017,7 +1037,7 @@ fn whole_suite_again_as_an_unprivileged_user() {
                 .ok()
         })
         .unwrap_or(0);
-    assert!(ran >= 20, "only {ran} tests ran rootless\n{stdout}");
+    assert!(ran >= 22, "only {ran} tests ran rootless\n{stdout}");
 }
 
 /// A docker-archive directory: the default image's layer under a second
@@ -1136,4 +1156,160 @@ fn container_root_is_the_invoking_user_on_the_host() {
     {
         assert!(Instant::now() < until, "not removed");
     }
+}
+
+/// Set for the child process of `containers_of_a_crashed_app_are_cleaned_up_and_listed`.
+const CRASH_ENV: &str = "HANGAR_TEST_CRASH_DATA";
+
+/// An app that starts a container (user network, a forwarded port) and
+/// dies without a word. Only the test below runs it, in its own process.
+#[test]
+#[ignore = "the child process of containers_of_a_crashed_app_are_cleaned_up_and_listed"]
+fn crashing_app() {
+    let Some(data) = std::env::var_os(CRASH_ENV) else {
+        panic!("{CRASH_ENV} is not set: this runs as another test's child process");
+    };
+    let (rt, events) = runtime_on(Path::new(&data));
+    let port: u16 = std::env::var("HANGAR_TEST_CRASH_PORT")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut c = sh("echo up; exec httpd -f -p 8080 -h /");
+    c.network = hangar_engine::containers::NetworkMode::User;
+    c.ports = vec![hangar_engine::containers::PortForward {
+        host_port: port,
+        container_port: 8080,
+    }];
+    let id = ContainerRuntime::new_id();
+    rt.execute(ContainerCommand::Run {
+        id: id.clone(),
+        config: c,
+    })
+    .unwrap();
+    loop {
+        match events.recv_timeout(Duration::from_secs(30)).unwrap() {
+            ContainerEvent::Output { data, .. } if data.starts_with(b"up") => break,
+            ContainerEvent::Error { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    println!("RUNNING {id}");
+    std::io::stdout().flush().unwrap();
+    std::process::abort();
+}
+
+#[test]
+fn containers_of_a_crashed_app_are_cleaned_up_and_listed() {
+    require_root!();
+    use std::net::{TcpListener, TcpStream};
+    let data = data_with_default_image();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "crashing_app", "--nocapture"])
+        .env(CRASH_ENV, &data.0)
+        .env("HANGAR_TEST_CRASH_PORT", port.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RUNNING "))
+        .unwrap_or_else(|| {
+            panic!(
+                "the app did not get its container running:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_string();
+    assert!(!out.status.success(), "the app was to crash");
+    // The helper saw its engine go and killed the container: the
+    // container's cgroup goes (give the helper a moment).
+    // SAFETY: geteuid has no preconditions.
+    let parent = match unsafe { libc::geteuid() } {
+        0 => "hangar".to_string(),
+        uid => format!("hangar/user-{uid}"),
+    };
+    let cgroup = Path::new("/sys/fs/cgroup/memory").join(&parent).join(&id);
+    let until = Instant::now() + Duration::from_secs(10);
+    while cgroup.exists() {
+        assert!(Instant::now() < until, "{} is left", cgroup.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The next run cleans up what the engine had made and lists it.
+    let h = Harness::on(data);
+    let previous = h.rt.previous_containers();
+    assert_eq!(previous.len(), 1, "{previous:?}");
+    let rec = &previous[0];
+    assert_eq!(rec.id.0, id);
+    let exit = rec.exit.clone().unwrap();
+    assert!(exit.ended_with_app, "{exit:?}");
+    assert!(
+        exit.describe(&rec.config.limits)
+            .contains("stopped when Hangar ended"),
+        "{exit:?}"
+    );
+    let cid = ContainerId(id.clone());
+    assert_eq!(h.rt.state(&cid), Some(ContainerState::Exited));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "the root of {id} is still mounted");
+    assert!(!Path::new("/run/netns")
+        .join(format!("hangar-{id}"))
+        .exists());
+    let until = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < until, "pasta still forwards port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its log is kept until it is removed.
+    let log = std::fs::read_to_string(h.rt.container_dir(&cid).join("console.log")).unwrap();
+    assert!(log.contains("up"), "{log}");
+    h.remove(&cid);
+    assert!(h.rt.previous_containers().is_empty());
+}
+
+#[test]
+fn containers_stay_listed_after_the_runtime_ends() {
+    require_root!();
+    let h = Harness::new();
+    let done = h.run_kept(sh("echo done; exit 3"));
+    let mut c = ContainerConfig::new("default");
+    c.command = vec!["sleep".into(), "1000".into()];
+    let running = h.start(c);
+    loop {
+        if let ContainerEvent::Started { id, .. } =
+            h.events.recv_timeout(Duration::from_secs(30)).unwrap()
+        {
+            if id == running {
+                break;
+            }
+        }
+    }
+    let Harness { rt, events, data } = h;
+    drop(rt);
+    drop(events);
+    let h = Harness::on(data);
+    let previous = h.rt.previous_containers();
+    let ids: Vec<&str> = previous.iter().map(|r| r.id.0.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let find = |id: &ContainerId| previous.iter().find(|r| &r.id == id).unwrap();
+    assert_eq!(find(&done).exit.as_ref().unwrap().code, 3);
+    let killed = find(&running).exit.clone().unwrap();
+    assert!(
+        killed.ended_with_app && killed.signal == Some(libc::SIGKILL),
+        "{killed:?}"
+    );
+    // A new container cannot take a kept one's id; both can be removed.
+    let err =
+        h.rt.execute(ContainerCommand::Run {
+            id: done.clone(),
+            config: sh("true"),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains(&done.0), "{err}");
+    h.remove(&done);
+    h.remove(&running);
 }

@@ -228,6 +228,10 @@ pub struct ContainerExit {
     pub pids_limit_hits: u64,
     /// Stopped on request (stop or kill), not by itself.
     pub stopped_by_user: bool,
+    /// Stopped because the app using the engine ended (closed, or died:
+    /// the helper kills a container its engine left).
+    #[serde(default)]
+    pub ended_with_app: bool,
 }
 
 impl ContainerExit {
@@ -255,6 +259,9 @@ impl ContainerExit {
         }
         if self.stopped_by_user {
             s.push_str("; stopped on request");
+        }
+        if self.ended_with_app {
+            s.push_str("; stopped when Hangar ended");
         }
         s
     }

@@ -132,6 +132,33 @@ impl UserNetwork {
         Ok(())
     }
 
+    /// After an app that died: stops the pasta named in `pid_file` (if it
+    /// is still there and is ours) and deletes namespace `hangar-<id>` (root).
+    pub(crate) fn clean_up_after(id: &str, pid_file: &std::path::Path) {
+        let pid: Option<i32> = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        if let Some(pid) = pid.filter(|p| *p > 0) {
+            // Only a pasta started with this very pid file: the pid may have
+            // been reused since.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_pasta = args.first().is_some_and(|a| a.ends_with(b"pasta"));
+            let ours = args.contains(&pid_file.as_os_str().as_encoded_bytes());
+            if is_pasta && ours {
+                // SAFETY: kill with a pid just checked to be our pasta.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        let _ = std::fs::remove_file(pid_file);
+        let name = format!("hangar-{id}");
+        if PathBuf::from("/run/netns").join(&name).exists() {
+            if let Err(e) = run("ip", &["netns", "del", &name]) {
+                log::warn!("{e}");
+            }
+        }
+    }
+
     /// The named namespace's path (root only).
     pub(crate) fn netns_path(&self) -> Option<PathBuf> {
         self.name

@@ -79,6 +79,91 @@ pub struct ContainerRecord {
     pub created: u64,
     /// How it ended, once it has.
     pub exit: Option<ContainerExit>,
+    /// Why it could not be created or started, if it could not.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl ContainerRecord {
+    /// The state a container of an earlier run is in.
+    pub fn state(&self) -> ContainerState {
+        if self.error.is_some() {
+            ContainerState::Failed
+        } else {
+            ContainerState::Exited
+        }
+    }
+
+    /// Writes `container.json` in `dir`. Renamed into place but not
+    /// synced: an fsync would double a container's start time, and a
+    /// record lost to a power cut only drops the container from the list.
+    fn save(&self, dir: &std::path::Path) -> Result<(), ContainerError> {
+        let p = dir.join("container.json");
+        let tmp = dir.join(".container.json.tmp");
+        let bytes = serde_json::to_vec_pretty(self)
+            .map_err(|e| ContainerError::Internal(format!("encode record: {e}")))?;
+        std::fs::write(&tmp, &bytes).map_err(ContainerError::io("write", &tmp))?;
+        std::fs::rename(&tmp, &p).map_err(ContainerError::io("rename", &p))
+    }
+}
+
+/// The records of the containers an earlier run left in `paths`. One that
+/// was still running then was killed by its helper when that run's engine
+/// went away; what the engine itself had set up for it (the root's mount,
+/// pasta and its namespace) is cleaned up here, and its record says it
+/// ended with the app. Unreadable records are skipped (and logged), never
+/// deleted.
+fn load_previous(paths: &RuntimePaths, rootless: bool) -> HashMap<ContainerId, ContainerRecord> {
+    let mut found = HashMap::new();
+    let dir = paths.data_dir.join("containers");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !valid_id(&name) {
+            continue;
+        }
+        let cdir = e.path();
+        let path = cdir.join("container.json");
+        let mut rec: ContainerRecord = match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(err) => {
+                log::warn!("container {name}: {}: {err}; not listed", path.display());
+                continue;
+            }
+        };
+        if rec.id.0 != name {
+            log::warn!(
+                "container {name}: its record names '{}'; not listed",
+                rec.id
+            );
+            continue;
+        }
+        if rec.exit.is_none() && rec.error.is_none() {
+            if !rootless {
+                if let Err(e) = rootfs::unmount(&cdir.join("rootfs")) {
+                    log::warn!("container {name}: {e}");
+                }
+            }
+            UserNetwork::clean_up_after(&name, &cdir.join("pasta.pid"));
+            let _ = std::fs::remove_dir_all(paths.run_dir.join(&name));
+            rec.exit = Some(ContainerExit {
+                code: 128 + libc::SIGKILL,
+                signal: Some(libc::SIGKILL),
+                ended_with_app: true,
+                ..Default::default()
+            });
+            if let Err(e) = rec.save(&cdir) {
+                log::warn!("container {name}: {e}");
+            }
+        }
+        found.insert(rec.id.clone(), rec);
+    }
+    found
 }
 
 /// Sends events and wakes the caller.
@@ -112,6 +197,8 @@ enum Control {
     Stop(Duration),
     Kill(i32),
     Remove,
+    /// The runtime is dropped: kill, keep the files for the next run.
+    Shutdown,
 }
 
 struct Handle {
@@ -130,6 +217,8 @@ struct Shared {
     helper: HelperCommand,
     /// A helper started ahead of need.
     warm: Mutex<Option<HelperProcess>>,
+    /// Containers of earlier runs, stopped, until removed.
+    previous: Mutex<HashMap<ContainerId, ContainerRecord>>,
     events: EventSink,
 }
 
@@ -178,10 +267,13 @@ impl ContainerRuntime {
         }
         let images = ImageStore::open(&paths.data_dir)?;
         let (tx, rx) = mpsc::channel();
+        // SAFETY: geteuid has no preconditions.
+        let rootless = unsafe { libc::geteuid() } != 0;
+        let previous = Mutex::new(load_previous(&paths, rootless));
         let shared = Arc::new(Shared {
             paths,
-            // SAFETY: geteuid has no preconditions.
-            rootless: unsafe { libc::geteuid() } != 0,
+            rootless,
+            previous,
             images,
             helper,
             warm: Mutex::new(None),
@@ -232,11 +324,26 @@ impl ContainerRuntime {
         self.shared.paths.data_dir.join("containers").join(&id.0)
     }
 
-    /// The state a container is in, if it is known to this runtime.
+    /// The state a container is in, if it is known to this runtime (run
+    /// by it, or left by an earlier run).
     pub fn state(&self, id: &ContainerId) -> Option<ContainerState> {
         let map = self.containers.lock().ok()?;
-        let h = map.get(id)?;
-        h.state.lock().ok().map(|s| *s)
+        match map.get(id) {
+            Some(h) => h.state.lock().ok().map(|s| *s),
+            None => self.shared.previous.lock().ok()?.get(id).map(|r| r.state()),
+        }
+    }
+
+    /// The containers earlier runs left (all stopped), oldest first, with
+    /// their settings and how they ended; their logs and files stay until
+    /// removed ([`ContainerCommand::Remove`]).
+    pub fn previous_containers(&self) -> Vec<ContainerRecord> {
+        let mut v: Vec<ContainerRecord> = match self.shared.previous.lock() {
+            Ok(p) => p.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.0.cmp(&b.id.0)));
+        v
     }
 
     /// Carries out a command. Errors found at once are returned; the rest
@@ -289,6 +396,9 @@ impl ContainerRuntime {
             } => (id, Control::ExecResize(exec, cols, rows)),
             ContainerCommand::Kill { id, signal } => (id, Control::Kill(signal)),
             ContainerCommand::Remove { id, force } => {
+                if !map.contains_key(&id) {
+                    return self.remove_previous(id);
+                }
                 let h = map
                     .get(&id)
                     .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
@@ -325,6 +435,36 @@ impl ContainerRuntime {
             .write(1)
             .map_err(|e| ContainerError::Internal(format!("wake supervisor: {e}")))?;
         Ok(())
+    }
+
+    /// Removes a container an earlier run left, off the caller's thread.
+    fn remove_previous(&self, id: ContainerId) -> Result<(), ContainerError> {
+        let known = self
+            .shared
+            .previous
+            .lock()
+            .map_err(|_| ContainerError::Internal("container list poisoned".into()))?
+            .remove(&id)
+            .is_some();
+        if !known {
+            return Err(ContainerError::NotFound(id));
+        }
+        let dir = self.container_dir(&id);
+        let events = self.shared.events.clone();
+        std::thread::Builder::new()
+            .name(format!("container-rm-{}", id.0))
+            .spawn(move || match remove_tree(&dir) {
+                Ok(()) => events.send(ContainerEvent::Removed(id)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    events.send(ContainerEvent::Removed(id))
+                }
+                Err(e) => events.send(ContainerEvent::Error {
+                    id,
+                    message: format!("cannot remove {}: {e}", dir.display()),
+                }),
+            })
+            .map(|_| ())
+            .map_err(|e| ContainerError::Internal(format!("spawn removal thread: {e}")))
     }
 
     fn spawn_supervisor(
@@ -380,15 +520,19 @@ impl Drop for ContainerRuntime {
             Ok(mut m) => m.drain().map(|(_, h)| h).collect(),
             Err(_) => return,
         };
-        for h in &handles {
-            let _ = h.tx.send(Control::Kill(libc::SIGKILL));
-            let _ = h.tx.send(Control::Remove);
-            let _ = h.wake.write(1);
-        }
+        // Containers end with the app, as they would if it died (their
+        // helpers kill them), but stay listed with their files, like
+        // Docker's stopped containers, until removed.
+        let mut threads = Vec::new();
         for mut h in handles {
-            if let Some(t) = h.thread.take() {
-                let _ = t.join();
-            }
+            let _ = h.tx.send(Control::Shutdown);
+            let _ = h.wake.write(1);
+            threads.extend(h.thread.take());
+            // Dropping the sender tells an exited container's supervisor
+            // that no removal will come.
+        }
+        for t in threads {
+            let _ = t.join();
         }
         if let Ok(mut w) = self.shared.warm.lock() {
             if let Some(h) = w.take() {
@@ -472,6 +616,13 @@ impl Supervisor {
                 self.supervise(helper, stdio);
             }
             Err(e) => {
+                // Only if the directory is there: a container refused
+                // before anything was made leaves nothing behind.
+                if self.dir.join("container.json").exists() {
+                    if let Err(e) = self.record(None, Some(e.to_string())) {
+                        log::warn!("container {}: {e}", self.id);
+                    }
+                }
                 self.emit(ContainerEvent::Error {
                     id: self.id.clone(),
                     message: e.to_string(),
@@ -498,21 +649,19 @@ impl Supervisor {
         });
     }
 
-    fn record(&self, exit: Option<ContainerExit>) -> Result<(), ContainerError> {
-        let rec = ContainerRecord {
+    fn record(
+        &self,
+        exit: Option<ContainerExit>,
+        error: Option<String>,
+    ) -> Result<(), ContainerError> {
+        ContainerRecord {
             id: self.id.clone(),
             config: self.config.clone(),
             created: self.created,
             exit,
-        };
-        let p = self.dir.join("container.json");
-        let tmp = self.dir.join(".container.json.tmp");
-        let bytes = serde_json::to_vec_pretty(&rec)
-            .map_err(|e| ContainerError::Internal(format!("encode record: {e}")))?;
-        // Renamed into place but not synced: it describes a container that
-        // does not outlive the app, and an fsync would double its start time.
-        std::fs::write(&tmp, &bytes).map_err(ContainerError::io("write", &tmp))?;
-        std::fs::rename(&tmp, &p).map_err(ContainerError::io("rename", &p))
+            error,
+        }
+        .save(&self.dir)
     }
 
     fn create_and_start(
@@ -530,7 +679,7 @@ impl Supervisor {
         for d in [&upper, &work, &rootfs_dir, &bundle] {
             std::fs::create_dir_all(d).map_err(ContainerError::io("create", d))?;
         }
-        self.record(None)?;
+        self.record(None, None)?;
         let log_path = self.dir.join("console.log");
         self.log = Some(File::create(&log_path).map_err(ContainerError::io("create", &log_path))?);
         let rootless = self.shared.rootless;
@@ -711,6 +860,7 @@ impl Supervisor {
         let mut next_stats = Instant::now();
         let mut kill_at: Option<Instant> = None;
         let mut stopped_by_user = false;
+        let mut ended_with_app = false;
         let mut execs: Vec<ExecSession> = Vec::new();
         let end = loop {
             let mut init_status = None;
@@ -828,6 +978,10 @@ impl Supervisor {
                             stopped_by_user = true;
                             self.kill(&mut helper, sig, sig == libc::SIGKILL);
                         }
+                        Control::Shutdown => {
+                            ended_with_app = true;
+                            self.kill(&mut helper, libc::SIGKILL, true);
+                        }
                         // Removal was asked while running (forced): kill,
                         // then the normal exit path runs and the files go.
                         Control::Remove => {
@@ -895,7 +1049,7 @@ impl Supervisor {
         // Stops pasta and deletes the namespace.
         self.network = None;
         self.unmount_root(&self.dir.join("rootfs"));
-        let exit = match status {
+        let mut exit = match status {
             Some(s) => decode_status(s, counters, stopped_by_user),
             None => ContainerExit {
                 code: 255,
@@ -903,7 +1057,8 @@ impl Supervisor {
                 ..Default::default()
             },
         };
-        if let Err(e) = self.record(Some(exit.clone())) {
+        exit.ended_with_app = ended_with_app;
+        if let Err(e) = self.record(Some(exit.clone()), None) {
             log::warn!("container {}: {e}", self.id);
         }
         // The state changes before anyone hears of the exit, so a Remove
@@ -1107,7 +1262,9 @@ impl Supervisor {
         if !self.remove_requested {
             loop {
                 match self.controls.recv() {
-                    Ok(Control::Remove) | Err(_) => break,
+                    Ok(Control::Remove) => break,
+                    // The runtime is gone: the files stay for the next one.
+                    Err(_) => return,
                     Ok(_) => {}
                 }
             }
@@ -1343,5 +1500,6 @@ fn decode_status(
         oom_killed: counters.oom_kills > 0,
         pids_limit_hits: counters.pids_max_hits,
         stopped_by_user,
+        ended_with_app: false,
     }
 }
