@@ -2,20 +2,26 @@
 # Hangar set-up: installs the host packages the project uses and builds the
 # default guest kit (Debian's kernel + a busybox initramfs) into
 #   ${HANGAR_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/hangar}/kit/
-# and the default container image (busybox-static, an OCI layout) into
+# the default container image (busybox-static, an OCI layout) into
 #   .../hangar/images-src/default/
+# and the Debian container image (debootstrap minbase of this host's suite,
+# from this host's apt mirror) into .../hangar/images-src/debian/, its plain
+# root tree kept in .../hangar/rootfs/debian-SUITE/.
 #
-# Idempotent: a re-run checks installed packages with dpkg-query and the kit
-# against a stamp of the package versions it was built from, and does nothing
-# (needing no network) when both are current.
+# Idempotent: a re-run checks installed packages with dpkg-query, the kit
+# against a stamp of the package versions it was built from and the Debian
+# root against a stamp of its recipe, suite and mirror, and does nothing
+# (needing no network) when all are current.
 #
-# Usage: packaging/setup.sh [--force-kit] [--skip-packages] [--quiet]
+# Usage: packaging/setup.sh [--force-kit] [--force-debian] [--skip-packages] [--quiet]
 #   --force-kit      rebuild the kit even if it is current
+#   --force-debian   debootstrap the Debian root (and its image) again
 #   --skip-packages  do not check or install apt packages
 #   --quiet          print only the summary line and errors
 #
-# Run it as your user (it uses sudo for apt) or as root. Run through sudo, it
-# installs the packages as root and builds the kit for $SUDO_USER.
+# Run it as your user (it uses sudo for apt and debootstrap) or as root. Run
+# through sudo, it installs the packages as root and builds the rest for
+# $SUDO_USER.
 set -euo pipefail
 
 prog=setup.sh
@@ -30,16 +36,18 @@ log() {
 }
 
 force_kit=0
+force_debian=0
 skip_packages=0
 quiet=0
 orig_args=("$@")
 while [[ $# -gt 0 ]]; do
     case $1 in
     --force-kit) force_kit=1 ;;
+    --force-debian) force_debian=1 ;;
     --skip-packages) skip_packages=1 ;;
     --quiet | -q) quiet=1 ;;
     -h | --help)
-        sed -n '2,19s/^# \{0,1\}//p' "$0"
+        sed -n '2,25s/^# \{0,1\}//p' "$0"
         exit 0
         ;;
     *) die "unknown option '$1' (try --help)" ;;
@@ -57,6 +65,7 @@ PACKAGES=(
     umoci skopeo
     libseccomp-dev libelf-dev zlib1g-dev # libcontainer: seccomp, eBPF device rules
     crun runc passt docker-registry      # container bench peers, networking, registry tests
+    debootstrap                          # the Debian container image (and VM disk template)
 )
 # The Rust target of the project's own no_std test guests.
 RUST_TARGETS=(x86_64-unknown-none)
@@ -467,12 +476,77 @@ EOF
     kit_note="built ($vmlinux_note, initramfs $(($(stat -c %s "$kit_dir/initramfs.cpio.gz") / 1024)) KiB)"
 fi
 
+# ------------------------------------------------------------ image layout --
+# The built-in container images are OCI image layouts made with plain tools
+# (tar, gzip -n, sha256sum, hand-written JSON), so the engine imports them
+# like any other layout.
+
+# as_root CMD...: runs CMD as root (through sudo when this script is not).
+as_root() {
+    "${sudo_cmd[@]}" "$@"
+}
+
+# oci_pack [--as-root] OUT REF CONFIG TREE [TAR_OPTION...]: packs the tree
+# TREE as the single layer of a new OCI image layout OUT (which must not
+# exist), with the reference name REF and CONFIG (the JSON object of the
+# image config's "config"). The layer is reproducible: sorted, numeric
+# ownership, fixed times, gzip -n. TAR_OPTIONs (e.g. --exclude, or --owner=0
+# --group=0 for a tree built as a user) go to tar; --as-root reads TREE as
+# root. Sets oci_layer_size (bytes).
+oci_pack() {
+    local reader=()
+    if [[ $1 == --as-root ]]; then
+        reader=(as_root)
+        shift
+    fi
+    local out=$1 ref=$2 config=$3 tree=$4
+    shift 4
+    [[ ! -e $out ]] || die "oci_pack: $out exists"
+    mkdir -p "$out/blobs/sha256"
+    local work
+    work=$(mktemp -d)
+    "${reader[@]}" tar --sort=name --numeric-owner --mtime=@0 --format=posix \
+        --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
+        "$@" -C "$tree" -cf - . >"$work/layer.tar" || die "cannot pack $tree into a layer"
+    local diff_id layer_sum layer_size
+    diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+    gzip -n -9 -c "$work/layer.tar" >"$work/layer.tar.gz" || die "cannot gzip the layer of $ref"
+    layer_sum=$(sha256sum "$work/layer.tar.gz" | cut -d' ' -f1)
+    layer_size=$(stat -c %s "$work/layer.tar.gz")
+    mv "$work/layer.tar.gz" "$out/blobs/sha256/$layer_sum"
+    printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+        "$config" "$diff_id" >"$work/config.json"
+    local config_sum config_size
+    config_sum=$(sha256sum "$work/config.json" | cut -d' ' -f1)
+    config_size=$(stat -c %s "$work/config.json")
+    mv "$work/config.json" "$out/blobs/sha256/$config_sum"
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' \
+        "$config_sum" "$config_size" "$layer_sum" "$layer_size" >"$work/manifest.json"
+    local manifest_sum manifest_size
+    manifest_sum=$(sha256sum "$work/manifest.json" | cut -d' ' -f1)
+    manifest_size=$(stat -c %s "$work/manifest.json")
+    mv "$work/manifest.json" "$out/blobs/sha256/$manifest_sum"
+    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"org.opencontainers.image.ref.name":"%s"}}]}' \
+        "$manifest_sum" "$manifest_size" "$ref" >"$out/index.json"
+    printf '{"imageLayoutVersion":"1.0.0"}' >"$out/oci-layout"
+    rm -rf "$work"
+    oci_layer_size=$layer_size
+}
+
+# swap_in NEW DEST: replaces DEST (if any) with the directory NEW.
+swap_in() {
+    local new=$1 dest=$2
+    rm -rf "$dest.old"
+    [[ ! -e $dest ]] || mv "$dest" "$dest.old"
+    mv "$new" "$dest"
+    rm -rf "$dest.old"
+}
+
 # ----------------------------------------------------------- default image --
-# The container image `default`: busybox-static as an OCI image layout in
+# The container image `default`: busybox-static in
 #   $data_dir/images-src/default/
-# made with plain tools (tar, gzip -n, sha256sum, hand-written JSON), so the
-# engine imports it like any other layout. Rebuilt only when busybox or this
-# recipe changes (stamp file); built in default.new, then swapped in.
+# Rebuilt only when busybox or this recipe changes (stamp file); built in
+# default.new, then swapped in.
 image_src=$data_dir/images-src/default
 image_note=""
 build_default_image() {
@@ -489,7 +563,7 @@ build_default_image() {
     rm -rf "$new"
     work=$(mktemp -d)
     local root=$work/root
-    mkdir -p "$root"/{bin,etc,root,tmp,proc,sys,dev,home,var/tmp} "$new/blobs/sha256"
+    mkdir -p "$root"/{bin,etc,root,tmp,proc,sys,dev,home,var/tmp}
     chmod 1777 "$root/tmp" "$root/var/tmp"
     chmod 0700 "$root/root"
     cp "$bb" "$root/bin/busybox"
@@ -500,39 +574,238 @@ build_default_image() {
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
     printf 'default\n' >"$root/etc/hostname"
-    # A reproducible layer: sorted, numeric root ownership, fixed times.
-    tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=posix \
-        --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
-        -C "$root" -cf "$work/layer.tar" .
-    local diff_id layer_sum layer_size
-    diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
-    gzip -n -9 -c "$work/layer.tar" >"$work/layer.tar.gz"
-    layer_sum=$(sha256sum "$work/layer.tar.gz" | cut -d' ' -f1)
-    layer_size=$(stat -c %s "$work/layer.tar.gz")
-    mv "$work/layer.tar.gz" "$new/blobs/sha256/$layer_sum"
-    printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-        "$diff_id" >"$work/config.json"
-    local config_sum config_size
-    config_sum=$(sha256sum "$work/config.json" | cut -d' ' -f1)
-    config_size=$(stat -c %s "$work/config.json")
-    mv "$work/config.json" "$new/blobs/sha256/$config_sum"
-    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' \
-        "$config_sum" "$config_size" "$layer_sum" "$layer_size" >"$work/manifest.json"
-    local manifest_sum manifest_size
-    manifest_sum=$(sha256sum "$work/manifest.json" | cut -d' ' -f1)
-    manifest_size=$(stat -c %s "$work/manifest.json")
-    mv "$work/manifest.json" "$new/blobs/sha256/$manifest_sum"
-    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"org.opencontainers.image.ref.name":"default"}}]}' \
-        "$manifest_sum" "$manifest_size" >"$new/index.json"
-    printf '{"imageLayoutVersion":"1.0.0"}' >"$new/oci-layout"
+    oci_pack "$new" default '{"Env":["PATH=/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"}' "$root" \
+        --owner=0 --group=0
     echo "$stamp" >"$new/.stamp"
-    rm -rf "$work" "$image_src.old"
-    [[ ! -e $image_src ]] || mv "$image_src" "$image_src.old"
-    mv "$new" "$image_src"
-    rm -rf "$image_src.old"
-    image_note="built ($((layer_size / 1024)) KiB layer)"
+    rm -rf "$work"
+    swap_in "$new" "$image_src"
+    image_note="built ($((oci_layer_size / 1024)) KiB layer)"
 }
 build_default_image
 
+# ------------------------------------------------------------ debian image --
+# The container image `debian`: `debootstrap --variant=minbase` of this
+# host's own suite from this host's own mirror (both read from its apt
+# sources), as an OCI layout in
+#   $data_dir/images-src/debian/
+# The plain root tree is kept in $data_dir/rootfs/debian-SUITE/ (root-owned,
+# with its device nodes: the VM disk template is made from it too), its stamp
+# beside it in debian-SUITE.stamp: recipe, suite and mirror, then the build
+# time. Both are rebuilt only when that stamp changes (or --force-debian),
+# each in a .new directory swapped in when complete.
+debian_recipe=1 # bump to rebuild the root tree everywhere
+debian_image_recipe=1
+debian_note=""
+
+# host_apt_entries: prints "suite uri keyring" for every enabled "deb" entry
+# with the component main of the host's apt sources, in apt's order
+# (sources.list, then sources.list.d/ by name; one-line and deb822 format).
+# keyring is a Signed-By file, or "-".
+host_apt_entries() {
+    local f
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do
+        [[ -f $f && -r $f ]] || continue
+        case $f in
+        *.sources)
+            awk '
+            function flush(   n, m, i, j, U, S, signed) {
+                signed = V["signed-by"]
+                if ((" " V["types"] " ") ~ / deb / && tolower(V["enabled"]) != "no" &&
+                    (" " V["components"] " ") ~ / main /) {
+                    n = split(V["uris"], U, " ")
+                    m = split(V["suites"], S, " ")
+                    for (i = 1; i <= m; i++)
+                        for (j = 1; j <= n; j++)
+                            print S[i], U[j], (signed ~ /^\/[^ ]*$/ ? signed : "-")
+                }
+                split("", V)
+                key = ""
+            }
+            function add(text) {
+                gsub(/[ \t]+/, " ", text)
+                V[key] = V[key] " " text
+                sub(/^ +/, "", V[key])
+                sub(/ +$/, "", V[key])
+            }
+            /^#/ { next }
+            /^[ \t]*$/ { flush(); next }
+            /^[ \t]/ { if (key != "") add($0); next } # a continuation line
+            {
+                c = index($0, ":")
+                if (c == 0) next
+                key = tolower(substr($0, 1, c - 1))
+                V[key] = ""
+                add(substr($0, c + 1))
+            }
+            END { flush() }' "$f"
+            ;;
+        */sources.list | *.list)
+            awk '
+            {
+                sub(/#.*/, "")
+                if ($1 != "deb") next
+                line = $0
+                opts = ""
+                if (match(line, /\[[^\]]*\]/)) {
+                    opts = substr(line, RSTART + 1, RLENGTH - 2)
+                    line = substr(line, 1, RSTART - 1) " " substr(line, RSTART + RLENGTH)
+                }
+                n = split(line, F, " ")
+                main = 0
+                for (i = 4; i <= n; i++) if (F[i] == "main") main = 1
+                if (!main || n < 4) next
+                signed = "-"
+                k = split(opts, O, " ")
+                for (i = 1; i <= k; i++)
+                    if (O[i] ~ /^signed-by=\//) signed = substr(O[i], 11)
+                print F[3], F[2], signed
+            }' "$f"
+            ;;
+        esac
+    done
+}
+
+# host_debian_source: sets deb_suite, deb_mirror, deb_keyring from the host's
+# apt sources: the first entry whose suite debootstrap knows, preferring the
+# suite named by /etc/os-release (so -updates, -security, backports and
+# third-party repositories are passed over).
+host_debian_source() {
+    local codename scripts=/usr/share/debootstrap/scripts
+    # shellcheck source=/dev/null
+    codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}") || codename=""
+    deb_suite="" deb_mirror="" deb_keyring=""
+    local suite uri keyring unsupported=""
+    while read -r suite uri keyring; do
+        [[ -n $suite && -f $scripts/$suite ]] || continue
+        case $uri in
+        http://* | https://* | file:/*) ;;
+        *)
+            unsupported+=" $uri"
+            continue
+            ;;
+        esac
+        if [[ -z $deb_suite || ($suite == "$codename" && $deb_suite != "$codename") ]]; then
+            deb_suite=$suite deb_mirror=${uri%/} deb_keyring=$keyring
+        fi
+    done < <(host_apt_entries)
+    [[ -n $deb_suite ]] && return 0
+    if [[ -n $unsupported ]]; then
+        die "the Debian image needs an http(s) or file: mirror in the apt sources; debootstrap cannot use:$unsupported"
+    fi
+    die "no apt source of this host names a suite debootstrap knows, with the component main (see /etc/apt/sources.list and /etc/apt/sources.list.d/): cannot build the Debian image"
+}
+
+# umount_below DIR: unmounts whatever an interrupted debootstrap left mounted
+# at or below DIR (its /dev bind mount, /proc, /sys), deepest first.
+umount_below() {
+    local dir m
+    dir=$(realpath -m -- "$1")
+    awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo |
+        sort -r | while read -r m; do
+        as_root umount -l -- "$m" || die "cannot unmount $m (left by an earlier debootstrap)"
+    done
+}
+
+# remove_tree DIR: removes a root-owned tree, never crossing into a mount.
+remove_tree() {
+    [[ -e $1 || -L $1 ]] || return 0
+    umount_below "$1"
+    as_root rm -rf --one-file-system -- "$1" || die "cannot remove $1"
+}
+
+build_debian_image() {
+    local debootstrap
+    debootstrap=$(command -v debootstrap || echo /usr/sbin/debootstrap)
+    [[ -x $debootstrap ]] || die "'debootstrap' not found: run without --skip-packages to install it"
+    if [[ $EUID -ne 0 ]] && ! command -v sudo >/dev/null; then
+        die "debootstrap needs root and sudo is not installed: run this script as root"
+    fi
+    host_debian_source
+    local rootfs_dir=$data_dir/rootfs
+    local rootfs=$rootfs_dir/debian-$deb_suite
+    local stamp_file=$rootfs.stamp
+    local wanted="recipe=$debian_recipe suite=$deb_suite mirror=$deb_mirror"
+    local rootfs_note=""
+
+    if [[ $force_debian == 1 || ! -d $rootfs || ! -s $stamp_file || $(head -n1 "$stamp_file") != "$wanted" ]]; then
+        mkdir -p "$rootfs_dir"
+        local new=$rootfs.new log=$rootfs.log
+        remove_tree "$new"
+        local opts=(--variant=minbase)
+        [[ $deb_keyring == - ]] || opts+=("--keyring=$deb_keyring")
+        log "debootstrap --variant=minbase $deb_suite from the host's mirror (a minute or so; log in $log)"
+        local t0 t1
+        t0=$(date +%s)
+        if ! as_root "$debootstrap" "${opts[@]}" "$deb_suite" "$new" "$deb_mirror" >"$log" 2>&1; then
+            tail -n 15 "$log" >&2
+            [[ ! -f $new/debootstrap/debootstrap.log ]] || as_root tail -n 15 "$new/debootstrap/debootstrap.log" >&2 || true
+            remove_tree "$new"
+            die "debootstrap of $deb_suite from $deb_mirror failed (network to the package mirror? see the lines above and $log)"
+        fi
+        t1=$(date +%s)
+        # The image's own touches, on the tree itself (the VM template wants
+        # them too): its hostname; none of this host's network set-up that
+        # debootstrap copies in (resolv.conf; hosts gets Debian's plain one);
+        # no package caches or lists (apt fetches the lists again on
+        # 'apt-get update').
+        # shellcheck disable=SC2016 # $1 is the inner shell's
+        as_root sh -c '
+            set -e
+            cd "$1"
+            echo debian >etc/hostname
+            rm -f etc/resolv.conf
+            printf "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n" >etc/hosts
+            rm -f var/cache/apt/archives/*.deb var/cache/apt/archives/partial/* var/cache/apt/*.bin
+            rm -rf var/lib/apt/lists/*
+            mkdir -p var/lib/apt/lists/partial
+        ' sh "$new" || die "cannot finish the Debian root in $new"
+        [[ -x $new/bin/bash && -f $new/etc/debian_version ]] || die "debootstrap left no bin/bash or etc/debian_version in $new"
+        umount_below "$new"
+        local old=$rootfs.old
+        remove_tree "$old"
+        rm -f "$stamp_file"
+        [[ ! -e $rootfs ]] || mv "$rootfs" "$old"
+        mv "$new" "$rootfs"
+        remove_tree "$old"
+        printf '%s\nbuilt=%s\n' "$wanted" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$stamp_file"
+        rootfs_note=" debootstrapped in $((t1 - t0)) s,"
+    fi
+
+    # ---- the image, from the tree with its owners (root:shadow, ...); /dev's
+    # nodes stay out (the runtime provides /dev).
+    local src=$data_dir/images-src/debian
+    local image_stamp
+    image_stamp="image-recipe=$debian_image_recipe $(paste -sd' ' "$stamp_file")"
+    if [[ -s $src/.stamp && $(cat "$src/.stamp") == "$image_stamp" && -s $src/index.json ]]; then
+        debian_note="$deb_suite$rootfs_note up to date"
+        return 0
+    fi
+    log "packing the Debian image"
+    local new_src=$src.new
+    rm -rf "$new_src"
+    mkdir -p "$data_dir/images-src"
+    oci_pack --as-root "$new_src" debian \
+        '{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/bash"],"WorkingDir":"/"}' \
+        "$rootfs" --anchored --exclude='./dev/*' # its own owners (root:shadow, ...)
+    echo "$image_stamp" >"$new_src/.stamp"
+    swap_in "$new_src" "$src"
+    debian_note="$deb_suite$rootfs_note built ($((oci_layer_size / 1024)) KiB layer)"
+}
+build_debian_image
+
+# ---------------------------------------------------------- rootless cgroup --
+# A normal user's containers need a cgroup of their own on hosts whose
+# controllers are cgroup v1 (on v2 systemd delegates one). Root needs none.
+cgroup_note="root needs no delegated cgroup"
+if [[ $EUID -ne 0 ]]; then
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+        cgroup_note="cgroup v2: delegated by systemd"
+    else
+        "${sudo_cmd[@]}" "$(dirname "$0")/delegate-cgroup" "$(id -un)" >/dev/null ||
+            die "could not delegate a cgroup to $(id -un) (packaging/delegate-cgroup)"
+        cgroup_note="cgroup delegated to $(id -un)"
+    fi
+fi
+
 elapsed_ms=$((($(date +%s%N) - start_s) / 1000000))
-echo "$prog: ready in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000)) | cut -c1) s: $pkg_note; kit $(cat "$kit_dir/VERSION") $kit_note in $kit_dir; image default $image_note"
+echo "$prog: ready in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000)) | cut -c1) s: $pkg_note; kit $(cat "$kit_dir/VERSION") $kit_note in $kit_dir; image default $image_note; image debian $debian_note; rootless containers: $cgroup_note"

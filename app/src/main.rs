@@ -5,6 +5,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    hangar::logging::init();
     let args = hangar::cli::Cli::parse();
     match hangar::cli::run(args) {
         Ok(code) => code,

@@ -77,17 +77,22 @@ impl Drop for TempDir {
     }
 }
 
-/// The set-up script's OCI layout of the default image.
-fn default_image_source() -> PathBuf {
+/// The set-up script's OCI layout of a built-in image.
+fn built_in_image_source(name: &str) -> PathBuf {
     let src = hangar_engine::kit::data_dir()
         .expect("data dir")
-        .join("images-src/default");
+        .join("images-src")
+        .join(name);
     assert!(
         src.join("index.json").exists(),
-        "{} is missing: run packaging/setup.sh (it builds the default image)",
+        "{} is missing: run packaging/setup.sh (it builds the built-in images)",
         src.display()
     );
     src
+}
+
+fn default_image_source() -> PathBuf {
+    built_in_image_source("default")
 }
 
 struct Harness {
@@ -979,18 +984,20 @@ fn whole_suite_again_as_an_unprivileged_user() {
         .unwrap();
     assert!(st.success(), "{} nobody failed", delegate.display());
     std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
-    // The user's own data dir, holding the default image's source.
+    // The user's own data dir, holding the built-in images' sources.
     let home = TempDir::new("rootless-home");
-    let src = default_image_source();
-    let dst = home.0.join("data/hangar/images-src/default");
-    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-    let st = std::process::Command::new("cp")
-        .args(["-a", "--no-preserve=ownership"])
-        .arg(&src)
-        .arg(&dst)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    for name in hangar_engine::containers::BUILT_IN_IMAGES {
+        let src = built_in_image_source(name);
+        let dst = home.0.join("data/hangar/images-src").join(name);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        let st = std::process::Command::new("cp")
+            .args(["-a", "--no-preserve=ownership"])
+            .arg(&src)
+            .arg(&dst)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
     std::fs::create_dir_all(home.0.join("run")).unwrap();
     let chown = std::process::Command::new("chown")
         .args(["-R", &format!("{}:{}", UNPRIVILEGED.0, UNPRIVILEGED.1)])
@@ -1037,7 +1044,7 @@ fn whole_suite_again_as_an_unprivileged_user() {
                 .ok()
         })
         .unwrap_or(0);
-    assert!(ran >= 22, "only {ran} tests ran rootless\n{stdout}");
+    assert!(ran >= 23, "only {ran} tests ran rootless\n{stdout}");
 }
 
 /// A docker-archive directory: the default image's layer under a second
@@ -1312,4 +1319,60 @@ fn containers_stay_listed_after_the_runtime_ends() {
     assert!(err.to_string().contains(&done.0), "{err}");
     h.remove(&done);
     h.remove(&running);
+}
+
+/// The major version in a /etc/debian_version ("12.11" -> "12"); a testing
+/// or unstable one ("trixie/sid") stays whole.
+fn debian_major(version: &str) -> &str {
+    let v = version.trim();
+    match v.split_once('.') {
+        Some((major, _)) if major.bytes().all(|b| b.is_ascii_digit()) => major,
+        _ => v,
+    }
+}
+
+#[test]
+fn debian_image_runs_bash_and_dpkg() {
+    require_root!();
+    let host_version = std::fs::read_to_string("/etc/debian_version")
+        .expect("this host has no /etc/debian_version (the image is built from its Debian suite)");
+    let h = Harness::new();
+    let image =
+        h.rt.images()
+            .import(
+                &built_in_image_source("debian"),
+                Some("debian"),
+                &mut |_| {},
+            )
+            .unwrap();
+    assert_eq!(
+        image.config.config.cmd.as_deref(),
+        Some(&["/bin/bash".to_string()][..])
+    );
+    let mut c = ContainerConfig::new("debian");
+    c.command = vec![
+        "bash".into(),
+        "-c".into(),
+        "cat /etc/debian_version; dpkg-query -W -f='${Package}\n' bash; id -u; \
+         cat /etc/hostname; echo \"$PATH\"; test -c /dev/null && echo dev-ok"
+            .into(),
+    ];
+    let out = h.run(c);
+    assert_eq!(out.exit.code, 0, "{out:?}");
+    let text = out.stdout();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text:?} stderr: {}", out.stderr());
+    assert_eq!(
+        debian_major(lines[0]),
+        debian_major(&host_version),
+        "{text}"
+    );
+    assert_eq!(lines[1], "bash", "dpkg does not list bash: {text:?}");
+    assert_eq!(lines[2], "0");
+    assert_eq!(lines[3], "debian", "/etc/hostname: {text:?}");
+    assert_eq!(
+        lines[4],
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
+    assert_eq!(lines[5], "dev-ok");
 }

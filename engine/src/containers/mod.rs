@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use cgroup::CgroupCounters;
 pub use helper::{helper_main, HelperCommand, HELPER_FD_ENV};
 pub use network::PortForward;
-pub use runtime::{ContainerRuntime, RuntimePaths};
+pub use runtime::{ContainerRecord, ContainerRuntime, RuntimePaths, BUILT_IN_IMAGES};
 pub use spec::{BLOCKED_SYSCALLS, DEFAULT_CAPABILITIES};
 
 /// Names a container: 12 lowercase hex digits, like Docker's short ids. It

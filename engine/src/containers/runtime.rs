@@ -550,17 +550,21 @@ fn valid_id(s: &str) -> bool {
 
 /// The image, importing `default` from the set-up script's build when the
 /// store does not have it yet.
+/// The built-in images the set-up script builds as OCI layouts in
+/// `<data>/images-src/<name>/`, imported on first use.
+pub const BUILT_IN_IMAGES: &[&str] = &["default", "debian"];
+
 fn resolve_image(shared: &Shared, name: &str) -> Result<ImageRecord, ContainerError> {
     match shared.images.get(name) {
-        Err(ImageError::NotFound(_)) if name == "default" => {
-            let src = shared.paths.data_dir.join("images-src/default");
+        Err(ImageError::NotFound(_)) if BUILT_IN_IMAGES.contains(&name) => {
+            let src = shared.paths.data_dir.join("images-src").join(name);
             if !src.join("index.json").exists() {
                 return Err(ContainerError::InvalidConfig(format!(
-                    "the image 'default' is not in the store and {} does not exist: run packaging/setup.sh",
+                    "the image '{name}' is not in the store and {} does not exist: run packaging/setup.sh",
                     src.display()
                 )));
             }
-            Ok(shared.images.import(&src, Some("default"), &mut |_| {})?)
+            Ok(shared.images.import(&src, Some(name), &mut |_| {})?)
         }
         r => Ok(r?),
     }
