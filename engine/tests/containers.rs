@@ -284,7 +284,10 @@ fn sh(script: &str) -> ContainerConfig {
 fn hello_id_hostname() {
     require_root!();
     let h = Harness::new();
-    let out = h.run(sh("echo hello; id; hostname; echo oops >&2"));
+    let out = h.run(sh(
+        "echo hello; id; hostname; echo oops >&2; grep -c \"127.0.1.1.$(hostname)$\" /etc/hosts; \
+         test -e /etc/resolv.conf || echo no-dns",
+    ));
     let id = out.id.clone().unwrap();
     assert!(out.started);
     assert_eq!(out.exit.code, 0, "{out:?}");
@@ -293,6 +296,11 @@ fn hello_id_hostname() {
     assert_eq!(lines.first(), Some(&"hello"), "{text}");
     assert!(lines[1].starts_with("uid=0(root) gid=0(root)"), "{text}");
     assert_eq!(lines[2], id.0, "hostname is the container id");
+    assert_eq!(lines[3], "1", "/etc/hosts names the hostname: {text}");
+    assert_eq!(
+        lines[4], "no-dns",
+        "network none has no name server: {text}"
+    );
     assert_eq!(out.stderr(), "oops\n");
     assert!(out.errors.is_empty(), "{:?}", out.errors);
 }
@@ -873,6 +881,7 @@ fn user_network_reaches_host_loopback_and_forwards_a_port() {
     let mut c = sh(&format!(
         "gw=$(ip route | awk '/^default/ {{print $3}}'); \
          wget -q -O- http://$gw:{server_port}/; \
+         cat /etc/resolv.conf; \
          mkdir /www && echo hello-from-container > /www/index.html && \
          httpd -f -p 8080 -h /www"
     ));
@@ -910,6 +919,13 @@ fn user_network_reaches_host_loopback_and_forwards_a_port() {
     });
     serve.join().unwrap();
     assert!(out.stdout().contains("hello-from-host"), "{}", out.stderr());
+    // DNS goes to pasta's forwarder (to the host's name server; not
+    // queried here: tests talk to this machine only).
+    assert!(
+        out.stdout().contains("nameserver 169.254.1.1\n"),
+        "{}",
+        out.stdout()
+    );
     assert!(fetched.contains("hello-from-container"), "{fetched}");
     h.remove(&id);
     // pasta and the namespace are gone with the container.

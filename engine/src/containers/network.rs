@@ -21,6 +21,11 @@ use serde::{Deserialize, Serialize};
 
 use super::ContainerError;
 
+/// The address a container with user-mode networking sends DNS queries to
+/// (its /etc/resolv.conf names it): pasta forwards them to the host's own
+/// first name server, so the container resolves names as the host does.
+pub const DNS_FORWARD_ADDR: &str = "169.254.1.1";
+
 /// A host port on 127.0.0.1 forwarded to a port inside the container (TCP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortForward {
@@ -105,6 +110,8 @@ impl UserNetwork {
             "none".into(),
             "-U".into(),
             "none".into(),
+            "--dns-forward".into(),
+            DNS_FORWARD_ADDR.into(),
         ];
         if ports.is_empty() {
             args.extend(["-t".into(), "none".into()]);

@@ -751,6 +751,7 @@ impl Supervisor {
                 path
             }
         };
+        let etc_files = self.write_etc_files()?;
         let spec = build_spec(
             &self.config,
             &SpecInputs {
@@ -763,6 +764,7 @@ impl Supervisor {
                 hostname: &self.id.0,
                 cgroup_path: &self.cgroup_path,
                 netns: netns.as_deref(),
+                etc_files,
                 rootless,
             },
         )?;
@@ -1245,6 +1247,35 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// The container's `/etc/hosts` (its hostname resolves) and, with
+    /// user-mode networking, `/etc/resolv.conf` naming pasta's DNS
+    /// forwarder, as Docker gives them; written in its directory.
+    fn write_etc_files(&self) -> Result<Vec<(PathBuf, &'static str)>, ContainerError> {
+        let dir = self.dir.join("etc");
+        std::fs::create_dir_all(&dir).map_err(ContainerError::io("create", &dir))?;
+        let mut files = vec![(
+            dir.join("hosts"),
+            "/etc/hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+                self.id.0
+            ),
+        )];
+        if self.config.network == NetworkMode::User {
+            files.push((
+                dir.join("resolv.conf"),
+                "/etc/resolv.conf",
+                format!("nameserver {}\n", super::network::DNS_FORWARD_ADDR),
+            ));
+        }
+        let mut mounts = Vec::new();
+        for (path, target, text) in files {
+            std::fs::write(&path, text).map_err(ContainerError::io("write", &path))?;
+            mounts.push((path, target));
+        }
+        Ok(mounts)
     }
 
     /// Unmounts the root the engine mounted (as root; a rootless root

@@ -128,6 +128,10 @@ pub struct SpecInputs<'a> {
     /// Path of an existing network namespace to join (pasta's), or none
     /// for a fresh empty one.
     pub netns: Option<&'a Path>,
+    /// Files the engine writes for the container (`/etc/hosts`,
+    /// `/etc/resolv.conf`), bind-mounted over the image's: host path and
+    /// path inside.
+    pub etc_files: Vec<(std::path::PathBuf, &'static str)>,
     /// Run by an unprivileged user (inside the helper's user namespace):
     /// no cgroup resources in the spec (the engine writes the limits, see
     /// `cgroup.rs`) and no mount options naming unmapped ids.
@@ -167,6 +171,14 @@ pub fn build_spec(
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
+    for (source, target) in &inputs.etc_files {
+        mounts.push(json!({
+            "destination": target,
+            "type": "bind",
+            "source": source,
+            "options": ["rbind", "nosuid", "nodev", "noexec", "rw"],
+        }));
+    }
     for v in &config.volumes {
         let mut options = vec!["rbind", "nosuid", "nodev"];
         options.push(if v.read_only { "ro" } else { "rw" });
@@ -280,6 +292,7 @@ mod tests {
             hostname: "abc",
             cgroup_path: "/hangar/abc",
             netns: None,
+            etc_files: Vec::new(),
             rootless: false,
         }
     }
