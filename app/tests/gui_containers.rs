@@ -1,17 +1,21 @@
-//! GUI tests of containers: the Run container dialog (its checks), a real
-//! container run from it (output in its console tab, exit in the library,
-//! removal), and the library when containers are unavailable. Containers
+//! GUI tests of containers: the Run container dialog (its checks, port
+//! forwards, volumes, working directory and user), real containers run from
+//! it (output in the console and Logs tabs, a forwarded port, exit in the
+//! library, removal), and the library when containers are unavailable. Containers
 //! run as root on a data directory of their own; without root those tests
 //! say so loudly and return.
 
 mod common;
 
-use std::time::Duration;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
 
 use egui::accesskit::Role;
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use hangar::gui::command::UiCommand;
 use hangar::gui::tabs::{visible_panes, Pane, PaneKind};
+use hangar_engine::containers::{NetworkMode, PortForward, Volume};
 
 use common::{
     clear_focused_field, click, gui, gui_with_containers, is_disabled, is_root, library_state,
@@ -238,5 +242,204 @@ fn unavailable_containers_say_why() {
     assert_eq!(
         run.accesskit_node().description().as_deref(),
         Some(NO_CONTAINERS)
+    );
+}
+
+#[test]
+fn run_is_disabled_for_an_invalid_port_volume_or_working_directory() {
+    let dir = ConfigDir::new();
+    let data = DataDir::new();
+    let root = is_root();
+    let mut h = if root {
+        gui_with_containers(&dir, &data)
+    } else {
+        gui(&dir)
+    };
+    h.state_mut().apply(UiCommand::OpenContainerDialog);
+    settle(&mut h);
+    h.get_by_label("New container");
+
+    let run_blocked_by = |h: &Gui, why: &str| {
+        assert!(is_disabled(&h.get_by_label("Run")), "Run is disabled");
+        assert!(
+            description(h, "Run").contains(why),
+            "the reason is Run's description: {:?}",
+            description(h, "Run")
+        );
+        assert!(
+            h.query_by_label_contains(why).is_some(),
+            "the reason is shown in the dialog: {why}"
+        );
+    };
+
+    click(&mut h, "Add port");
+    let network = h.state_mut().container_dialog_mut().map(|d| d.network);
+    assert_eq!(
+        network,
+        Some(NetworkMode::User),
+        "a port forward chooses user-mode networking"
+    );
+    type_into(&mut h, "Host port 1", "http");
+    type_into(&mut h, "Container port 1", "80");
+    run_blocked_by(
+        &h,
+        r#"Port forward 1: host port "http" is not a port number (1-65535)."#,
+    );
+    click(&mut h, "Run");
+    assert!(h.state().rt.containers.entries.is_empty(), "nothing ran");
+
+    h.get_by_label("Host port 1").click();
+    h.step();
+    clear_focused_field(&mut h);
+    h.get_by_label("Host port 1").type_text("8080");
+    settle(&mut h);
+    assert!(!is_disabled(&h.get_by_label("Run")), "8080:80 is fine");
+
+    click(&mut h, "None");
+    run_blocked_by(&h, "port forwards need user-mode networking");
+    click(&mut h, "User-mode");
+    assert!(!is_disabled(&h.get_by_label("Run")));
+
+    click(&mut h, "Add volume");
+    type_into(&mut h, "Host path 1", "relative/dir");
+    run_blocked_by(
+        &h,
+        r#"Volume 1: the host path "relative/dir" must be absolute."#,
+    );
+    h.get_by_label("Host path 1").click();
+    h.step();
+    clear_focused_field(&mut h);
+    h.get_by_label("Host path 1")
+        .type_text("/no/such/hangar/dir");
+    type_into(&mut h, "Container path 1", "/data");
+    run_blocked_by(&h, "volume source '/no/such/hangar/dir' does not exist");
+    click(&mut h, "Remove volume 1");
+    assert!(h.query_by_label("Host path 1").is_none(), "the row is gone");
+    assert!(!is_disabled(&h.get_by_label("Run")));
+
+    type_into(&mut h, "Working directory", "app");
+    run_blocked_by(&h, "working directory 'app' must be absolute");
+    click(&mut h, "Cancel");
+    assert!(h.state().rt.containers.entries.is_empty());
+}
+
+#[test]
+fn ports_volumes_working_directory_and_user_reach_the_container() {
+    if !is_root() {
+        return;
+    }
+    let dir = ConfigDir::new();
+    let data = DataDir::new();
+    let shared = dir
+        .scratch_file("hello.txt", b"from-the-volume\n")
+        .parent()
+        .expect("a scratch file has a directory")
+        .to_path_buf();
+    let host_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut h = gui_with_containers(&dir, &data);
+    click(&mut h, "Run container");
+    type_into(
+        &mut h,
+        "Command",
+        r#"sh -c "pwd; id -u; cat hello.txt; touch new 2>/dev/null || echo read-only-ok; exec httpd -f -p 8080 -h /data""#,
+    );
+    type_into(&mut h, "Working directory", "/data");
+    type_into(&mut h, "User", "1000:1000");
+    click(&mut h, "Terminal (interactive programs)");
+    click(&mut h, "Add port");
+    type_into(&mut h, "Host port 1", &host_port.to_string());
+    type_into(&mut h, "Container port 1", "8080");
+    click(&mut h, "Add volume");
+    type_into(&mut h, "Host path 1", &shared.display().to_string());
+    type_into(&mut h, "Container path 1", "/data");
+    click(&mut h, "Read-only 1");
+    assert!(
+        !is_disabled(&h.get_by_label("Run")),
+        "valid settings: {}",
+        description(&h, "Run")
+    );
+    click(&mut h, "Run");
+
+    let c = &h.state().rt.containers.entries[0];
+    let id = c.id.0.clone();
+    assert_eq!(c.config.network, NetworkMode::User);
+    assert_eq!(
+        c.config.ports,
+        vec![PortForward {
+            host_port,
+            container_port: 8080
+        }]
+    );
+    assert_eq!(
+        c.config.volumes,
+        vec![Volume {
+            source: shared.clone(),
+            target: "/data".into(),
+            read_only: true
+        }]
+    );
+    assert_eq!(c.config.workdir.as_deref(), Some("/data"));
+    assert_eq!(c.config.user.as_deref(), Some("1000:1000"));
+    assert!(!c.config.terminal);
+
+    click(&mut h, "Logs");
+    wait_until(
+        &mut h,
+        "the container's output in its Logs tab",
+        CONTAINER_TIMEOUT,
+        |h| {
+            ["/data", "1000", "from-the-volume", "read-only-ok"]
+                .iter()
+                .all(|line| h.query_by_label(line).is_some())
+        },
+    );
+    assert!(
+        !shared.join("new").exists(),
+        "the read-only volume was not written"
+    );
+    // The forward on 127.0.0.1 reaches httpd, which serves the volume.
+    let until = Instant::now() + Duration::from_secs(20);
+    let fetched = loop {
+        let mut answer = String::new();
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", host_port)) {
+            let _ = s.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n");
+            let _ = s.read_to_string(&mut answer);
+        }
+        if answer.contains("from-the-volume") {
+            break answer;
+        }
+        assert!(
+            Instant::now() < until,
+            "the port forward never answered:\n{}",
+            common::log_text(h.state())
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(fetched.starts_with("HTTP/1."), "{fetched}");
+
+    click(&mut h, "Stop");
+    wait_until(&mut h, "the container to end", CONTAINER_TIMEOUT, |h| {
+        matches!(library_state(h, &id).as_str(), "stopping" | "exited")
+    });
+    if library_state(&h, &id) == "stopping" {
+        click(&mut h, "Kill");
+    }
+    wait_until(&mut h, "the container to exit", CONTAINER_TIMEOUT, |h| {
+        library_state(h, &id) == "exited"
+    });
+    click(&mut h, "Remove");
+    wait_until(
+        &mut h,
+        "the container to be removed",
+        CONTAINER_TIMEOUT,
+        |h| h.state().rt.containers.entries.is_empty(),
+    );
+    assert!(
+        shared.join("hello.txt").is_file(),
+        "removing a container leaves its volumes alone"
     );
 }

@@ -12,6 +12,7 @@ use hangar_engine::containers::{
     ContainerCommand, ContainerConfig, ContainerEvent, ContainerId, ContainerRuntime,
     ContainerState, HelperCommand, OutputStream, RuntimePaths,
 };
+use hangar_engine::images::ImageRecord;
 use hangar_engine::{
     Command, DefaultKit, Engine, Event, ExitReason, HostCapability, MachineDefinition,
     MachineStore, StoredMachine, VmConfig, VmId,
@@ -19,7 +20,9 @@ use hangar_engine::{
 
 use super::command::{CommandQueue, UiCommand};
 use super::container_dialog::{container_dialog_ui, ContainerDialogState};
+use super::container_logs_tab::CONSOLE_LOG_FILE;
 use super::host_banner::host_banner_ui;
+use super::image_import::{default_pull_name, imported_text, ImageJob, ImageRequest};
 use super::library_panel::library_ui;
 use super::log_panel::{log_ui, notifications_ui};
 use super::model::{Container, Containers, Entry, Log, Machine, Machines, RunStatus, Severity};
@@ -116,6 +119,8 @@ pub struct Runtime {
     container_runtime: Option<ContainerRuntime>,
     container_events: Option<Receiver<ContainerEvent>>,
     container_dialog: Option<ContainerDialogState>,
+    /// The running (or last) image import or pull.
+    image_job: Option<ImageJob>,
     /// Log panel and notifications.
     pub log: Log,
     host: HostCapability,
@@ -233,6 +238,7 @@ impl HangarApp {
                 container_runtime,
                 container_events,
                 container_dialog: None,
+                image_job: None,
                 log,
                 host,
                 kit: env.kit,
@@ -285,7 +291,12 @@ impl HangarApp {
             },
             &mut self.rt.commands,
         );
-        container_dialog_ui(&ctx, &mut self.rt.container_dialog, &mut self.rt.commands);
+        container_dialog_ui(
+            &ctx,
+            &mut self.rt.container_dialog,
+            self.rt.image_job.as_ref(),
+            &mut self.rt.commands,
+        );
         self.confirm_delete_ui(&ctx);
         notifications_ui(&ctx, &self.rt.log, &mut self.rt.commands);
 
@@ -335,6 +346,83 @@ impl HangarApp {
         {
             self.on_container_event(event);
         }
+        let finished = self.rt.image_job.as_mut().and_then(ImageJob::poll);
+        if let Some(result) = finished {
+            self.on_image_job_finished(result);
+        }
+    }
+
+    /// An import or pull ended: say so, and offer the new image.
+    fn on_image_job_finished(&mut self, result: Result<ImageRecord, String>) {
+        match result {
+            Ok(record) => {
+                self.rt
+                    .log
+                    .push(Severity::Info, None, imported_text(&record));
+                let names = self.image_names();
+                if let Some(dialog) = &mut self.rt.container_dialog {
+                    dialog.set_images(names);
+                    dialog.image = record.name;
+                }
+            }
+            Err(why) => self.rt.log.push(Severity::Error, None, why),
+        }
+    }
+
+    /// The names of the images in the store (errors go to the Log).
+    fn image_names(&mut self) -> Vec<String> {
+        let Some(runtime) = &self.rt.container_runtime else {
+            return Vec::new();
+        };
+        match runtime.images().list() {
+            Ok(list) => list.into_iter().map(|i| i.name).collect(),
+            Err(e) => {
+                let message = format!(
+                    "{:#}",
+                    anyhow::Error::new(e).context("cannot list the container images")
+                );
+                self.error(None, message);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Start an import or pull on a worker thread, unless one runs.
+    fn start_image_job(&mut self, request: ImageRequest) {
+        if self.rt.image_job.as_ref().is_some_and(ImageJob::is_running) {
+            self.error(
+                None,
+                format!(
+                    "cannot {}: another image import is running",
+                    request.describe()
+                ),
+            );
+            return;
+        }
+        let Some(runtime) = &self.rt.container_runtime else {
+            let why = self
+                .rt
+                .containers
+                .unavailable
+                .clone()
+                .unwrap_or_else(|| "no container runtime".into());
+            self.error(None, format!("containers are unavailable: {why}"));
+            return;
+        };
+        let store = runtime.images().clone();
+        let repaint = self.rt.repaint.clone();
+        let described = request.describe();
+        match ImageJob::start(store, request, move || {
+            if let Some(ctx) = repaint.get() {
+                ctx.request_repaint();
+            }
+        }) {
+            Ok(job) => {
+                self.rt.log.push(Severity::Info, None, described);
+                self.rt.image_job = Some(job);
+            }
+            Err(e) => self.error(None, format!("{e:#}")),
+        }
     }
 
     fn on_container_event(&mut self, event: ContainerEvent) {
@@ -349,7 +437,11 @@ impl HangarApp {
                         .push(Severity::Info, Some(id.0), "could not be started".into());
                 }
             }
-            ContainerEvent::Started { id, setup, .. } => {
+            ContainerEvent::Started { id, pid, setup } => {
+                if let Some(c) = rt.containers.get_mut(&id.0) {
+                    c.pid = Some(pid);
+                    c.setup_time = Some(setup);
+                }
                 rt.log.push(
                     Severity::Info,
                     Some(id.0),
@@ -443,7 +535,12 @@ impl HangarApp {
         if !self.container(&id.0, run) {
             return;
         }
-        let c = Container::new(id.clone(), config);
+        let mut c = Container::new(id.clone(), config);
+        c.log_path = self
+            .rt
+            .container_runtime
+            .as_ref()
+            .map(|runtime| runtime.container_dir(&id).join(CONSOLE_LOG_FILE));
         self.rt.log.push(
             Severity::Info,
             Some(id.0.clone()),
@@ -653,18 +750,27 @@ impl HangarApp {
                 },
             ),
             UiCommand::OpenContainerDialog => {
-                let images = match &self.rt.container_runtime {
-                    Some(runtime) => match runtime.images().list() {
-                        Ok(list) => list.into_iter().map(|i| i.name).collect(),
-                        Err(e) => {
-                            self.error(None, format!("{:#}", anyhow::Error::new(e)));
-                            Vec::new()
-                        }
-                    },
-                    None => Vec::new(),
-                };
+                let images = self.image_names();
                 self.rt.container_dialog = Some(ContainerDialogState::new(images));
             }
+            UiCommand::ImportImage { source, name } => {
+                self.start_image_job(ImageRequest::Import { source, name })
+            }
+            UiCommand::PullImage {
+                reference,
+                name,
+                plain_http,
+            } => match name.or_else(|| default_pull_name(&reference)) {
+                Some(name) => self.start_image_job(ImageRequest::Pull {
+                    reference,
+                    name,
+                    plain_http,
+                }),
+                None => self.error(
+                    None,
+                    format!("cannot name an image after '{reference}': give a name"),
+                ),
+            },
             UiCommand::RunContainer(config) => self.run_container(config),
             UiCommand::StopContainer(id) => {
                 let cid = ContainerId(id.clone());
@@ -827,6 +933,11 @@ impl HangarApp {
     /// The open Run container dialog, if any (tests and UI scripts).
     pub fn container_dialog_mut(&mut self) -> Option<&mut ContainerDialogState> {
         self.rt.container_dialog.as_mut()
+    }
+
+    /// The running (or last) image import or pull, if any.
+    pub fn image_job(&self) -> Option<&ImageJob> {
+        self.rt.image_job.as_ref()
     }
 
     /// The container runtime, if containers can run here.

@@ -16,6 +16,8 @@
 //! | `{"wait_ms": 1500}`                    | wait that long; draws no frames of its own beyond the one that ends it |
 //! | `{"screenshot": "out/library.png"}`    | save the window as an RGB PNG, once two frames have been drawn since the last change |
 //! | `{"wizard": {"name": "Build box", "page": "Resources", "vcpus": 2, "memory_mib": 512}}` | set fields of the open wizard (every key optional; `page` is `Source`, `Resources` or `Summary`) |
+//! | `{"container_dialog": {"command": "sh", "ports": ["8080:80"], "volumes": ["/srv:/data:ro"], "show_import": true}}` | set fields of the open Run container dialog (every key optional; rows are added) |
+//! | `{"container_tab": "ContainerLogs"}`   | open a tab ([`PaneKind`]) of the container run last (its id is random) |
 //! | `{"window_size": [1400, 900]}`         | resize the window (logical points)                          |
 //! | `{"mark": "idle"}`                     | print `hangar: mark idle frames=N t_ms=T` to stderr (frames drawn so far, time since start) |
 //! | `"quit"`                               | close the window (the layout is saved as on a normal close) |
@@ -42,7 +44,9 @@ use anyhow::{bail, Context as _};
 
 use super::app::HangarApp;
 use super::command::UiCommand;
+use super::container_dialog::{PortRow, VolumeRow};
 use super::frame_stats::FrameStats;
+use super::tabs::PaneKind;
 use super::wizard::Page;
 
 /// Names a UI script to run.
@@ -68,6 +72,22 @@ pub struct WizardFields {
     pub memory_mib: Option<u32>,
 }
 
+/// Fields a `container_dialog` step sets.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerDialogFields {
+    /// Command line.
+    pub command: Option<String>,
+    /// Port forward rows to add, `HOST:CONTAINER`.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Volume rows to add, `SRC:DST` or `SRC:DST:ro`.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Show the image import form.
+    pub show_import: Option<bool>,
+}
+
 /// One step of a UI script.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -79,6 +99,10 @@ pub enum Step {
     Screenshot(PathBuf),
     /// Set fields of the open wizard.
     Wizard(WizardFields),
+    /// Set fields of the open Run container dialog.
+    ContainerDialog(ContainerDialogFields),
+    /// Open a tab of the container run last.
+    ContainerTab(PaneKind),
     /// Resize the window.
     WindowSize(f32, f32),
     /// Print a progress line with the frame count.
@@ -125,6 +149,13 @@ fn parse_step(v: serde_json::Value) -> anyhow::Result<Step> {
                         serde_json::from_value(arg).context("window_size takes [width, height]")?;
                     Some(Step::WindowSize(w, h))
                 }
+                "container_dialog" => Some(Step::ContainerDialog(
+                    serde_json::from_value(arg).context("bad container dialog fields")?,
+                )),
+                "container_tab" => Some(Step::ContainerTab(
+                    serde_json::from_value(arg)
+                        .context("container_tab takes a tab kind, e.g. \"ContainerLogs\"")?,
+                )),
                 "mark" => Some(Step::Mark(
                     serde_json::from_value(arg).context("mark takes a label")?,
                 )),
@@ -306,6 +337,52 @@ impl Hooks {
                     script.last_change_frame = frame;
                     ctx.request_repaint();
                 }
+                Step::ContainerDialog(fields) => {
+                    let Some(d) = app.container_dialog_mut() else {
+                        return self.fail(
+                            ctx,
+                            "a container_dialog step needs the dialog open \
+                             (\"OpenContainerDialog\" first)"
+                                .into(),
+                        );
+                    };
+                    if let Some(command) = fields.command {
+                        d.command = command;
+                    }
+                    for port in fields.ports {
+                        let (host, container) = port.split_once(':').unwrap_or((&port, ""));
+                        d.ports.push(PortRow {
+                            host: host.into(),
+                            container: container.into(),
+                        });
+                        d.network = hangar_engine::containers::NetworkMode::User;
+                    }
+                    for volume in fields.volumes {
+                        let mut parts = volume.splitn(3, ':');
+                        d.volumes.push(VolumeRow {
+                            source: parts.next().unwrap_or_default().into(),
+                            target: parts.next().unwrap_or_default().into(),
+                            read_only: parts.next() == Some("ro"),
+                        });
+                    }
+                    if let Some(show) = fields.show_import {
+                        d.show_import = show;
+                    }
+                    script.last_change_frame = frame;
+                    ctx.request_repaint();
+                }
+                Step::ContainerTab(kind) => {
+                    let Some(id) = app.rt.containers.entries.last().map(|c| c.id.0.clone()) else {
+                        return self.fail(
+                            ctx,
+                            "a container_tab step needs a container (\"RunContainer\" first)"
+                                .into(),
+                        );
+                    };
+                    app.apply(UiCommand::OpenTab(id, kind));
+                    script.last_change_frame = frame;
+                    ctx.request_repaint();
+                }
                 Step::WindowSize(w, h) => {
                     ctx.send_viewport_cmd(egui::ViewportCommand::InnerSize(egui::vec2(w, h)));
                     script.last_change_frame = frame;
@@ -425,14 +502,15 @@ impl eframe::App for HookedApp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gui::tabs::PaneKind;
 
     #[test]
     fn test_script_steps_parse() {
         let steps = parse_script(
             r#"[{"Select": "a"}, {"OpenTab": ["a", "Overview"]}, "OpenWizard", {"wait_ms": 5},
                 {"wizard": {"name": "x", "page": "Resources"}}, {"screenshot": "s.png"},
-                {"window_size": [800, 600]}, {"mark": "m"}, "quit"]"#,
+                {"window_size": [800, 600]}, {"mark": "m"},
+                {"container_dialog": {"ports": ["1:2"], "show_import": true}},
+                {"container_tab": "ContainerLogs"}, "quit"]"#,
         )
         .unwrap();
         assert_eq!(
@@ -450,6 +528,12 @@ mod tests {
                 Step::Screenshot("s.png".into()),
                 Step::WindowSize(800.0, 600.0),
                 Step::Mark("m".into()),
+                Step::ContainerDialog(ContainerDialogFields {
+                    ports: vec!["1:2".into()],
+                    show_import: Some(true),
+                    ..Default::default()
+                }),
+                Step::ContainerTab(PaneKind::ContainerLogs),
                 Step::Quit,
             ]
         );

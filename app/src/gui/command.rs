@@ -1,6 +1,8 @@
 //! What the UI asks for while drawing. Panels push these; the app applies
 //! them after the frame is drawn, so no panel mutates shared state mid-frame.
 
+use std::path::PathBuf;
+
 use hangar_engine::containers::ContainerConfig;
 use hangar_engine::VmConfig;
 
@@ -62,6 +64,23 @@ pub enum UiCommand {
         cols: u16,
         /// Rows.
         rows: u16,
+    },
+    /// Import a container image (OCI layout directory or tar, or a
+    /// docker-archive) on a worker thread, with progress.
+    ImportImage {
+        /// The layout directory or archive.
+        source: PathBuf,
+        /// Name in the store; `None` takes the image's own.
+        name: Option<String>,
+    },
+    /// Pull a container image from a registry on a worker thread.
+    PullImage {
+        /// e.g. `docker.io/library/alpine:3.20`.
+        reference: String,
+        /// Name in the store; `None` takes the reference's `repo:tag`.
+        name: Option<String>,
+        /// Plain HTTP (only for a registry on this machine).
+        plain_http: bool,
     },
     /// Dismiss a notification.
     DismissNotification(usize),

@@ -1,5 +1,6 @@
 //! The library: every defined machine with its state and the actions on
-//! the selected one; below, the containers the app ran, with Stop / Remove.
+//! the selected one; below, the containers the app ran, each with its
+//! Console / Logs / Overview tabs and Stop / Remove.
 
 use hangar_engine::containers::ContainerState;
 use hangar_engine::HostCapability;
@@ -130,58 +131,90 @@ fn containers_ui(ui: &mut egui::Ui, containers: &Containers, commands: &mut Comm
 
 fn container_row_ui(ui: &mut egui::Ui, c: &Container, commands: &mut CommandQueue) {
     let id = c.id.0.clone();
+    let status = c.state_label();
+    let mut text = egui::RichText::new(format!("{}  ·  {status}", c.name()));
+    if status == "failed" {
+        text = text.color(ui.visuals().error_fg_color);
+    } else if status == "running" {
+        text = text.strong();
+    }
+    let mut hover = c.summary();
+    if let Some(d) = &c.exit_description {
+        hover.push_str(&format!("\n{d}"));
+    }
+    if let Some(e) = &c.last_error {
+        hover.push_str(&format!("\n{e}"));
+    }
     ui.horizontal(|ui| {
-        let status = c.state_label();
-        let mut text = egui::RichText::new(format!("{}  ·  {status}", c.name()));
-        if status == "failed" {
-            text = text.color(ui.visuals().error_fg_color);
-        } else if status == "running" {
-            text = text.strong();
-        }
-        let mut hover = c.summary();
-        if let Some(d) = &c.exit_description {
-            hover.push_str(&format!("\n{d}"));
-        }
-        if let Some(e) = &c.last_error {
-            hover.push_str(&format!("\n{e}"));
-        }
         let row = ui.selectable_label(false, text).on_hover_text(hover);
         if row.clicked() {
             commands.push(UiCommand::OpenTab(id.clone(), PaneKind::ContainerConsole));
         }
-        if c.removing {
-            return;
+        row.context_menu(|ui| {
+            for (label, kind) in CONTAINER_VIEWS {
+                if ui.button(label).clicked() {
+                    commands.push(UiCommand::OpenTab(id.clone(), kind));
+                    ui.close();
+                }
+            }
+        });
+        if !c.removing {
+            lifecycle_button_ui(ui, c, commands);
         }
-        match c.state {
-            ContainerState::Creating | ContainerState::Running => {
-                if ui
-                    .small_button("Stop")
-                    .on_hover_text(format!(
-                        "SIGTERM, then SIGKILL after {} s",
-                        CONTAINER_STOP_GRACE.as_secs()
-                    ))
-                    .clicked()
-                {
-                    commands.push(UiCommand::StopContainer(id));
-                }
-            }
-            ContainerState::Stopping => {
-                if ui.small_button("Kill").clicked() {
-                    commands.push(UiCommand::KillContainer(id));
-                }
-            }
-            ContainerState::Exited | ContainerState::Failed => {
-                if ui
-                    .small_button("Remove")
-                    .on_hover_text("Delete its files and its output")
-                    .clicked()
-                {
-                    commands.push(UiCommand::RemoveContainer(id));
-                }
+    });
+    ui.horizontal(|ui| {
+        ui.add_space(12.0);
+        for (label, kind) in CONTAINER_VIEWS {
+            if ui
+                .small_button(label)
+                .on_hover_text(format!("Open {}'s {label} tab", c.name()))
+                .clicked()
+            {
+                commands.push(UiCommand::OpenTab(id.clone(), kind));
             }
         }
     });
 }
+
+/// Stop, Kill or Remove, as the container's state allows.
+fn lifecycle_button_ui(ui: &mut egui::Ui, c: &Container, commands: &mut CommandQueue) {
+    let id = c.id.0.clone();
+    match c.state {
+        ContainerState::Creating | ContainerState::Running => {
+            if ui
+                .small_button("Stop")
+                .on_hover_text(format!(
+                    "SIGTERM, then SIGKILL after {} s",
+                    CONTAINER_STOP_GRACE.as_secs()
+                ))
+                .clicked()
+            {
+                commands.push(UiCommand::StopContainer(id));
+            }
+        }
+        ContainerState::Stopping => {
+            if ui.small_button("Kill").clicked() {
+                commands.push(UiCommand::KillContainer(id));
+            }
+        }
+        ContainerState::Exited | ContainerState::Failed => {
+            if ui
+                .small_button("Remove")
+                .on_hover_text("Delete its files and its output")
+                .clicked()
+            {
+                commands.push(UiCommand::RemoveContainer(id));
+            }
+        }
+    }
+}
+
+/// The tabs a container row opens, as its buttons name them.
+const CONTAINER_VIEWS: [(&str, PaneKind); 3] = [
+    ("Console", PaneKind::ContainerConsole),
+    ("Logs", PaneKind::ContainerLogs),
+    ("Overview", PaneKind::ContainerOverview),
+];
 
 fn entry_ui(
     ui: &mut egui::Ui,

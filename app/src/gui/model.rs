@@ -12,10 +12,15 @@ use hangar_engine::containers::{
 };
 use hangar_engine::{ExitReason, KernelKind, MachineDefinition, VmState, VmStats};
 
+use super::container_logs_tab::ContainerLogView;
 use super::terminal::TerminalView;
 
 /// How many stats samples (one a second) the Overview keeps: ten minutes.
 pub const STATS_HISTORY: usize = 600;
+
+/// How many stats samples (one a second) a container keeps for its
+/// Overview's plots: a little over the two minutes they show.
+pub const CONTAINER_STATS_HISTORY: usize = 150;
 
 /// A machine's life as the library shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,6 +229,14 @@ pub struct Container {
     pub last_error: Option<String>,
     /// The terminal size last sent to the runtime (terminal mode).
     pub sent_size: Option<(u16, u16)>,
+    /// Its init process's pid on the host, once it started.
+    pub pid: Option<i32>,
+    /// From Run to its process running.
+    pub setup_time: Option<Duration>,
+    /// The file the runtime writes its output to (read by the Logs tab).
+    pub log_path: Option<PathBuf>,
+    /// What the Logs tab has read of `log_path` and shows.
+    pub logs: ContainerLogView,
 }
 
 impl Container {
@@ -241,6 +254,10 @@ impl Container {
             exit_description: None,
             last_error: None,
             sent_size: None,
+            pid: None,
+            setup_time: None,
+            log_path: None,
+            logs: ContainerLogView::default(),
         }
     }
 
@@ -273,7 +290,12 @@ impl Container {
 
     /// Image and command, e.g. `default: sh -c "echo hi"`.
     pub fn summary(&self) -> String {
-        let command = if self.config.command.is_empty() {
+        format!("{}: {}", self.config.image, self.command_line())
+    }
+
+    /// The command as a shell would show it, e.g. `sh -c "echo hi"`.
+    pub fn command_line(&self) -> String {
+        if self.config.command.is_empty() {
             "(image default command)".to_string()
         } else {
             self.config
@@ -288,8 +310,7 @@ impl Container {
                 })
                 .collect::<Vec<_>>()
                 .join(" ")
-        };
-        format!("{}: {command}", self.config.image)
+        }
     }
 
     /// Feed output; pipes output gets carriage returns, as a tty would add.
@@ -310,7 +331,7 @@ impl Container {
 
     /// Keep a stats sample, dropping the oldest past the history length.
     pub fn on_stats(&mut self, stats: ContainerStats) {
-        if self.stats.len() == STATS_HISTORY {
+        if self.stats.len() == CONTAINER_STATS_HISTORY {
             self.stats.pop_front();
         }
         self.stats.push_back(ContainerStatsSample {

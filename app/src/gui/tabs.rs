@@ -1,6 +1,6 @@
 //! The tab area: an egui_tiles tree of panes (Console / Overview per
-//! machine, Console per container) that the user can drag into splits,
-//! close and reopen.
+//! machine, Console / Logs / Overview per container) that the user can drag
+//! into splits, close and reopen.
 
 use egui_tiles::{Container, Tile, TileId, Tree};
 use serde::{Deserialize, Serialize};
@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::command::CommandQueue;
 use super::console_tab::console_tab_ui;
 use super::container_console_tab::container_console_tab_ui;
+use super::container_logs_tab::container_logs_tab_ui;
+use super::container_overview_tab::container_overview_tab_ui;
 use super::model::{Containers, Machines};
 use super::overview_tab::overview_tab_ui;
 
@@ -20,13 +22,27 @@ pub enum PaneKind {
     Overview,
     /// A container's output and input (`machine` is the container's id).
     ContainerConsole,
+    /// A container's captured output as plain text (its `console.log`).
+    ContainerLogs,
+    /// A container's settings, exit and live figures.
+    ContainerOverview,
+}
+
+impl PaneKind {
+    /// True for the views of a container (their `machine` is its id).
+    pub fn is_container(self) -> bool {
+        matches!(
+            self,
+            PaneKind::ContainerConsole | PaneKind::ContainerLogs | PaneKind::ContainerOverview
+        )
+    }
 }
 
 /// One tab: a view of one machine or container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pane {
-    /// The machine's id (the container's id for
-    /// [`PaneKind::ContainerConsole`]).
+    /// The machine's id (the container's id for a container's pane, see
+    /// [`PaneKind::is_container`]).
     pub machine: String,
     /// Which view.
     pub kind: PaneKind,
@@ -137,9 +153,13 @@ impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
         _tile_id: TileId,
         pane: &mut Pane,
     ) -> egui_tiles::UiResponse {
-        if pane.kind == PaneKind::ContainerConsole {
+        if pane.kind.is_container() {
             match self.containers.get_mut(&pane.machine) {
-                Some(c) => container_console_tab_ui(ui, c, self.commands),
+                Some(c) => match pane.kind {
+                    PaneKind::ContainerLogs => container_logs_tab_ui(ui, c),
+                    PaneKind::ContainerOverview => container_overview_tab_ui(ui, c),
+                    _ => container_console_tab_ui(ui, c, self.commands),
+                },
                 None => {
                     ui.centered_and_justified(|ui| ui.label("This container no longer exists."));
                 }
@@ -150,7 +170,9 @@ impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
             Some(machine) => match pane.kind {
                 PaneKind::Console => console_tab_ui(ui, &pane.machine, machine, self.commands),
                 PaneKind::Overview => overview_tab_ui(ui, machine),
-                PaneKind::ContainerConsole => {}
+                PaneKind::ContainerConsole
+                | PaneKind::ContainerLogs
+                | PaneKind::ContainerOverview => {}
             },
             None => {
                 ui.centered_and_justified(|ui| ui.label("This machine no longer exists."));
@@ -165,6 +187,8 @@ impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
             PaneKind::Console => format!("{name} — Console").into(),
             PaneKind::Overview => format!("{name} — Overview").into(),
             PaneKind::ContainerConsole => format!("{} — Console", pane.machine).into(),
+            PaneKind::ContainerLogs => format!("{} — Logs", pane.machine).into(),
+            PaneKind::ContainerOverview => format!("{} — Overview", pane.machine).into(),
         }
     }
 
