@@ -443,3 +443,79 @@ fn ports_volumes_working_directory_and_user_reach_the_container() {
         "removing a container leaves its volumes alone"
     );
 }
+
+#[test]
+fn containers_stay_listed_after_the_app_is_closed_and_opened_again() {
+    if !is_root() {
+        return;
+    }
+    let dir = ConfigDir::new();
+    let data = DataDir::new();
+    let mut h = gui_with_containers(&dir, &data);
+    click(&mut h, "Run container");
+    type_into(&mut h, "Command", "sh -c 'echo from-the-first-run'");
+    click(&mut h, "Run");
+    let done = h.state().rt.containers.entries[0].id.0.clone();
+    wait_until(
+        &mut h,
+        "the first container to exit",
+        CONTAINER_TIMEOUT,
+        |h| library_state(h, &done) == "exited",
+    );
+    click(&mut h, "Run container");
+    type_into(&mut h, "Command", "sleep 1000");
+    click(&mut h, "Run");
+    let running = h.state().rt.containers.entries[1].id.0.clone();
+    wait_until(
+        &mut h,
+        "the second container to run",
+        CONTAINER_TIMEOUT,
+        |h| library_state(h, &running) == "running",
+    );
+    // Closing the app ends what runs and keeps both.
+    drop(h);
+    assert!(data.container_dir(&done).is_dir());
+    assert!(data.container_dir(&running).is_dir());
+
+    let mut h = gui_with_containers(&dir, &data);
+    settle(&mut h);
+    assert_eq!(library_state(&h, &done), "exited");
+    assert_eq!(library_state(&h, &running), "exited");
+    let ids: Vec<String> = h
+        .state()
+        .rt
+        .containers
+        .entries
+        .iter()
+        .map(|c| c.id.0.clone())
+        .collect();
+    assert_eq!(ids, vec![done.clone(), running.clone()], "oldest first");
+    let second = &h.state().rt.containers.entries[1];
+    assert_eq!(
+        second.exit_description.as_deref(),
+        Some("killed by signal 9 (SIGKILL); stopped when Hangar ended")
+    );
+    // The first one's console shows what it printed in the earlier run.
+    let first = &h.state().rt.containers.entries[0];
+    assert!(
+        first.terminal.screen_text().contains("from-the-first-run"),
+        "{}",
+        first.terminal.screen_text()
+    );
+    // Both can be removed, files and all.
+    for id in [&done, &running] {
+        h.state_mut()
+            .apply(UiCommand::RemoveContainer(id.to_string()));
+        settle(&mut h);
+    }
+    wait_until(&mut h, "both to be removed", CONTAINER_TIMEOUT, |h| {
+        h.state().rt.containers.entries.is_empty()
+    });
+    assert!(!data.container_dir(&done).exists());
+    assert!(!data.container_dir(&running).exists());
+    assert!(
+        h.state().rt.log.notifications.is_empty(),
+        "no errors:\n{}",
+        common::log_text(h.state())
+    );
+}

@@ -147,7 +147,16 @@ impl HangarApp {
         let mut containers = Containers::default();
         let (container_runtime, container_events) = match env.containers {
             Ok(setup) => match start_container_runtime(setup, &repaint) {
-                Ok((rt, events)) => (Some(rt), Some(events)),
+                Ok((rt, events)) => {
+                    // What earlier runs left stays listed until removed.
+                    for record in rt.previous_containers() {
+                        let log_path = rt.container_dir(&record.id).join(CONSOLE_LOG_FILE);
+                        containers
+                            .entries
+                            .push(Container::from_record(record, log_path));
+                    }
+                    (Some(rt), Some(events))
+                }
                 Err(why) => {
                     log.push(
                         Severity::Info,
@@ -337,6 +346,10 @@ impl HangarApp {
     fn drain_events(&mut self) {
         while let Ok(event) = self.rt.events.try_recv() {
             self.on_event(event);
+        }
+        // What the engine only logged still reaches the person.
+        for (_, text) in crate::logging::take_warnings() {
+            self.rt.log.push(Severity::Error, None, text);
         }
         while let Some(event) = self
             .rt

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hangar_engine::config::detect_kernel_kind;
 use hangar_engine::containers::{
-    ContainerConfig, ContainerExit, ContainerId, ContainerState, ContainerStats,
+    ContainerConfig, ContainerExit, ContainerId, ContainerRecord, ContainerState, ContainerStats,
 };
 use hangar_engine::{ExitReason, KernelKind, MachineDefinition, VmState, VmStats};
 
@@ -340,11 +340,41 @@ impl Container {
         });
     }
 
+    /// A container an earlier run of the app left (stopped), from its
+    /// record; its console shows the end of its saved output.
+    pub fn from_record(record: ContainerRecord, log_path: PathBuf) -> Self {
+        let mut c = Self::new(record.id.clone(), record.config.clone());
+        c.state = record.state();
+        if let Some(exit) = record.exit.clone() {
+            c.on_exit(exit);
+        }
+        c.last_error = record.error.clone();
+        if let Some(tail) = read_tail(&log_path, PREVIOUS_CONSOLE_BYTES) {
+            c.on_output(&tail, record.config.terminal);
+        }
+        c.log_path = Some(log_path);
+        c
+    }
+
     /// Keep how it ended.
     pub fn on_exit(&mut self, exit: ContainerExit) {
         self.exit_description = Some(exit.describe(&self.config.limits));
         self.exit = Some(exit);
     }
+}
+
+/// How much of an earlier run's container output its console shows again.
+const PREVIOUS_CONSOLE_BYTES: u64 = 64 * 1024;
+
+/// The last `max` bytes of a file (None if it cannot be read).
+fn read_tail(path: &std::path::Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf).ok()?;
+    Some(buf)
 }
 
 /// The containers the app ran, oldest first, and whether it can run any.

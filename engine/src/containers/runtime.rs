@@ -77,6 +77,10 @@ pub struct ContainerRecord {
     pub config: ContainerConfig,
     /// Seconds since the epoch when it was created.
     pub created: u64,
+    /// The milliseconds of that second (containers started together are
+    /// listed in the order they were run).
+    #[serde(default)]
+    pub created_ms: u32,
     /// How it ended, once it has.
     pub exit: Option<ContainerExit>,
     /// Why it could not be created or started, if it could not.
@@ -342,7 +346,9 @@ impl ContainerRuntime {
             Ok(p) => p.values().cloned().collect(),
             Err(_) => Vec::new(),
         };
-        v.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.0.cmp(&b.id.0)));
+        v.sort_by(|a, b| {
+            (a.created, a.created_ms, &a.id.0).cmp(&(b.created, b.created_ms, &b.id.0))
+        });
         v
     }
 
@@ -497,8 +503,7 @@ impl ContainerRuntime {
             remove_requested: false,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+                .unwrap_or_default(),
             network: None,
         };
         let thread = std::thread::Builder::new()
@@ -594,8 +599,8 @@ struct Supervisor {
     remove_requested: bool,
     /// pasta and its namespace (network `user`), stopped when dropped.
     network: Option<UserNetwork>,
-    /// When it was created (seconds since the epoch), for its record.
-    created: u64,
+    /// When it was created (since the epoch), for its record.
+    created: Duration,
 }
 
 /// Why the main loop ended.
@@ -661,7 +666,8 @@ impl Supervisor {
         ContainerRecord {
             id: self.id.clone(),
             config: self.config.clone(),
-            created: self.created,
+            created: self.created.as_secs(),
+            created_ms: self.created.subsec_millis(),
             exit,
             error,
         }
