@@ -1,7 +1,8 @@
 //! `hangar bench containers`: create + start + exit + delete of `/bin/true`
 //! from the `default` image, Hangar through its engine API (as the app
 //! does it) against `crun run` and `runc run` on a bundle of the same
-//! image in the same run. Medians and ratios; nothing here passes or fails.
+//! image, with the config.json Hangar generates, in the same run. Medians
+//! and ratios; nothing here passes or fails.
 //!
 //! crun refuses a hybrid cgroup layout (v1 controllers plus an empty v2 at
 //! /sys/fs/cgroup/unified), so the bench first moves itself into a private
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hangar_engine::containers::{
-    ContainerCommand, ContainerConfig, ContainerEvent, ContainerRuntime, RuntimePaths,
+    runtime_spec_json, ContainerCommand, ContainerConfig, ContainerEvent, ContainerRuntime,
+    RuntimePaths, SpecInputs, SpecNetwork,
 };
 
 use super::bench::median;
@@ -107,6 +109,14 @@ pub fn containers(args: ContainerBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `/bin/true` in the default image, without a terminal.
+fn bench_config() -> ContainerConfig {
+    let mut config = ContainerConfig::new("default");
+    config.command = vec!["/bin/true".into()];
+    config.terminal = false;
+    config
+}
+
 /// 3 warm-up runs, then `runs` timed ones, in milliseconds.
 fn sample(
     runs: usize,
@@ -124,8 +134,7 @@ fn one_hangar_run(
     runtime: &ContainerRuntime,
     events: &Receiver<ContainerEvent>,
 ) -> anyhow::Result<Duration> {
-    let mut config = ContainerConfig::new("default");
-    config.command = vec!["/bin/true".into()];
+    let config = bench_config();
     let id = ContainerRuntime::new_id();
     let t0 = Instant::now();
     runtime.execute(ContainerCommand::Run {
@@ -170,8 +179,9 @@ fn one_peer_run(runtime: &str, bundle: &Path) -> anyhow::Result<Duration> {
 }
 
 /// A bundle whose rootfs is a read-only overlay of the image's layers (as
-/// ours is, minus the writable layer) and whose config is `runc spec`'s
-/// default with our command.
+/// ours is, minus the writable layer) and whose config.json is the one
+/// Hangar gives the same container (namespaces, capabilities, seccomp,
+/// masked paths, device rules), so every runtime does the same work.
 fn make_bundle(work: &Path, layers: &[PathBuf]) -> anyhow::Result<PathBuf> {
     let bundle = work.join("bundle");
     let rootfs = bundle.join("rootfs");
@@ -193,19 +203,22 @@ fn make_bundle(work: &Path, layers: &[PathBuf]) -> anyhow::Result<PathBuf> {
     if !status.success() {
         bail!("mounting the bench rootfs failed");
     }
-    let status = Command::new("runc")
-        .args(["spec", "--bundle"])
-        .arg(&bundle)
-        .status();
-    let mut spec: serde_json::Value = match status {
-        Ok(s) if s.success() => {
-            serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?
-        }
-        _ => bail!("'runc spec' failed (apt install runc)"),
-    };
-    spec["process"]["terminal"] = false.into();
-    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
-    spec["root"]["readonly"] = true.into();
+    let spec = runtime_spec_json(
+        &bench_config(),
+        &SpecInputs {
+            rootfs: &rootfs,
+            args: vec!["/bin/true".into()],
+            env: vec!["PATH=/bin".into(), "HOSTNAME=bench".into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            hostname: "bench",
+            cgroup_path: "/hangar-bench/peer",
+            network: SpecNetwork::New,
+            etc_files: Vec::new(),
+            rootless: false,
+        },
+    )?;
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&spec)?,

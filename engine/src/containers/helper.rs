@@ -59,9 +59,9 @@ pub(crate) enum Request {
         state_root: PathBuf,
         bundle: PathBuf,
         terminal: bool,
-        /// Rootless: the overlay root to mount first, in the helper's own
-        /// mount namespace (as root the engine mounts it on the host).
-        overlay: Option<OverlayRoot>,
+        /// The overlay root to mount first, in the helper's own mount
+        /// namespace.
+        overlay: OverlayRoot,
     },
     /// Start the created container's process.
     Start,
@@ -383,13 +383,9 @@ pub fn helper_main() -> i32 {
     let rootless = unsafe { libc::geteuid() } != 0;
     // A failure is kept and given as the answer to the first request: the
     // engine has nobody else to hear it from.
-    let setup_error = if rootless {
-        enter_user_namespace()
-            .err()
-            .map(|e| format!("cannot make the helper's user namespace: {e}"))
-    } else {
-        None
-    };
+    let setup_error = enter_namespaces(rootless)
+        .err()
+        .map(|e| format!("cannot make the helper's namespaces: {e}"));
     let mut h = Helper {
         rootless,
         setup_error,
@@ -407,7 +403,7 @@ pub fn helper_main() -> i32 {
 
 struct Helper {
     /// Started by an unprivileged user: we are root only in our own user
-    /// namespace, where the overlay root is mounted too.
+    /// namespace.
     rootless: bool,
     setup_error: Option<String>,
     sock: OwnedFd,
@@ -476,7 +472,7 @@ impl Helper {
                 bundle,
                 terminal,
                 overlay,
-            } => match self.mount_root(overlay.as_ref()) {
+            } => match self.mount_root(&overlay) {
                 Ok(()) => self.create(&id, &state_root, &bundle, terminal, fds),
                 Err(e) => Err(e),
             },
@@ -502,15 +498,18 @@ impl Helper {
         r.unwrap_or_else(|message| (Reply::Failed { message }, vec![]))
     }
 
-    /// Mounts a rootless container's overlay root (here, in our mount
-    /// namespace: it goes away with the helper and the container).
-    fn mount_root(&self, overlay: Option<&OverlayRoot>) -> Result<(), String> {
-        let Some(o) = overlay else { return Ok(()) };
-        if !self.rootless {
-            return Err("the helper runs as root: the engine mounts the root".into());
-        }
-        super::rootfs::mount_overlay(&o.lower, &o.upper, &o.work, &o.target, true)
-            .map_err(|e| e.to_string())
+    /// Mounts the container's overlay root, here in our own mount
+    /// namespace: the host never sees it, and it goes away with the helper
+    /// and the container, whatever happens to the app.
+    fn mount_root(&self, overlay: &OverlayRoot) -> Result<(), String> {
+        super::rootfs::mount_overlay(
+            &overlay.lower,
+            &overlay.upper,
+            &overlay.work,
+            &overlay.target,
+            self.rootless,
+        )
+        .map_err(|e| e.to_string())
     }
 
     fn with_container(
@@ -649,36 +648,44 @@ impl Helper {
     }
 }
 
-/// Makes a user namespace in which our own uid and gid are root (nothing
-/// else is mapped: no setuid helper is needed), a private mount namespace
-/// and the container's network namespace, the way podman runs its OCI
-/// runtime rootless. The container shares the network namespace (one
-/// helper serves one container), so pasta can attach to it through the
-/// helper: the container's own init is not dumpable until it starts, and
-/// an unprivileged pasta could not open its namespaces. libcontainer
+/// The helper's own namespaces, which its one container shares: a mount
+/// namespace (the container's root is mounted there, out of the host's
+/// sight, and goes away with them) and a network namespace (pasta attaches
+/// to it through the helper: the container's own init is not dumpable
+/// until it starts, and libcontainer makes the helper non-dumpable at
+/// create, so pasta attaches before). Rootless, first a user namespace in
+/// which our own uid and gid are root (nothing else is mapped: no setuid
+/// helper is needed), the way podman runs its OCI runtime; libcontainer
 /// then sees it runs in a user namespace and acts rootless (bind-mounted
-/// devices, no mknod), with the spec needing no user namespace of its
-/// own — which would also switch it to systemd cgroups.
-fn enter_user_namespace() -> io::Result<()> {
+/// devices, no mknod), with the spec needing no user namespace of its own
+/// — which would also switch it to systemd cgroups.
+fn enter_namespaces(rootless: bool) -> io::Result<()> {
     // SAFETY: getters with no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET;
+    if rootless {
+        flags |= libc::CLONE_NEWUSER;
+    }
     // SAFETY: unshare with flags only; the helper is single-threaded, as
     // CLONE_NEWUSER requires.
-    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWNET) } != 0 {
+    if unsafe { libc::unshare(flags) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // setgroups must be denied before an unprivileged gid_map write.
-    std::fs::write("/proc/self/setgroups", "deny")?;
-    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
-    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))?;
-    // Our mounts (the container's root) stay ours.
+    if rootless {
+        // setgroups must be denied before an unprivileged gid_map write.
+        std::fs::write("/proc/self/setgroups", "deny")?;
+        std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+        std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+    }
+    // Our mounts stay ours; the host's later ones (a volume's disk) still
+    // reach us.
     // SAFETY: NUL-terminated literals; no data pointer.
     let r = unsafe {
         libc::mount(
             c"none".as_ptr(),
             c"/".as_ptr(),
             std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
+            libc::MS_REC | libc::MS_SLAVE,
             std::ptr::null(),
         )
     };

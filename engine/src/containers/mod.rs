@@ -31,7 +31,9 @@ pub use cgroup::CgroupCounters;
 pub use helper::{helper_main, HelperCommand, HELPER_FD_ENV};
 pub use network::PortForward;
 pub use runtime::{ContainerRecord, ContainerRuntime, RuntimePaths, BUILT_IN_IMAGES};
-pub use spec::{BLOCKED_SYSCALLS, DEFAULT_CAPABILITIES};
+pub use spec::{
+    runtime_spec_json, SpecInputs, SpecNetwork, BLOCKED_SYSCALLS, DEFAULT_CAPABILITIES,
+};
 
 /// Names a container: 12 lowercase hex digits, like Docker's short ids. It
 /// is also the container's hostname and its cgroup's name.

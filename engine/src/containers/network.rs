@@ -1,20 +1,21 @@
-//! User-mode networking for a container: `pasta` (from passt) serving a
-//! named network namespace that the container then joins. pasta copies the
-//! host's addresses and routes into the namespace, maps the gateway address
-//! to the host's loopback, and forwards host ports on 127.0.0.1 into the
+//! User-mode networking for a container: `pasta` (from passt) serving the
+//! network namespace of the container's helper process, which the container
+//! shares. pasta copies the host's addresses and routes into the namespace,
+//! maps the gateway address to the host's loopback, forwards DNS queries to
+//! the host's name server, and forwards host ports on 127.0.0.1 into the
 //! container. No bridge, no iptables, nothing the host's other programs see
 //! but the forwarded ports.
 //!
-//! As root the namespace is named (`ip netns add`) and pasta runs with
-//! `--runas 0`; pasta bound to a named namespace exits when it is deleted,
-//! and we stop it ourselves first (measured: pasta attached by PID does not
-//! exit with its namespace).
-//!
-//! Rootless, pasta runs as the user and attaches by pid to the helper
-//! process whose user and network namespaces the container shares, before
-//! the container is created.
+//! pasta attaches before the container is created. Rootless it runs as the
+//! user and attaches by the helper's pid (joining its user namespace too).
+//! As root it runs with `--runas 0`, but with its capabilities dropped it
+//! may not open a root process's namespaces through /proc, so the engine
+//! bind-mounts the helper's network namespace on a file in the runtime
+//! directory (what `ip netns attach` does) and pasta joins that. Measured:
+//! pasta does not exit with its namespace, so dropping [`UserNetwork`]
+//! stops it (and unmounts the file).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
@@ -35,75 +36,49 @@ pub struct PortForward {
     pub container_port: u16,
 }
 
-/// A container's network namespace and the pasta process serving it.
-/// Dropping it stops pasta and deletes the namespace.
+/// The pasta process serving a container's network namespace; dropping it
+/// stops pasta.
 pub(crate) struct UserNetwork {
-    /// The named namespace (root); rootless pasta serves the container's
-    /// own namespace instead.
-    name: Option<String>,
     pasta_pid: Option<i32>,
     pid_file: PathBuf,
+    /// Root: the file the helper's network namespace is bound to.
+    ns_file: Option<PathBuf>,
 }
 
 impl UserNetwork {
-    /// Creates namespace `hangar-<id>` and starts pasta for it (root).
-    pub(crate) fn start(
-        id: &str,
-        ports: &[PortForward],
-        pid_file: PathBuf,
-    ) -> Result<Self, ContainerError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(ContainerError::Internal(
-                "named network namespaces need root; rootless containers attach pasta".into(),
-            ));
-        }
-        let name = format!("hangar-{id}");
-        run("ip", &["netns", "add", &name])?;
-        // From here on, dropping `net` deletes the namespace.
-        let mut net = UserNetwork {
-            name: Some(name.clone()),
-            pasta_pid: None,
-            pid_file,
-        };
-        let mut args: Vec<String> = vec!["--runas".into(), "0".into(), "--netns".into(), name];
-        args.extend(net.common_args(ports));
-        net.spawn_pasta(
-            &args,
-            "is a forwarded port already in use? is the passt package installed?",
-        )?;
-        Ok(net)
-    }
-
-    /// Rootless: starts pasta for the network namespace of process `pid`
-    /// (the container's helper, whose namespace the container shares;
-    /// pasta joins its user namespace too).
+    /// Starts pasta for the network namespace of process `pid` (the
+    /// container's helper); it daemonizes once the namespace is configured.
+    /// `ns_file`: where root binds that namespace for pasta.
     pub(crate) fn attach(
         pid: i32,
         ports: &[PortForward],
         pid_file: PathBuf,
+        ns_file: &Path,
     ) -> Result<Self, ContainerError> {
         let mut net = UserNetwork {
-            name: None,
             pasta_pid: None,
             pid_file,
+            ns_file: None,
         };
-        let mut args = net.common_args(ports);
-        args.push(pid.to_string());
-        net.spawn_pasta(
-            &args,
-            "is a forwarded port already in use? is the passt package installed? \
-             an unprivileged user needs read-write access to /dev/net/tun (mode 0666, as Debian ships it)",
-        )?;
-        Ok(net)
-    }
-
-    fn common_args(&self, ports: &[PortForward]) -> Vec<String> {
-        let mut args: Vec<String> = vec![
+        let mut args: Vec<String> = Vec::new();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            bind_netns(pid, ns_file)?;
+            net.ns_file = Some(ns_file.to_path_buf());
+            // Without --runas, pasta run as root switches to nobody.
+            args.extend([
+                "--runas".into(),
+                "0".into(),
+                "--netns".into(),
+                ns_file.display().to_string(),
+            ]);
+        }
+        args.extend([
             "--config-net".into(),
             "--quiet".into(),
             "--pid".into(),
-            self.pid_file.display().to_string(),
+            net.pid_file.display().to_string(),
             "-u".into(),
             "none".into(),
             "-T".into(),
@@ -112,7 +87,7 @@ impl UserNetwork {
             "none".into(),
             "--dns-forward".into(),
             DNS_FORWARD_ADDR.into(),
-        ];
+        ]);
         if ports.is_empty() {
             args.extend(["-t".into(), "none".into()]);
         }
@@ -120,28 +95,32 @@ impl UserNetwork {
             args.push("-t".into());
             args.push(format!("127.0.0.1/{}:{}", p.host_port, p.container_port));
         }
-        args
-    }
-
-    /// Runs pasta (it daemonizes once the namespace is configured) and
-    /// keeps its pid.
-    fn spawn_pasta(&mut self, args: &[String], hint: &str) -> Result<(), ContainerError> {
-        run_owned("pasta", args).map_err(|e| ContainerError::Host(format!("{e} ({hint})")))?;
-        let pid = std::fs::read_to_string(&self.pid_file)
+        if !root {
+            args.push(pid.to_string());
+        }
+        let mut hint = "is a forwarded port already in use? is the passt package installed?";
+        if !root {
+            hint = "is a forwarded port already in use? is the passt package installed? \
+                    an unprivileged user needs read-write access to /dev/net/tun \
+                    (mode 0666, as Debian ships it)";
+        }
+        run("pasta", &args).map_err(|e| ContainerError::Host(format!("{e} ({hint})")))?;
+        let read = std::fs::read_to_string(&net.pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok());
-        self.pasta_pid = pid;
-        if pid.is_none() {
+        net.pasta_pid = read;
+        if read.is_none() {
             return Err(ContainerError::Host(
                 "pasta started but wrote no pid file".into(),
             ));
         }
-        Ok(())
+        Ok(net)
     }
 
-    /// After an app that died: stops the pasta named in `pid_file` (if it
-    /// is still there and is ours) and deletes namespace `hangar-<id>` (root).
-    pub(crate) fn clean_up_after(id: &str, pid_file: &std::path::Path) {
+    /// After an app that died: stops the pasta named in `pid_file`, if it
+    /// is still there and is ours, and unbinds `ns_file`.
+    pub(crate) fn clean_up_after(pid_file: &Path, ns_file: &Path) {
+        unbind_netns(ns_file);
         let pid: Option<i32> = std::fs::read_to_string(pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok());
@@ -158,19 +137,6 @@ impl UserNetwork {
             }
         }
         let _ = std::fs::remove_file(pid_file);
-        let name = format!("hangar-{id}");
-        if PathBuf::from("/run/netns").join(&name).exists() {
-            if let Err(e) = run("ip", &["netns", "del", &name]) {
-                log::warn!("{e}");
-            }
-        }
-    }
-
-    /// The named namespace's path (root only).
-    pub(crate) fn netns_path(&self) -> Option<PathBuf> {
-        self.name
-            .as_ref()
-            .map(|n| PathBuf::from("/run/netns").join(n))
     }
 }
 
@@ -181,20 +147,51 @@ impl Drop for UserNetwork {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let _ = std::fs::remove_file(&self.pid_file);
-        if let Some(name) = &self.name {
-            if let Err(e) = run("ip", &["netns", "del", name]) {
-                log::warn!("{e}");
-            }
+        if let Some(f) = self.ns_file.take() {
+            unbind_netns(&f);
         }
     }
 }
 
-fn run(prog: &str, args: &[&str]) -> Result<(), ContainerError> {
-    let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    run_owned(prog, &owned).map_err(ContainerError::Host)
+/// Binds the network namespace of process `pid` on the file `at`.
+fn bind_netns(pid: i32, at: &Path) -> Result<(), ContainerError> {
+    std::fs::File::create(at).map_err(ContainerError::io("create", at))?;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| ContainerError::Internal("NUL in a path".into()))
+    };
+    let (src, dst) = (c(Path::new(&format!("/proc/{pid}/ns/net")))?, c(at)?);
+    // SAFETY: valid NUL-terminated paths; a bind mount takes no data.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_file(at);
+        return Err(ContainerError::Host(format!(
+            "cannot bind the container's network namespace on {}: {e}",
+            at.display()
+        )));
+    }
+    Ok(())
 }
 
-fn run_owned(prog: &str, args: &[String]) -> Result<(), String> {
+/// Undoes [`bind_netns`]; nothing there is fine.
+fn unbind_netns(at: &Path) {
+    if let Ok(c) = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()) {
+        // SAFETY: valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    let _ = std::fs::remove_file(at);
+}
+
+fn run(prog: &str, args: &[String]) -> Result<(), String> {
     let out = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())

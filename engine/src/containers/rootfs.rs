@@ -94,24 +94,11 @@ pub(crate) fn mount_overlay(
     Ok(())
 }
 
-/// Detaches whatever is mounted on `target`; not mounted is fine.
-pub(crate) fn unmount(target: &Path) -> Result<(), ContainerError> {
-    let t = CString::new(target.as_os_str().as_bytes())
-        .map_err(|_| ContainerError::Internal("NUL in a mount path".into()))?;
-    // SAFETY: valid NUL-terminated path.
-    let r = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
-            return Err(ContainerError::io("unmount", target)(e));
-        }
-    }
-    Ok(())
-}
-
 /// Resolves `spec` (`name`, `uid`, `uid:gid`, `name:group`; empty = root)
-/// against the image's /etc/passwd and /etc/group.
-pub(crate) fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32), ContainerError> {
+/// against the image's /etc/passwd and /etc/group, read from its unpacked
+/// `layers` (bottom first: the topmost copy of each file counts, as in the
+/// mounted root, which only the helper sees).
+pub(crate) fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<(u32, u32), ContainerError> {
     let spec = spec.trim();
     if spec.is_empty() {
         return Ok((0, 0));
@@ -120,7 +107,7 @@ pub(crate) fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32), Cont
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = read_etc(rootfs, "etc/passwd");
+    let passwd = read_etc(layers, "etc/passwd");
     let (uid, primary_gid) = match user.parse::<u32>() {
         Ok(uid) => {
             let gid = passwd.as_deref().and_then(|p| {
@@ -145,7 +132,7 @@ pub(crate) fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32), Cont
         None => primary_gid,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => read_etc(rootfs, "etc/group")
+            Err(_) => read_etc(layers, "etc/group")
                 .as_deref()
                 .and_then(|t| {
                     lookup(t, |f| f.first() == Some(&g)).and_then(|f| f.get(2)?.parse().ok())
@@ -160,14 +147,25 @@ pub(crate) fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32), Cont
     Ok((uid, gid))
 }
 
-/// A small text file inside the root, or `None` if absent/unreadable.
-fn read_etc(rootfs: &Path, rel: &str) -> Option<String> {
-    let root = open_root(rootfs).ok()?;
-    let f = open_file_in(root.as_fd(), rel).ok()?;
-    let mut s = String::new();
-    // A passwd file bigger than this is not one we want to parse.
-    f.take(1 << 20).read_to_string(&mut s).ok()?;
-    Some(s)
+/// A small text file of the image: its topmost copy in `layers`, or
+/// `None` if absent or unreadable. A layer where the path exists but
+/// cannot be opened as a file (a whiteout device, a symlink leaving the
+/// layer) hides the lower ones.
+fn read_etc(layers: &[PathBuf], rel: &str) -> Option<String> {
+    for layer in layers.iter().rev() {
+        let root = open_root(layer).ok()?;
+        match open_file_in(root.as_fd(), rel) {
+            Ok(f) => {
+                let mut s = String::new();
+                // A passwd file bigger than this is not one we want to parse.
+                f.take(1 << 20).read_to_string(&mut s).ok()?;
+                return Some(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 fn lookup<'a>(text: &'a str, pred: impl Fn(&Vec<&'a str>) -> bool) -> Option<Vec<&'a str>> {
@@ -214,14 +212,48 @@ mod tests {
     #[test]
     fn users_resolve_by_name_and_number() {
         let d = root_with_etc();
-        assert_eq!(resolve_user(&d.0, "").unwrap(), (0, 0));
-        assert_eq!(resolve_user(&d.0, "app").unwrap(), (1000, 1001));
-        assert_eq!(resolve_user(&d.0, "1000").unwrap(), (1000, 1001));
-        assert_eq!(resolve_user(&d.0, "4242").unwrap(), (4242, 4242));
-        assert_eq!(resolve_user(&d.0, "app:staff").unwrap(), (1000, 50));
-        assert_eq!(resolve_user(&d.0, "5:6").unwrap(), (5, 6));
-        assert!(resolve_user(&d.0, "ghost").is_err());
-        assert!(resolve_user(&d.0, "app:ghosts").is_err());
+        assert_eq!(
+            resolve_user(std::slice::from_ref(&d.0), "").unwrap(),
+            (0, 0)
+        );
+        assert_eq!(
+            resolve_user(std::slice::from_ref(&d.0), "app").unwrap(),
+            (1000, 1001)
+        );
+        assert_eq!(
+            resolve_user(std::slice::from_ref(&d.0), "1000").unwrap(),
+            (1000, 1001)
+        );
+        assert_eq!(
+            resolve_user(std::slice::from_ref(&d.0), "4242").unwrap(),
+            (4242, 4242)
+        );
+        assert_eq!(
+            resolve_user(std::slice::from_ref(&d.0), "app:staff").unwrap(),
+            (1000, 50)
+        );
+        assert_eq!(
+            resolve_user(std::slice::from_ref(&d.0), "5:6").unwrap(),
+            (5, 6)
+        );
+        assert!(resolve_user(std::slice::from_ref(&d.0), "ghost").is_err());
+        assert!(resolve_user(std::slice::from_ref(&d.0), "app:ghosts").is_err());
+    }
+
+    #[test]
+    fn the_topmost_layer_s_passwd_counts() {
+        let lower = root_with_etc();
+        let upper = tempfile_dir::Dir::new();
+        std::fs::create_dir_all(upper.0.join("etc")).unwrap();
+        std::fs::write(upper.0.join("etc/passwd"), "app:x:2000:2000::/:/bin/sh\n").unwrap();
+        let layers = [lower.0.clone(), upper.0.clone()];
+        assert_eq!(resolve_user(&layers, "app").unwrap(), (2000, 2000));
+        // etc/group only in the lower layer: found there.
+        assert_eq!(resolve_user(&layers, "app:staff").unwrap(), (2000, 50));
+        // A layer without etc/passwd hides nothing.
+        let empty = tempfile_dir::Dir::new();
+        let layers = [lower.0.clone(), empty.0.clone()];
+        assert_eq!(resolve_user(&layers, "app").unwrap(), (1000, 1001));
     }
 
     #[test]
@@ -233,6 +265,6 @@ mod tests {
         std::os::unix::fs::symlink(outside.0.join("passwd"), d.0.join("etc/passwd")).unwrap();
         // The absolute target is resolved inside the root, where it does
         // not exist: the host file is never read.
-        assert!(resolve_user(&d.0, "evil").is_err());
+        assert!(resolve_user(std::slice::from_ref(&d.0), "evil").is_err());
     }
 }

@@ -24,7 +24,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::cgroup::{self, CgroupFiles};
 use super::helper::{HelperCommand, HelperProcess, OverlayRoot, Reply, Request};
 use super::network::UserNetwork;
-use super::spec::{self, build_spec, SpecInputs};
+use super::spec::{self, build_spec, SpecInputs, SpecNetwork};
 use super::{
     rootfs, ContainerCommand, ContainerConfig, ContainerError, ContainerEvent, ContainerExit,
     ContainerId, ContainerState, NetworkMode, OutputStream,
@@ -113,11 +113,11 @@ impl ContainerRecord {
 
 /// The records of the containers an earlier run left in `paths`. One that
 /// was still running then was killed by its helper when that run's engine
-/// went away; what the engine itself had set up for it (the root's mount,
-/// pasta and its namespace) is cleaned up here, and its record says it
-/// ended with the app. Unreadable records are skipped (and logged), never
+/// went away (its root and namespaces went with them); what the engine
+/// itself had started for it (pasta, and the runtime's state directory) is
+/// cleaned up here, and its record says it ended with the app. Unreadable records are skipped (and logged), never
 /// deleted.
-fn load_previous(paths: &RuntimePaths, rootless: bool) -> HashMap<ContainerId, ContainerRecord> {
+fn load_previous(paths: &RuntimePaths) -> HashMap<ContainerId, ContainerRecord> {
     let mut found = HashMap::new();
     let dir = paths.data_dir.join("containers");
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -148,12 +148,10 @@ fn load_previous(paths: &RuntimePaths, rootless: bool) -> HashMap<ContainerId, C
             continue;
         }
         if rec.exit.is_none() && rec.error.is_none() {
-            if !rootless {
-                if let Err(e) = rootfs::unmount(&cdir.join("rootfs")) {
-                    log::warn!("container {name}: {e}");
-                }
-            }
-            UserNetwork::clean_up_after(&name, &cdir.join("pasta.pid"));
+            UserNetwork::clean_up_after(
+                &cdir.join("pasta.pid"),
+                &paths.run_dir.join(format!("{name}.netns")),
+            );
             let _ = std::fs::remove_dir_all(paths.run_dir.join(&name));
             rec.exit = Some(ContainerExit {
                 code: 128 + libc::SIGKILL,
@@ -273,7 +271,7 @@ impl ContainerRuntime {
         let (tx, rx) = mpsc::channel();
         // SAFETY: geteuid has no preconditions.
         let rootless = unsafe { libc::geteuid() } != 0;
-        let previous = Mutex::new(load_previous(&paths, rootless));
+        let previous = Mutex::new(load_previous(&paths));
         let shared = Arc::new(Shared {
             paths,
             rootless,
@@ -613,7 +611,6 @@ impl Supervisor {
     fn run(mut self) {
         self.set_state(ContainerState::Creating);
         let started = Instant::now();
-        let rootfs = self.dir.join("rootfs");
         match self.create_and_start(started) {
             Ok((helper, stdio)) => {
                 self.set_state(ContainerState::Running);
@@ -636,7 +633,6 @@ impl Supervisor {
                     id: self.id.clone(),
                     message: e.to_string(),
                 });
-                self.unmount_root(&rootfs);
                 self.network = None;
                 self.set_state(ContainerState::Failed);
             }
@@ -706,19 +702,12 @@ impl Supervisor {
             .clone()
             .or_else(|| run.user.clone())
             .unwrap_or_default();
-        // Rootless, the root is mounted by the helper, out of our sight,
-        // and only root (our own uid outside) is mapped inside.
+        // The helper mounts the root, out of our sight: names come from
+        // the layers. Rootless, only root (our own uid outside) is mapped.
         let (uid, gid) = if rootless {
             rootless_user(&user)?
         } else {
-            rootfs::mount_overlay(
-                &overlay.lower,
-                &overlay.upper,
-                &overlay.work,
-                &overlay.target,
-                false,
-            )?;
-            rootfs::resolve_user(&rootfs_dir, &user)?
+            rootfs::resolve_user(&overlay.lower, &user)?
         };
         let mut args: Vec<String> = run.entrypoint.clone().unwrap_or_default();
         if self.config.command.is_empty() {
@@ -744,19 +733,6 @@ impl Supervisor {
             .clone()
             .or_else(|| run.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into());
-        let netns = match self.config.network {
-            // Rootless, pasta attaches to the container's own namespace
-            // once it exists (create_in_helper).
-            NetworkMode::None => None,
-            NetworkMode::User if rootless => None,
-            NetworkMode::User => {
-                let net =
-                    UserNetwork::start(&self.id.0, &self.config.ports, self.dir.join("pasta.pid"))?;
-                let path = net.netns_path();
-                self.network = Some(net);
-                path
-            }
-        };
         let etc_files = self.write_etc_files()?;
         let spec = build_spec(
             &self.config,
@@ -769,7 +745,8 @@ impl Supervisor {
                 gid,
                 hostname: &self.id.0,
                 cgroup_path: &self.cgroup_path,
-                netns: netns.as_deref(),
+                // The helper's, where pasta serves user networking.
+                network: SpecNetwork::Inherit,
                 etc_files,
                 rootless,
             },
@@ -778,10 +755,10 @@ impl Supervisor {
         spec.save(&spec_path)
             .map_err(|e| ContainerError::Internal(format!("write {}: {e}", spec_path.display())))?;
 
+        let prepared = started.elapsed();
         let mut helper = self.shared.take_helper()?;
         // Any failure from here on ends the helper (which kills and deletes
         // whatever it created) in one place.
-        let overlay = rootless.then_some(overlay);
         let (pid, stdio) = match self.create_in_helper(&mut helper, &bundle, overlay) {
             Ok(r) => r,
             Err(e) => {
@@ -789,6 +766,11 @@ impl Supervisor {
                 return Err(e);
             }
         };
+        log::debug!(
+            "container {}: started in {:?} ({prepared:?} preparing)",
+            self.id,
+            started.elapsed()
+        );
         self.emit(ContainerEvent::Started {
             id: self.id.clone(),
             pid,
@@ -803,7 +785,7 @@ impl Supervisor {
         &mut self,
         helper: &mut HelperProcess,
         bundle: &std::path::Path,
-        overlay: Option<OverlayRoot>,
+        overlay: OverlayRoot,
     ) -> Result<(i32, Stdio), ContainerError> {
         let (stdio, child_fds) = if self.config.terminal {
             (None, Vec::new())
@@ -812,15 +794,21 @@ impl Supervisor {
             (Some(s), fds)
         };
         let raw: Vec<RawFd> = child_fds.iter().map(|f| f.as_raw_fd()).collect();
-        if self.shared.rootless && self.config.network == NetworkMode::User {
+        if self.config.network == NetworkMode::User {
             // Before Create: libcontainer makes the helper non-dumpable,
             // and then pasta could no longer open its namespaces.
             self.network = Some(UserNetwork::attach(
                 helper.pid(),
                 &self.config.ports,
                 self.dir.join("pasta.pid"),
+                &self
+                    .shared
+                    .paths
+                    .run_dir
+                    .join(format!("{}.netns", self.id.0)),
             )?);
         }
+        let t_create = Instant::now();
         let reply = helper.request(
             &Request::Create {
                 id: self.id.0.clone(),
@@ -830,6 +818,11 @@ impl Supervisor {
                 overlay,
             },
             &raw,
+        );
+        log::debug!(
+            "container {}: create request {:?}",
+            self.id,
+            t_create.elapsed()
         );
         // The container holds its ends now; ours must close or the pipes
         // never see end-of-file.
@@ -855,7 +848,14 @@ impl Supervisor {
             CgroupFiles::new(&self.cgroup_path)
                 .apply_limits(&self.config.limits, spec::CPU_PERIOD_US)?;
         }
-        match helper.request(&Request::Start, &[])? {
+        let t_start = Instant::now();
+        let started = helper.request(&Request::Start, &[]);
+        log::debug!(
+            "container {}: start request {:?}",
+            self.id,
+            t_start.elapsed()
+        );
+        match started? {
             (Reply::Done, _) => Ok((pid, stdio)),
             (Reply::Failed { message }, _) => {
                 let _ = helper.request(&Request::Delete, &[]);
@@ -1041,6 +1041,7 @@ impl Supervisor {
         };
         // Read before Delete removes the cgroup: the last sample (whole
         // CPU time used) and why it died.
+        let t_exit = Instant::now();
         let counters = cgroup.counters();
         self.emit(ContainerEvent::Stats {
             id: self.id.clone(),
@@ -1054,13 +1055,19 @@ impl Supervisor {
             }),
             Ok(_) | Err(_) => {}
         }
+        let t_deleted = Instant::now();
         helper.finish();
         // Now that neither the container nor the helper holds a writer,
         // the streams end as soon as they are read out.
         self.drain_output(&mut stdio);
-        // Stops pasta and deletes the namespace.
+        // Stops pasta.
         self.network = None;
-        self.unmount_root(&self.dir.join("rootfs"));
+        log::debug!(
+            "container {}: exit handled in {:?} (counters + delete {:?})",
+            self.id,
+            t_exit.elapsed(),
+            t_deleted - t_exit,
+        );
         let mut exit = match status {
             Some(s) => decode_status(s, counters, stopped_by_user),
             None => ContainerExit {
@@ -1284,20 +1291,6 @@ impl Supervisor {
         Ok(mounts)
     }
 
-    /// Unmounts the root the engine mounted (as root; a rootless root
-    /// lives and ends in the helper's mount namespace).
-    fn unmount_root(&self, rootfs: &std::path::Path) {
-        if self.shared.rootless {
-            return;
-        }
-        if let Err(e) = rootfs::unmount(rootfs) {
-            self.emit(ContainerEvent::Error {
-                id: self.id.clone(),
-                message: e.to_string(),
-            });
-        }
-    }
-
     /// After the exit: keep the files until Remove (or the runtime's end).
     fn wait_for_removal(&mut self) {
         if !self.remove_requested {
@@ -1310,7 +1303,6 @@ impl Supervisor {
                 }
             }
         }
-        self.unmount_root(&self.dir.join("rootfs"));
         self.log = None;
         match remove_tree(&self.dir) {
             Ok(()) => self.emit(ContainerEvent::Removed(self.id.clone())),

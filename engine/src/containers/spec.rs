@@ -106,6 +106,18 @@ pub const BLOCKED_SYSCALLS: &[&str] = &[
 /// The CPU period the quota is a share of (the kernel's default, 100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;
 
+/// The network namespace a spec gives its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecNetwork<'a> {
+    /// A new, empty one (loopback only).
+    New,
+    /// The existing one at this path.
+    Join(&'a Path),
+    /// The runtime's own: Hangar's helper makes one network namespace per
+    /// container and runs the runtime in it.
+    Inherit,
+}
+
 /// What the spec needs besides the user's [`ContainerConfig`].
 #[derive(Debug, Clone)]
 pub struct SpecInputs<'a> {
@@ -125,9 +137,8 @@ pub struct SpecInputs<'a> {
     pub hostname: &'a str,
     /// cgroup path relative to the hierarchy roots, e.g. `/hangar/<id>`.
     pub cgroup_path: &'a str,
-    /// Path of an existing network namespace to join (pasta's), or none
-    /// for a fresh empty one.
-    pub netns: Option<&'a Path>,
+    /// Which network namespace the container gets.
+    pub network: SpecNetwork<'a>,
     /// Files the engine writes for the container (`/etc/hosts`,
     /// `/etc/resolv.conf`), bind-mounted over the image's: host path and
     /// path inside.
@@ -197,12 +208,10 @@ pub fn build_spec(
         json!({"type": "mount"}),
         json!({"type": "cgroup"}),
     ];
-    // Rootless, the container stays in the helper's network namespace,
-    // which is its own already.
-    match inputs.netns {
-        Some(p) => namespaces.push(json!({"type": "network", "path": p})),
-        None if inputs.rootless => {}
-        None => namespaces.push(json!({"type": "network"})),
+    match inputs.network {
+        SpecNetwork::New => namespaces.push(json!({"type": "network"})),
+        SpecNetwork::Join(p) => namespaces.push(json!({"type": "network", "path": p})),
+        SpecNetwork::Inherit => {}
     }
 
     let mut resources = json!({
@@ -270,6 +279,17 @@ pub fn build_spec(
     to_spec(spec)
 }
 
+/// The runtime spec as JSON (`config.json`): what Hangar would give a
+/// container, for tools that run it with another OCI runtime (the
+/// benchmark gives crun and runc the same bundle).
+pub fn runtime_spec_json(
+    config: &ContainerConfig,
+    inputs: &SpecInputs<'_>,
+) -> Result<Value, ContainerError> {
+    serde_json::to_value(build_spec(config, inputs)?)
+        .map_err(|e| ContainerError::Internal(format!("encode the runtime spec: {e}")))
+}
+
 fn to_spec(v: Value) -> Result<Spec, ContainerError> {
     serde_json::from_value(v)
         .map_err(|e| ContainerError::Internal(format!("generated runtime spec is invalid: {e}")))
@@ -291,7 +311,7 @@ mod tests {
             gid: 0,
             hostname: "abc",
             cgroup_path: "/hangar/abc",
-            netns: None,
+            network: SpecNetwork::New,
             etc_files: Vec::new(),
             rootless: false,
         }
@@ -317,13 +337,19 @@ mod tests {
             .unwrap()
             .iter()
             .any(|o| o == "gid=5"));
-        // No user or network namespace in the spec: the helper's are the
-        // container's.
+        // No user namespace in the spec: the helper's is the container's.
         assert!(!v["linux"]["namespaces"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|n| n["type"] == "user" || n["type"] == "network"));
+            .any(|n| n["type"] == "user"));
+        i.network = SpecNetwork::Inherit;
+        let v = serde_json::to_value(build_spec(&cfg, &i).unwrap()).unwrap();
+        assert!(!v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network"));
     }
 
     #[test]
@@ -384,7 +410,7 @@ mod tests {
         let cfg = ContainerConfig::new("default");
         let mut i = inputs(Path::new("/r"));
         let ns = PathBuf::from("/run/netns/x");
-        i.netns = Some(&ns);
+        i.network = SpecNetwork::Join(&ns);
         let v = serde_json::to_value(build_spec(&cfg, &i).unwrap()).unwrap();
         let net = v["linux"]["namespaces"]
             .as_array()
