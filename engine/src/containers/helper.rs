@@ -100,6 +100,10 @@ pub(crate) enum Reply {
     ExecStarted { pid: i32 },
     /// An exec'd process exited; raw wait status.
     ExecExited { pid: i32, status: i32 },
+    /// Sent once, unasked, when the helper is in its own namespaces (or
+    /// `Failed` instead, saying why it is not): before it, its pid still
+    /// names the host's namespaces.
+    Ready,
 }
 
 // ------------------------------------------------------------------ wire --
@@ -216,7 +220,12 @@ pub(crate) struct HelperProcess {
     sock: OwnedFd,
     /// Unasked messages (exits) that arrived while waiting for a reply.
     pending: std::collections::VecDeque<Reply>,
+    /// It said [`Reply::Ready`].
+    ready: bool,
 }
+
+/// How long a helper may take to start and make its namespaces.
+const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl HelperProcess {
     /// Starts a helper; it then waits for requests.
@@ -248,7 +257,47 @@ impl HelperProcess {
             child,
             sock: ours,
             pending: std::collections::VecDeque::new(),
+            ready: false,
         })
+    }
+
+    /// Waits until the helper is in its own namespaces: nothing may use
+    /// its pid before (pasta would serve the host's network namespace).
+    pub(crate) fn wait_ready(&mut self) -> Result<(), ContainerError> {
+        let until = std::time::Instant::now() + HELPER_READY_TIMEOUT;
+        while !self.ready {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the call.
+            let n =
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(self.died(e));
+            }
+            if n == 0 {
+                return Err(ContainerError::Helper(format!(
+                    "it was not ready after {HELPER_READY_TIMEOUT:?}"
+                )));
+            }
+            match recv_msg::<Reply>(self.sock.as_fd()) {
+                Ok(Some((Reply::Ready, _))) => self.ready = true,
+                Ok(Some((Reply::Failed { message }, _))) => {
+                    return Err(ContainerError::Helper(message))
+                }
+                Ok(Some((other, _))) => self.pending.push_back(other),
+                Ok(None) => return Err(self.died(io::Error::other("it closed its socket"))),
+                Err(e) => return Err(self.died(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Its pid (rootless: whose network namespace the container uses).
@@ -386,6 +435,15 @@ pub fn helper_main() -> i32 {
     let setup_error = enter_namespaces(rootless)
         .err()
         .map(|e| format!("cannot make the helper's namespaces: {e}"));
+    let first = match &setup_error {
+        None => Reply::Ready,
+        Some(message) => Reply::Failed {
+            message: message.clone(),
+        },
+    };
+    if send_msg(sock.as_fd(), &first, &[]).is_err() {
+        return 1;
+    }
     let mut h = Helper {
         rootless,
         setup_error,

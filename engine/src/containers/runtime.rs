@@ -228,13 +228,24 @@ impl Shared {
     /// A ready helper: the warm one if it is still alive, else a new one.
     fn take_helper(&self) -> Result<HelperProcess, ContainerError> {
         let warm = self.warm.lock().map(|mut w| w.take()).unwrap_or(None);
-        if let Some(mut h) = warm {
-            if h.is_alive() {
-                return Ok(h);
+        let mut helper = match warm {
+            Some(mut h) => {
+                if h.is_alive() {
+                    h
+                } else {
+                    h.finish();
+                    HelperProcess::spawn(&self.helper)?
+                }
             }
-            h.finish();
+            None => HelperProcess::spawn(&self.helper)?,
+        };
+        match helper.wait_ready() {
+            Ok(()) => Ok(helper),
+            Err(e) => {
+                helper.finish();
+                Err(e)
+            }
         }
-        HelperProcess::spawn(&self.helper)
     }
 
     /// Starts the next warm helper, unless one is there.
