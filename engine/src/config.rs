@@ -29,6 +29,56 @@ pub struct VmConfig {
     /// Kernel command line.
     #[serde(default)]
     pub cmdline: String,
+    /// The guest's screen: a linear framebuffer announced to Linux through
+    /// `boot_params.screen_info`, or none. Definitions saved before screens
+    /// existed get the default one.
+    #[serde(default = "DisplayConfig::default_screen")]
+    pub display: Option<DisplayConfig>,
+}
+
+/// A VM's screen: a linear 32-bit framebuffer (XRGB, 4 bytes a pixel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisplayConfig {
+    /// Pixels across.
+    pub width: u32,
+    /// Pixels down.
+    pub height: u32,
+}
+
+impl DisplayConfig {
+    /// Smallest screen (VGA's 320×200).
+    pub const MIN: (u32, u32) = (320, 200);
+    /// Largest screen (4K UHD): 32 MiB of framebuffer.
+    pub const MAX: (u32, u32) = (3840, 2160);
+
+    /// 1024×768, what Hangar gives a new VM.
+    pub fn default_screen() -> Option<Self> {
+        Some(Self {
+            width: 1024,
+            height: 768,
+        })
+    }
+
+    /// Bytes per row.
+    pub fn stride(&self) -> u32 {
+        self.width * 4
+    }
+
+    /// Checks the size against [`Self::MIN`] and [`Self::MAX`]; widths are
+    /// a multiple of 8, as VESA modes are.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ok = (Self::MIN.0..=Self::MAX.0).contains(&self.width)
+            && (Self::MIN.1..=Self::MAX.1).contains(&self.height)
+            && self.width.is_multiple_of(8);
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::BadDisplay {
+                width: self.width,
+                height: self.height,
+            })
+        }
+    }
 }
 
 /// What kind of program the kernel file holds.
@@ -99,6 +149,17 @@ pub enum ConfigError {
         path: PathBuf,
         /// What is wrong with it.
         why: &'static str,
+    },
+    /// The screen size is out of range.
+    #[error(
+        "a {width}×{height} screen is not possible: from {}×{} to {}×{}, the width a multiple of 8",
+        DisplayConfig::MIN.0, DisplayConfig::MIN.1, DisplayConfig::MAX.0, DisplayConfig::MAX.1
+    )]
+    BadDisplay {
+        /// Pixels across asked for.
+        width: u32,
+        /// Pixels down asked for.
+        height: u32,
     },
     /// The initramfs is missing or unreadable.
     #[error("cannot read initramfs {path}")]
@@ -174,6 +235,9 @@ impl VmConfig {
         }
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
+        }
+        if let Some(d) = &self.display {
+            d.validate()?;
         }
         let kind = detect_kernel_kind(&self.kernel)?;
         if let Some(initrd) = &self.initrd {
@@ -378,6 +442,7 @@ mod tests {
             kernel,
             initrd: None,
             cmdline: "console=ttyS0".into(),
+            display: None,
         }
     }
 
@@ -470,6 +535,26 @@ mod tests {
             Err(ConfigError::InitrdUnreadable { .. })
         ));
         c.initrd = None;
+        for (width, height) in [(0, 0), (100, 768), (1024, 5000), (1020, 768)] {
+            c.display = Some(DisplayConfig { width, height });
+            let e = c.validate(&limits()).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::BadDisplay { .. }),
+                "{width}x{height}: {e}"
+            );
+            assert!(e.to_string().contains(&format!("{width}×{height}")), "{e}");
+        }
+        c.display = DisplayConfig::default_screen();
         assert_eq!(c.validate(&limits()).unwrap(), KernelKind::BzImage);
+    }
+
+    #[test]
+    fn definitions_saved_before_screens_get_the_default_one() {
+        let old = r#"{"name":"x","vcpus":1,"memory_mib":128,"kernel":"/k"}"#;
+        let c: VmConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(c.display, DisplayConfig::default_screen());
+        let none = r#"{"name":"x","vcpus":1,"memory_mib":128,"kernel":"/k","display":null}"#;
+        let c: VmConfig = serde_json::from_str(none).unwrap();
+        assert_eq!(c.display, None, "a VM saved without a screen keeps none");
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, HostLimits, VmConfig};
+use crate::display::Display;
 use crate::host::{HostCapability, HostProbe};
 use crate::vmm::vm::{spawn_vm, ControlMsg, VmRequest};
 
@@ -196,6 +197,13 @@ pub enum Event {
         /// Registers of the vCPU involved, when a guest fault caused it.
         registers: Option<RegisterDump>,
     },
+    /// The guest drew on its screen: read the changes from
+    /// [`Engine::display`]'s [`Display::take_changes`]. At most one per
+    /// screen refresh (60 a second), none while the screen is still.
+    DisplayUpdated {
+        /// Which VM.
+        id: VmId,
+    },
     /// The VM is gone; this is its last event.
     Exited {
         /// Which VM.
@@ -259,6 +267,7 @@ impl EventSink {
 struct VmHandle {
     tx: Sender<ControlMsg>,
     thread: Option<JoinHandle<()>>,
+    display: Option<Display>,
 }
 
 impl VmHandle {
@@ -307,6 +316,13 @@ impl Engine {
         }
     }
 
+    /// The screen of a VM that has one (its config's `display`), for as
+    /// long as the engine knows the VM: the app keeps the handle and reads
+    /// the frame on [`Event::DisplayUpdated`].
+    pub fn display(&self, id: &VmId) -> Option<Display> {
+        self.vms.get(id).and_then(|h| h.display.clone())
+    }
+
     /// Ids of VMs whose threads are still alive.
     pub fn running(&self) -> Vec<VmId> {
         let mut ids: Vec<VmId> = self
@@ -339,6 +355,7 @@ impl Engine {
             }
         }
         let (tx, rx) = std::sync::mpsc::channel();
+        let display = config.display.map(|d| Display::new(d.width, d.height));
         let thread = spawn_vm(
             id.clone(),
             config,
@@ -346,6 +363,7 @@ impl Engine {
             self.sink.clone(),
             (tx.clone(), rx),
             accepted,
+            display.clone(),
         )
         .map_err(EngineError::Spawn)?;
         self.vms.insert(
@@ -353,6 +371,7 @@ impl Engine {
             VmHandle {
                 tx,
                 thread: Some(thread),
+                display,
             },
         );
         Ok(())

@@ -3,14 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::VmConfig;
+use crate::config::{DisplayConfig, VmConfig};
 
 /// Environment variable that overrides Hangar's data directory.
 pub const DATA_DIR_ENV: &str = "HANGAR_DATA_DIR";
 
-/// Kernel command line of the default kit: serial console, reset through the
-/// keyboard controller (no ACPI), reboot on panic so a dead guest stops.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+/// Kernel command line of the default kit: the boot log on the screen
+/// (fbcon) and the serial console, which stays /dev/console (named last);
+/// reset through the keyboard controller (no ACPI), reboot on panic so a
+/// dead guest stops.
+pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0 reboot=k panic=-1 quiet";
 /// Default memory for the kit: a bzImage decompresses in place and needs room.
 pub const DEFAULT_MEMORY_MIB: u32 = 512;
 
@@ -80,6 +82,7 @@ impl DefaultKit {
             kernel: self.kernel.clone(),
             initrd: Some(self.initrd.clone()),
             cmdline: DEFAULT_CMDLINE.to_string(),
+            display: DisplayConfig::default_screen(),
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod containers;
 pub mod devices;
+pub mod display;
 pub mod engine;
 pub mod host;
 pub mod images;
@@ -15,7 +16,8 @@ pub mod kit;
 pub mod store;
 pub(crate) mod vmm;
 
-pub use config::{ConfigError, KernelKind, VmConfig};
+pub use config::{ConfigError, DisplayConfig, KernelKind, VmConfig};
+pub use display::{DirtyRect, Display, DisplayError, Frame};
 pub use engine::{
     Command, Engine, EngineError, Event, ExitReason, VcpuStats, VmId, VmState, VmStats,
 };

@@ -328,6 +328,7 @@ mod tests {
             kernel: "/boot/vmlinuz".into(),
             initrd: None,
             cmdline: "console=ttyS0".into(),
+            display: None,
         }
     }
 

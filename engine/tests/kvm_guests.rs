@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hangar_engine::engine::RegisterDump;
-use hangar_engine::{Command, Engine, Event, ExitReason, VmConfig, VmId, VmState};
+use hangar_engine::{Command, DisplayConfig, Engine, Event, ExitReason, VmConfig, VmId, VmState};
 
 /// Longest wait for anything a guest should do.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -125,6 +125,16 @@ impl Harness {
     }
 
     fn start(&mut self, id: &str, guest_name: &str, vcpus: u8) -> VmId {
+        self.start_with_display(id, guest_name, vcpus, None)
+    }
+
+    fn start_with_display(
+        &mut self,
+        id: &str,
+        guest_name: &str,
+        vcpus: u8,
+        display: Option<DisplayConfig>,
+    ) -> VmId {
         let id = VmId(id.to_string());
         let config = VmConfig {
             name: format!("test {guest_name}"),
@@ -133,6 +143,7 @@ impl Harness {
             kernel: guest(guest_name),
             initrd: None,
             cmdline: String::new(),
+            display,
         };
         self.engine
             .execute(Command::Start {
@@ -333,6 +344,7 @@ fn event_vm(e: &Event) -> &VmId {
         | Event::Stats { id, .. }
         | Event::BootMarker { id, .. }
         | Event::Error { id, .. }
+        | Event::DisplayUpdated { id }
         | Event::Exited { id, .. } => id,
     }
 }
@@ -648,4 +660,117 @@ fn running_vm_reports_stats_per_vcpu() {
         timeout: Duration::ZERO,
     });
     assert_eq!(h.wait_exit(&vm), ExitReason::Stopped { forced: true });
+}
+
+/// The framebuffer guest's pattern, as `0x00RRGGBB` at (x, y).
+fn expected_pixel(x: u32, y: u32, width: u32, height: u32) -> u32 {
+    if (8..24).contains(&x) && (4..12).contains(&y) {
+        0x00ff_0000
+    } else if (100..108).contains(&x) && (60..68).contains(&y) {
+        0x0000_ff00
+    } else if (x, y) == (width - 1, height - 1) {
+        0x0000_00ff
+    } else {
+        0
+    }
+}
+
+#[test]
+fn framebuffer_reaches_the_display_pixel_for_pixel_with_dirty_rows_only() {
+    require_kvm!();
+    let (width, height) = (320, 200);
+    let mut h = Harness::new();
+    let vm = h.start_with_display(
+        "fb",
+        "framebuffer",
+        1,
+        Some(DisplayConfig { width, height }),
+    );
+    let display = h
+        .engine
+        .display(&vm)
+        .expect("a VM with a screen has a display");
+    assert_eq!(display.size(), (width, height));
+    // The guest found the screen where screen_info put it (VESA LFB 0x23).
+    h.wait_serial(&vm, "fb 320x200 stride 1280 type 35\n");
+    h.wait("the pattern to be drawn", |h| {
+        !h.marker_positions(&vm, 0x10).is_empty()
+    });
+    // The next screen refresh after the marker carries the whole pattern.
+    h.wait("a display update", |h| {
+        h.for_vm(&vm)
+            .any(|e| matches!(e, Event::DisplayUpdated { .. }))
+    });
+    h.collect_for(Duration::from_millis(100));
+    let (pixels_ok, rects) = display.take_changes(|frame, rects| {
+        let mut bad = Vec::new();
+        for y in 0..frame.height {
+            for x in 0..frame.width {
+                let want = expected_pixel(x, y, frame.width, frame.height);
+                let got = frame.pixels[(y * frame.width + x) as usize];
+                if got != want && bad.len() < 5 {
+                    bad.push((x, y, got, want));
+                }
+            }
+        }
+        (bad, rects.to_vec())
+    });
+    assert!(
+        pixels_ok.is_empty(),
+        "pixels differ (x, y, got, want): {pixels_ok:?}"
+    );
+    // Only rows the guest drew on (to the 4 KiB page: 3.2 rows here) are
+    // reported; the middle of the screen, untouched, is not.
+    assert!(!rects.is_empty());
+    for r in &rects {
+        let rows = r.y..r.y + r.height;
+        let drew = |a: u32, b: u32| rows.start < b + 4 && a < rows.end + 4;
+        assert!(
+            drew(4, 12) || drew(60, 68) || drew(height - 1, height),
+            "rows {rows:?} were reported dirty but nothing was drawn near them: {rects:?}"
+        );
+        assert!(!rows.contains(&120), "row 120 was never drawn: {rects:?}");
+    }
+    let covered = |y: u32| rects.iter().any(|r| (r.y..r.y + r.height).contains(&y));
+    for y in [4, 11, 60, 67, height - 1] {
+        assert!(covered(y), "row {y} was drawn but not reported: {rects:?}");
+    }
+    // Nothing more is drawn: no more updates.
+    let generation = display.generation();
+    h.collect_for(Duration::from_millis(200));
+    assert_eq!(
+        display.generation(),
+        generation,
+        "a still screen is not updated"
+    );
+    // A screenshot is the frame.
+    let dir = std::env::temp_dir().join(format!("hangar-fb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("fb.png");
+    display.save_png(&png).unwrap();
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut buf).unwrap();
+    let at = |x: usize, y: usize| &buf[(y * width as usize + x) * 3..][..3];
+    assert_eq!(at(8, 4), &[0xff, 0, 0]);
+    assert_eq!(at(100, 60), &[0, 0xff, 0]);
+    assert_eq!(at(0, 0), &[0, 0, 0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    h.execute(Command::Stop {
+        id: vm.clone(),
+        timeout: Duration::ZERO,
+    });
+    h.wait_exit(&vm);
+}
+
+#[test]
+fn a_vm_without_a_screen_has_no_display_and_the_guest_sees_none() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("nofb", "framebuffer", 1);
+    assert!(h.engine.display(&vm).is_none());
+    let reason = h.wait_exit(&vm);
+    assert_eq!(reason, ExitReason::GuestExit(3), "{}", h.history());
+    assert_eq!(h.serial(&vm), "no fb\n");
 }

@@ -14,6 +14,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use anyhow::Context;
+use hangar_engine::config::DisplayConfig;
 use hangar_engine::engine::MARKER_INIT_REACHED;
 use hangar_engine::{Command, DefaultKit, Engine, Event, ExitReason, VmConfig, VmId};
 use vmm_sys_util::terminal::Terminal;
@@ -92,6 +93,7 @@ impl RunArgs {
                 .cmdline
                 .clone()
                 .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".into()),
+            display: DisplayConfig::default_screen(),
         })
     }
 }
@@ -275,7 +277,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     eprint!("hangar: vcpus started after {} us{nl}", setup.as_micros());
                 }
             }
-            Event::StateChanged { .. } | Event::Stats { .. } => {}
+            // The terminal shows the serial console, not the screen.
+            Event::StateChanged { .. } | Event::Stats { .. } | Event::DisplayUpdated { .. } => {}
             Event::Exited { reason, .. } => {
                 drop(raw);
                 eprintln!("hangar: exited: {reason}");

@@ -610,6 +610,8 @@ impl HangarApp {
                 }
             }
             Event::Started { .. } => {}
+            // The Display tab reads the frame when it draws.
+            Event::DisplayUpdated { .. } => {}
             Event::Stats { id, stats } => {
                 if let Some(m) = rt.machines.get_mut(&id.0) {
                     m.on_stats(stats);

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, TryRecvError};
 
-use hangar_engine::config::{detect_kernel_kind, MAX_CMDLINE_LEN, MIN_MEMORY_MIB};
+use hangar_engine::config::{detect_kernel_kind, DisplayConfig, MAX_CMDLINE_LEN, MIN_MEMORY_MIB};
 use hangar_engine::kit::DEFAULT_CMDLINE;
 use hangar_engine::{DefaultKit, HostCapability, KernelKind, VmConfig};
 
@@ -236,6 +236,8 @@ pub fn config_of(state: &WizardState, kit: Option<&DefaultKit>) -> Option<VmConf
         kernel,
         initrd,
         cmdline: state.cmdline.trim().to_string(),
+        // Linux guests get a screen; Hangar's bare test programs do not use one.
+        display: DisplayConfig::default_screen(),
     })
 }
 

@@ -83,6 +83,7 @@ impl ConfigDir {
             kernel: kernel.to_path_buf(),
             initrd: None,
             cmdline: String::new(),
+            display: None,
         });
         store.create(&def).expect("cannot save the definition");
         def.id

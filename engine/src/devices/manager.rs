@@ -17,6 +17,12 @@ use super::serial::{
 };
 use super::IrqLine;
 
+/// Where a VM's linear framebuffer goes: the bottom of the 32-bit MMIO gap
+/// (RAM ends below it; the APICs sit at its top).
+pub const FRAMEBUFFER_START: u64 = 0xc000_0000;
+/// Room for it: up to the IOAPIC's page at 0xfec0_0000, rounded down.
+pub const FRAMEBUFFER_MAX_SIZE: u64 = 0x3e00_0000;
+
 /// Errors while placing devices.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceManagerError {
@@ -26,6 +32,9 @@ pub enum DeviceManagerError {
     /// Two devices claimed the same addresses.
     #[error("cannot place a device on the bus")]
     Bus(#[source] BusError),
+    /// The framebuffer does not fit below the IOAPIC.
+    #[error("a framebuffer of {0} bytes does not fit in the 32-bit MMIO gap")]
+    FramebufferTooLarge(u64),
 }
 
 /// The state of every device, for snapshots.
@@ -101,6 +110,14 @@ impl DeviceManager {
             cmos,
             irq_lines,
         })
+    }
+
+    /// The guest-physical address of a framebuffer of `size` bytes.
+    pub fn framebuffer_address(&self, size: u64) -> Result<u64, DeviceManagerError> {
+        if size > FRAMEBUFFER_MAX_SIZE {
+            return Err(DeviceManagerError::FramebufferTooLarge(size));
+        }
+        Ok(FRAMEBUFFER_START)
     }
 
     /// The port-I/O bus, shared with the vCPU threads.

@@ -2,5 +2,6 @@
 //! control thread. Only [`crate::engine`] uses this module directly.
 
 pub mod boot;
+pub(crate) mod framebuffer;
 pub(crate) mod vcpu;
 pub mod vm;

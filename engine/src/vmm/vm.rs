@@ -14,10 +14,12 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::boot::{self, BootError, BootSpec};
+use super::framebuffer::GuestFramebuffer;
 use super::vcpu::{install_kick_handler, VcpuCommand, VcpuOutcome, VcpuReport, VcpuThread};
 use crate::config::{KernelKind, VmConfig};
 use crate::devices::bus::lock;
 use crate::devices::manager::{DeviceManager, DeviceManagerError};
+use crate::display::Display;
 use crate::engine::{Event, EventSink, ExitReason, VcpuStats, VmId, VmState, VmStats};
 
 /// Where the TSS the hypervisor needs on Intel sits: three pages just below
@@ -27,6 +29,8 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 const TICK: Duration = Duration::from_millis(20);
 /// How often a running VM reports its figures.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the screen is checked for what the guest drew (60 Hz).
+const DISPLAY_INTERVAL: Duration = Duration::from_micros(16_667);
 /// How long the vCPUs get to leave after being told to.
 const VCPU_EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -102,6 +106,7 @@ impl Write for SerialSink {
 
 /// Start a VM's control thread. It reports through `sink` and ends after
 /// sending `Exited`. `started` is when the Start command was accepted.
+/// `display` is the screen the app reads, for a config with one.
 pub(crate) fn spawn_vm(
     id: VmId,
     config: VmConfig,
@@ -109,21 +114,24 @@ pub(crate) fn spawn_vm(
     sink: EventSink,
     channel: (Sender<ControlMsg>, Receiver<ControlMsg>),
     started: Instant,
+    display: Option<Display>,
 ) -> std::io::Result<JoinHandle<()>> {
     let (tx, rx) = channel;
     std::thread::Builder::new()
         .name("vm-control".into())
         .spawn(move || {
             let control = VmControl { id, sink, started };
-            control.run(&config, kind, tx, rx);
+            control.run(&config, kind, tx, rx, display);
         })
 }
 
 /// Everything a built VM holds. Dropped only after its vCPU threads ended.
 struct Machine {
     // Kept alive for the vCPUs: the VM fd and the guest memory mapping.
-    _vm: VmFd,
+    vm: VmFd,
     memory: GuestMemoryMmap,
+    /// The screen's memory, dirty-logged.
+    framebuffer: Option<GuestFramebuffer>,
     devices: DeviceManager,
     serial_out: Arc<Mutex<Vec<u8>>>,
     vcpus: Vec<VcpuThread>,
@@ -153,9 +161,10 @@ impl VmControl {
         kind: KernelKind,
         tx: Sender<ControlMsg>,
         rx: Receiver<ControlMsg>,
+        display: Option<Display>,
     ) {
         self.state(VmState::Starting);
-        let reason = match build(config, kind, &tx) {
+        let reason = match build(config, kind, &tx, display) {
             Ok(mut machine) => {
                 self.emit(Event::Started {
                     id: self.id.clone(),
@@ -195,8 +204,14 @@ impl VmControl {
         let mut last_tick = Instant::now();
         let running_since = Instant::now();
         let mut last_stats = running_since;
+        let mut next_frame = Instant::now();
         loop {
-            let msg = match rx.recv_timeout(TICK) {
+            let wait = if m.framebuffer.is_some() {
+                TICK.min(next_frame.saturating_duration_since(Instant::now()))
+            } else {
+                TICK
+            };
+            let msg = match rx.recv_timeout(wait) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
                 // Cannot happen while we hold a sender; treat as a stop.
@@ -273,6 +288,20 @@ impl VmControl {
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 m.devices.tick();
+            }
+            if let Some(fb) = &m.framebuffer {
+                if Instant::now() >= next_frame {
+                    next_frame = Instant::now() + DISPLAY_INTERVAL;
+                    match fb.poll(&m.vm) {
+                        Ok(true) => self.emit(Event::DisplayUpdated {
+                            id: self.id.clone(),
+                        }),
+                        Ok(false) => {}
+                        Err(e) => {
+                            log::warn!("{}: cannot read the screen's dirty log: {e}", self.id)
+                        }
+                    }
+                }
             }
             if last_stats.elapsed() >= STATS_INTERVAL {
                 last_stats = Instant::now();
@@ -357,7 +386,12 @@ impl VmControl {
 }
 
 /// Create the VM, its memory, devices and vCPUs, and start the vCPUs.
-fn build(config: &VmConfig, kind: KernelKind, tx: &Sender<ControlMsg>) -> Result<Machine, VmError> {
+fn build(
+    config: &VmConfig,
+    kind: KernelKind,
+    tx: &Sender<ControlMsg>,
+    display: Option<Display>,
+) -> Result<Machine, VmError> {
     let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -403,12 +437,23 @@ fn build(config: &VmConfig, kind: KernelKind, tx: &Sender<ControlMsg>) -> Result
             .map_err(kvm_err("connect an interrupt line"))?;
     }
 
+    // The screen: its own dirty-logged slot after the RAM slots.
+    let framebuffer = match (&config.display, display) {
+        (Some(cfg), Some(display)) => {
+            let base = devices.framebuffer_address(GuestFramebuffer::mapped_size(cfg))?;
+            let fb = GuestFramebuffer::new(cfg, base, memory.num_regions() as u32, display)?;
+            fb.register(&vm).map_err(kvm_err("map the framebuffer"))?;
+            Some(fb)
+        }
+        _ => None,
+    };
     let spec = BootSpec {
         kernel: &config.kernel,
         kind,
         initrd: config.initrd.as_deref(),
         cmdline: &config.cmdline,
         vcpus: config.vcpus,
+        screen: framebuffer.as_ref().map(|fb| fb.screen_info(false)),
     };
     let setup = boot::setup_guest(&memory, &spec)?;
 
@@ -453,8 +498,9 @@ fn build(config: &VmConfig, kind: KernelKind, tx: &Sender<ControlMsg>) -> Result
         }
     }
     Ok(Machine {
-        _vm: vm,
+        vm,
         memory,
+        framebuffer,
         devices,
         serial_out,
         vcpus,

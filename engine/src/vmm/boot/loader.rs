@@ -235,6 +235,31 @@ pub(super) struct ZeroPage<'a> {
     pub initrd: Option<(u64, u64)>,
     /// Memory map.
     pub e820: &'a [boot_e820_entry],
+    /// The framebuffer, if any.
+    pub screen: Option<super::ScreenInfo>,
+}
+
+/// `screen_info.orig_video_isVGA` for a VESA linear framebuffer (vesafb).
+const VIDEO_TYPE_VLFB: u8 = 0x23;
+/// The same for an EFI framebuffer (efifb).
+const VIDEO_TYPE_EFI: u8 = 0x70;
+/// `screen_info.capabilities`: `ext_lfb_base` holds the address's top half.
+const VIDEO_CAPABILITY_64BIT_BASE: u32 = 1 << 1;
+
+/// The kernel's version string (`setup_header.kernel_version` points at it,
+/// relative to 0x200 in the file), if the file has one.
+pub(super) fn kernel_version(path: &Path, header: &setup_header) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let offset = u64::from(header.kernel_version);
+    if offset == 0 {
+        return None;
+    }
+    let mut f = File::open(path).ok()?;
+    f.seek(SeekFrom::Start(0x200 + offset)).ok()?;
+    let mut buf = [0u8; 128];
+    let n = f.read(&mut buf).ok()?;
+    let end = buf[..n].iter().position(|b| *b == 0).unwrap_or(n);
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// Fill `struct boot_params` as a boot loader would.
@@ -270,6 +295,36 @@ pub(super) fn build_boot_params(zp: &ZeroPage<'_>) -> Result<boot_params, BootEr
     table[..zp.e820.len()].copy_from_slice(zp.e820);
     params.e820_table = table;
     params.e820_entries = zp.e820.len() as u8;
+    if let Some(s) = zp.screen {
+        let mut si = params.screen_info;
+        si.orig_video_isVGA = if s.efi {
+            VIDEO_TYPE_EFI
+        } else {
+            VIDEO_TYPE_VLFB
+        };
+        si.lfb_width = s.width as u16;
+        si.lfb_height = s.height as u16;
+        si.lfb_depth = 32;
+        si.lfb_linelength = s.stride as u16;
+        si.lfb_base = s.base as u32;
+        si.ext_lfb_base = (s.base >> 32) as u32;
+        if s.base >> 32 != 0 {
+            si.capabilities |= VIDEO_CAPABILITY_64BIT_BASE;
+        }
+        // efifb reads bytes, vesafb 64 KiB units.
+        si.lfb_size = if s.efi {
+            s.size as u32
+        } else {
+            (s.size / 0x10000) as u32
+        };
+        // XRGB8888: red in bits 16..24, green 8..16, blue 0..8.
+        (si.red_size, si.red_pos) = (8, 16);
+        (si.green_size, si.green_pos) = (8, 8);
+        (si.blue_size, si.blue_pos) = (8, 0);
+        (si.rsvd_size, si.rsvd_pos) = (8, 24);
+        si.pages = 1;
+        params.screen_info = si;
+    }
     Ok(params)
 }
 
@@ -380,6 +435,7 @@ mod tests {
             cmdline_size: 14,
             initrd: Some((0x7f0_0000, 0x8_1234)),
             e820: &map,
+            screen: None,
         })
         .unwrap();
         // Braces copy the packed fields out before comparing.
@@ -409,6 +465,7 @@ mod tests {
             cmdline_size: 1,
             initrd: None,
             e820: &map,
+            screen: None,
         })
         .unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
@@ -416,6 +473,46 @@ mod tests {
         assert_eq!({ p.hdr.ramdisk_image }, 0);
         assert_eq!({ p.hdr.ramdisk_size }, 0);
         assert_eq!({ p.hdr.type_of_loader }, 0xff);
+    }
+
+    #[test]
+    fn screen_info_announces_the_framebuffer() {
+        let screen = super::super::ScreenInfo {
+            base: 0xc000_0000,
+            width: 1024,
+            height: 768,
+            stride: 4096,
+            size: 3 << 20,
+            efi: false,
+        };
+        let zp = |efi| ZeroPage {
+            header: None,
+            cmdline_size: 1,
+            initrd: None,
+            e820: &[],
+            screen: Some(super::super::ScreenInfo { efi, ..screen }),
+        };
+        let si = build_boot_params(&zp(false)).unwrap().screen_info;
+        assert_eq!(si.orig_video_isVGA, 0x23);
+        assert_eq!(
+            ({ si.lfb_width }, { si.lfb_height }, { si.lfb_depth }, {
+                si.lfb_linelength
+            }),
+            (1024, 768, 32, 4096)
+        );
+        assert_eq!({ si.lfb_base }, 0xc000_0000);
+        assert_eq!({ si.lfb_size }, 48, "vesafb: 64 KiB units");
+        assert_eq!((si.red_pos, si.green_pos, si.blue_pos), (16, 8, 0));
+        let si = build_boot_params(&zp(true)).unwrap().screen_info;
+        assert_eq!(si.orig_video_isVGA, 0x70);
+        assert_eq!({ si.lfb_size }, 3 << 20, "efifb: bytes");
+        let none = build_boot_params(&ZeroPage {
+            screen: None,
+            ..zp(false)
+        })
+        .unwrap()
+        .screen_info;
+        assert_eq!(none.orig_video_isVGA, 0, "no screen, no framebuffer");
     }
 
     #[test]

@@ -191,6 +191,27 @@ pub struct BootSpec<'a> {
     pub cmdline: &'a str,
     /// Number of vCPUs (for the MP table).
     pub vcpus: u8,
+    /// The framebuffer to announce in `screen_info`, if the VM has one.
+    /// `efi` is decided here from the kernel: see [`setup_guest`].
+    pub screen: Option<ScreenInfo>,
+}
+
+/// A linear framebuffer as Linux's `screen_info` describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScreenInfo {
+    /// Guest-physical address.
+    pub base: u64,
+    /// Pixels across.
+    pub width: u32,
+    /// Pixels down.
+    pub height: u32,
+    /// Bytes per row.
+    pub stride: u32,
+    /// Bytes mapped (a multiple of 64 KiB).
+    pub size: u64,
+    /// Announce it as an EFI framebuffer (efifb) rather than a VESA one
+    /// (vesafb).
+    pub efi: bool,
 }
 
 /// Where the BSP starts, from [`setup_guest`], for [`configure_vcpu`].
@@ -245,12 +266,22 @@ pub fn setup_guest(mem: &GuestMemoryMmap, spec: &BootSpec<'_>) -> Result<BootSet
         None => None,
     };
 
+    // Debian's cloud kernel has efifb but no vesafb; its std kernel both.
+    let screen = spec.screen.map(|s| ScreenInfo {
+        efi: kernel
+            .header
+            .as_ref()
+            .and_then(|h| loader::kernel_version(spec.kernel, h))
+            .is_some_and(|v| v.contains("cloud")),
+        ..s
+    });
     let e820 = loader::e820_map(mem);
     let params = loader::build_boot_params(&loader::ZeroPage {
         header: kernel.header,
         cmdline_size,
         initrd,
         e820: &e820,
+        screen,
     })?;
     loader::write_boot_params(mem, &params)?;
     mptable::write_mptable(mem, &mptable)?;
@@ -346,6 +377,7 @@ mod tests {
                 initrd: None,
                 cmdline: "console=ttyS0",
                 vcpus,
+                screen: None,
             },
         )
         .unwrap();
@@ -399,6 +431,7 @@ mod tests {
                 initrd: None,
                 cmdline: "",
                 vcpus: 1,
+                screen: None,
             },
         )
         .unwrap_err();
@@ -446,6 +479,7 @@ mod tests {
                 initrd: Some(&initrd.0),
                 cmdline: "console=ttyS0 quiet",
                 vcpus: 1,
+                screen: None,
             },
         )
         .unwrap();
@@ -493,6 +527,7 @@ mod tests {
                 initrd: Some(&initrd.0),
                 cmdline: "",
                 vcpus: 1,
+                screen: None,
             },
         )
         .unwrap_err();
@@ -512,6 +547,7 @@ mod tests {
             initrd: None,
             cmdline: "",
             vcpus,
+            screen: None,
         };
         assert!(matches!(
             setup_guest(&mem, &spec(255)),
