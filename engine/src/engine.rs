@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, HostLimits, VmConfig};
+use crate::devices::i8042::MouseButtons;
+use crate::devices::keymap::GuestKey;
 use crate::display::Display;
 use crate::host::{HostCapability, HostProbe};
 use crate::vmm::vm::{spawn_vm, ControlMsg, VmRequest};
@@ -59,6 +61,31 @@ pub enum Command {
         /// The bytes, as a terminal would send them.
         bytes: Vec<u8>,
     },
+    /// A key pressed or released on the guest's PS/2 keyboard.
+    KeyInput {
+        /// Which VM.
+        id: VmId,
+        /// The key, by position on a US keyboard.
+        key: GuestKey,
+        /// Pressed (true) or released.
+        pressed: bool,
+    },
+    /// The guest's PS/2 mouse moved, scrolled or changed buttons.
+    PointerInput {
+        /// Which VM.
+        id: VmId,
+        /// Counts to the right.
+        dx: i32,
+        /// Counts downwards (screen direction).
+        dy: i32,
+        /// Wheel notches away from the user.
+        wheel: i32,
+        /// The buttons held now.
+        buttons: MouseButtons,
+    },
+    /// Ctrl+Alt+Del on the guest's keyboard, without stopping the VM (the
+    /// host's own Ctrl+Alt+Del never reaches it).
+    SendCtrlAltDel(VmId),
 }
 
 /// A VM's life-cycle state.
@@ -313,6 +340,25 @@ impl Engine {
             Command::Resume(id) => self.request(&id, VmRequest::Resume),
             Command::Stop { id, timeout } => self.request(&id, VmRequest::Stop { timeout }),
             Command::SerialInput { id, bytes } => self.request(&id, VmRequest::SerialInput(bytes)),
+            Command::KeyInput { id, key, pressed } => {
+                self.request(&id, VmRequest::Key { key, pressed })
+            }
+            Command::PointerInput {
+                id,
+                dx,
+                dy,
+                wheel,
+                buttons,
+            } => self.request(
+                &id,
+                VmRequest::Pointer {
+                    dx,
+                    dy,
+                    wheel,
+                    buttons,
+                },
+            ),
+            Command::SendCtrlAltDel(id) => self.request(&id, VmRequest::CtrlAltDel),
         }
     }
 

@@ -17,6 +17,8 @@ pub mod store;
 pub(crate) mod vmm;
 
 pub use config::{ConfigError, DisplayConfig, KernelKind, VmConfig};
+pub use devices::i8042::MouseButtons;
+pub use devices::keymap::GuestKey;
 pub use display::{DirtyRect, Display, DisplayError, Frame};
 pub use engine::{
     Command, Engine, EngineError, Event, ExitReason, VcpuStats, VmId, VmState, VmStats,

@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hangar_engine::engine::RegisterDump;
-use hangar_engine::{Command, DisplayConfig, Engine, Event, ExitReason, VmConfig, VmId, VmState};
+use hangar_engine::{
+    Command, DisplayConfig, Engine, Event, ExitReason, GuestKey, VmConfig, VmId, VmState,
+};
 
 /// Longest wait for anything a guest should do.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -676,7 +678,7 @@ fn expected_pixel(x: u32, y: u32, width: u32, height: u32) -> u32 {
 }
 
 #[test]
-fn framebuffer_reaches_the_display_pixel_for_pixel_with_dirty_rows_only() {
+fn framebuffer_reaches_the_display_and_typed_keys_reach_the_guest() {
     require_kvm!();
     let (width, height) = (320, 200);
     let mut h = Harness::new();
@@ -757,11 +759,39 @@ fn framebuffer_reaches_the_display_pixel_for_pixel_with_dirty_rows_only() {
     assert_eq!(at(100, 60), &[0, 0xff, 0]);
     assert_eq!(at(0, 0), &[0, 0, 0]);
     std::fs::remove_dir_all(&dir).unwrap();
-    h.execute(Command::Stop {
-        id: vm.clone(),
-        timeout: Duration::ZERO,
-    });
-    h.wait_exit(&vm);
+
+    // Typed keys arrive as the scancodes Linux's atkbd reads through the
+    // controller's translation (set 1): A, Shift+A, Up (E0-prefixed), and
+    // Escape, whose release ends the guest.
+    let keys = [
+        (GuestKey::A, true),
+        (GuestKey::A, false),
+        (GuestKey::ShiftLeft, true),
+        (GuestKey::A, true),
+        (GuestKey::A, false),
+        (GuestKey::ShiftLeft, false),
+        (GuestKey::ArrowUp, true),
+        (GuestKey::ArrowUp, false),
+        (GuestKey::Escape, true),
+        (GuestKey::Escape, false),
+    ];
+    for (key, pressed) in keys {
+        h.execute(Command::KeyInput {
+            id: vm.clone(),
+            key,
+            pressed,
+        });
+    }
+    let reason = h.wait_exit(&vm);
+    assert_eq!(reason, ExitReason::GuestExit(0), "{}", h.history());
+    let serial = h.serial(&vm);
+    let typed = serial.lines().nth(1).unwrap_or_default();
+    assert_eq!(
+        typed,
+        "1e 9e 2a 1e 9e aa e0 48 e0 c8 01 81 ",
+        "{}",
+        h.history()
+    );
 }
 
 #[test]

@@ -1,28 +1,35 @@
-//! The PC keyboard controller (Intel 8042) with a PS/2 keyboard behind it.
+//! The PC keyboard controller (Intel 8042) with a PS/2 keyboard and a PS/2
+//! mouse behind it.
 //!
-//! Enough of both for Linux's `i8042` and `atkbd` drivers: the controller
-//! answers its self tests, keeps its command byte (CTR), translates the
-//! keyboard's replies to scancode set 1 when CTR bit 6 asks for it, loops
-//! bytes back through the aux port, and pulses the CPU reset line (the
-//! usual way a PC reboots). The keyboard answers reset, identify, LEDs,
-//! scancode set, typematic, enable/disable and echo.
+//! Enough of all three for Linux's `i8042`, `atkbd` and `psmouse` drivers:
+//! the controller answers its self tests, keeps its command byte (CTR),
+//! translates the keyboard's replies to scancode set 1 when CTR bit 6 asks
+//! for it, loops bytes back through the aux port (Linux's aux probe and
+//! IRQ 12 test), passes bytes to the mouse (command 0xD4), and pulses the
+//! CPU reset line (the usual way a PC reboots). The keyboard answers reset,
+//! identify, LEDs, scancode set, typematic, enable/disable and echo.
 //!
-//! The aux (mouse) port exists, so Linux's aux probe (loopback and the
-//! IRQ 12 delivery test) passes, but no device is plugged into it: every
-//! byte sent to the aux device is answered 0xFE (resend), which Linux's
-//! `psmouse` takes as "no mouse" at once rather than after a timeout.
+//! The mouse is a standard PS/2 mouse (ID 0x00) that turns into an
+//! IntelliMouse (ID 0x03, 4-byte packets with a wheel byte) after the
+//! sample-rate sequence 200, 100, 80, so `psmouse` finds an "ImPS/2 Generic
+//! Wheel Mouse". It answers every command of the PS/2 mouse protocol:
+//! reset, defaults, enable/disable reporting, sample rate, resolution,
+//! scaling, status, ID, stream/remote mode, read data and wrap mode.
 //!
 //! Output model: a real 8042 has a one-byte output buffer, and the devices
 //! behind it hold their bytes until it is free. Here, the byte the guest
 //! sees (`OBF`) is latched from three queues in priority order: controller
 //! replies, then the keyboard (its command replies before its scancodes),
-//! then the aux port. Each latch raises the port's interrupt if the CTR
-//! enables it, so a guest reading one byte per interrupt gets them all.
+//! then the mouse. Each latch raises the port's interrupt (IRQ 1 or 12) if
+//! the CTR enables it, so a guest reading one byte per interrupt gets them
+//! all. Keyboard and mouse each buffer at most [`PENDING_OUTPUT_LIMIT`]
+//! bytes, as the real devices do; the host's input beyond that is refused.
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::keymap::{set1_scancodes, GuestKey};
 use super::{BusDevice, GuestRequest, IrqLine};
 
 /// The data port (0x60); the status/command port is at offset 4 (0x64).
@@ -129,10 +136,68 @@ const KBD_DEFAULT_SCANCODE_SET: u8 = 2;
 /// 10.9 characters per second after 500 ms.
 const KBD_DEFAULT_TYPEMATIC: u8 = 0x2b;
 
-/// What a real keyboard buffers; also the most bytes the host may have
-/// queued for the guest at once. Linux's probe flushes at most 16 bytes
-/// and declares the controller missing if more keep coming.
-const PENDING_OUTPUT_LIMIT: usize = 16;
+/// What a real keyboard (or mouse) buffers; also the most bytes the host
+/// may have queued for the guest at once on either port. Linux's probe
+/// flushes at most 16 bytes and declares the controller missing if more
+/// keep coming.
+pub const PENDING_OUTPUT_LIMIT: usize = 16;
+
+// Mouse commands (0xD4, then the byte at 0x60) and replies.
+const AUX_CMD_SET_SCALING_1_1: u8 = 0xe6;
+const AUX_CMD_SET_SCALING_2_1: u8 = 0xe7;
+const AUX_CMD_SET_RESOLUTION: u8 = 0xe8;
+const AUX_CMD_STATUS_REQUEST: u8 = 0xe9;
+const AUX_CMD_SET_STREAM_MODE: u8 = 0xea;
+const AUX_CMD_READ_DATA: u8 = 0xeb;
+const AUX_CMD_RESET_WRAP_MODE: u8 = 0xec;
+const AUX_CMD_SET_WRAP_MODE: u8 = 0xee;
+const AUX_CMD_SET_REMOTE_MODE: u8 = 0xf0;
+const AUX_CMD_GET_ID: u8 = 0xf2;
+const AUX_CMD_SET_SAMPLE_RATE: u8 = 0xf3;
+const AUX_CMD_ENABLE_REPORTING: u8 = 0xf4;
+const AUX_CMD_DISABLE_REPORTING: u8 = 0xf5;
+const AUX_CMD_SET_DEFAULTS: u8 = 0xf6;
+const AUX_CMD_RESEND: u8 = 0xfe;
+const AUX_CMD_RESET: u8 = 0xff;
+
+const AUX_REPLY_ACK: u8 = 0xfa;
+const AUX_REPLY_RESEND: u8 = 0xfe;
+const AUX_REPLY_SELF_TEST_OK: u8 = 0xaa;
+/// Device IDs: a standard PS/2 mouse, and an IntelliMouse (wheel).
+const AUX_ID_STANDARD: u8 = 0x00;
+const AUX_ID_INTELLIMOUSE: u8 = 0x03;
+/// Sample rates that switch a standard mouse to IntelliMouse mode.
+const INTELLIMOUSE_MAGIC: [u8; 3] = [200, 100, 80];
+
+/// 100 samples per second, 4 counts per millimetre (resolution code 2).
+const AUX_DEFAULT_SAMPLE_RATE: u8 = 100;
+const AUX_DEFAULT_RESOLUTION: u8 = 2;
+
+// Movement packet, first byte.
+const PACKET_LEFT: u8 = 0x01;
+const PACKET_RIGHT: u8 = 0x02;
+const PACKET_MIDDLE: u8 = 0x04;
+const PACKET_ALWAYS_ONE: u8 = 0x08;
+const PACKET_X_SIGN: u8 = 0x10;
+const PACKET_Y_SIGN: u8 = 0x20;
+const PACKET_X_OVERFLOW: u8 = 0x40;
+const PACKET_Y_OVERFLOW: u8 = 0x80;
+/// Motion per packet the host side sends: |x|, |y| <= 255 needs no
+/// overflow bit (9-bit two's complement reaches -256..=255).
+const PACKET_MAX_MOTION: i32 = 255;
+/// Wheel counts per packet: the IntelliMouse's 4-bit range, symmetric.
+const PACKET_MAX_WHEEL: i32 = 7;
+/// What remote mode accumulates at most between two reads (far beyond
+/// what the 9-bit counters report; the overflow bits say so).
+const REMOTE_MOTION_LIMIT: i32 = 1 << 16;
+
+// Status request (0xE9), first byte.
+const AUX_STATUS_RIGHT: u8 = 0x01;
+const AUX_STATUS_MIDDLE: u8 = 0x02;
+const AUX_STATUS_LEFT: u8 = 0x04;
+const AUX_STATUS_SCALING_2_1: u8 = 0x10;
+const AUX_STATUS_REPORTING: u8 = 0x20;
+const AUX_STATUS_REMOTE: u8 = 0x40;
 
 /// Ctrl+Alt+Del in scancode set 1: make LCtrl, LAlt, Delete, then break
 /// Delete, LAlt, LCtrl.
@@ -194,10 +259,67 @@ pub struct I8042State {
     pub last_read: u8,
     /// Controller replies waiting for the output buffer.
     pub controller_replies: Vec<OutputByte>,
-    /// Aux port bytes waiting for the output buffer.
-    pub aux_replies: Vec<u8>,
     /// The keyboard.
     pub keyboard: Ps2KeyboardState,
+    /// The mouse on the aux port (a fresh one if the snapshot has none).
+    #[serde(default)]
+    pub mouse: Ps2MouseState,
+}
+
+/// The mouse buttons held down.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MouseButtons {
+    /// Left (primary) button.
+    pub left: bool,
+    /// Right (secondary) button.
+    pub right: bool,
+    /// Middle button (wheel press).
+    pub middle: bool,
+}
+
+/// The PS/2 mouse's state, for snapshots.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Ps2MouseState {
+    /// Replies to commands, sent before any movement packet not yet begun.
+    pub replies: Vec<u8>,
+    /// Movement packet bytes not yet sent, whole packets apart from the
+    /// rest of the one being sent (see `packet_bytes_left`).
+    pub packets: Vec<u8>,
+    /// How many bytes at the front of `packets` finish a packet the guest
+    /// has started reading; they go out before anything else.
+    pub packet_bytes_left: u8,
+    /// Data reporting is on (command 0xF4; off after reset, 0xF5, 0xF6).
+    pub reporting: bool,
+    /// Remote mode (0xF0): motion is only sent when read with 0xEB.
+    pub remote_mode: bool,
+    /// Wrap (echo) mode (0xEE until 0xEC or reset).
+    pub wrap_mode: bool,
+    /// 2:1 scaling (0xE7) instead of 1:1 (0xE6).
+    pub scaling_2_1: bool,
+    /// Samples per second (0xF3).
+    pub sample_rate: u8,
+    /// Resolution code 0..=3: 1, 2, 4, 8 counts per millimetre (0xE8).
+    pub resolution: u8,
+    /// IntelliMouse mode: ID 0x03 and 4-byte packets with a wheel byte.
+    pub intellimouse: bool,
+    /// How many rates of the sequence 200, 100, 80 were set last (0..=2).
+    pub magic_progress: u8,
+    /// A command (0xF3 or 0xE8) that still waits for its argument byte.
+    pub awaiting_argument: Option<u8>,
+    /// The buttons held down, as last reported by the host.
+    pub buttons: MouseButtons,
+    /// Remote mode: motion since the last read, x and y (PS/2 sense, y up)
+    /// and the wheel byte's sense (positive towards the user).
+    pub remote_motion: [i32; 3],
+    /// The last byte the mouse sent, for command 0xFE (resend).
+    pub last_sent: u8,
+}
+
+impl Default for Ps2MouseState {
+    /// A mouse just after power-on (reset).
+    fn default() -> Self {
+        Ps2Mouse::new().state()
+    }
 }
 
 /// An MF2 keyboard on a PS/2 port.
@@ -393,12 +515,421 @@ fn translate_reply(byte: u8) -> u8 {
     }
 }
 
+/// A PS/2 mouse with a wheel (IntelliMouse) on the aux port.
+#[derive(Debug)]
+struct Ps2Mouse {
+    replies: VecDeque<u8>,
+    packets: VecDeque<u8>,
+    packet_bytes_left: u8,
+    reporting: bool,
+    remote_mode: bool,
+    wrap_mode: bool,
+    scaling_2_1: bool,
+    sample_rate: u8,
+    resolution: u8,
+    intellimouse: bool,
+    magic_progress: u8,
+    awaiting_argument: Option<u8>,
+    buttons: MouseButtons,
+    remote_motion: [i32; 3],
+    last_sent: u8,
+}
+
+impl Ps2Mouse {
+    fn new() -> Self {
+        Self {
+            replies: VecDeque::new(),
+            packets: VecDeque::new(),
+            packet_bytes_left: 0,
+            reporting: false,
+            remote_mode: false,
+            wrap_mode: false,
+            scaling_2_1: false,
+            sample_rate: AUX_DEFAULT_SAMPLE_RATE,
+            resolution: AUX_DEFAULT_RESOLUTION,
+            intellimouse: false,
+            magic_progress: 0,
+            awaiting_argument: None,
+            buttons: MouseButtons::default(),
+            remote_motion: [0; 3],
+            last_sent: 0,
+        }
+    }
+
+    fn from_state(s: &Ps2MouseState) -> Self {
+        let mut mouse = Self {
+            replies: bounded(&s.replies),
+            packets: bounded(&s.packets),
+            packet_bytes_left: 0,
+            reporting: s.reporting,
+            remote_mode: s.remote_mode,
+            wrap_mode: s.wrap_mode,
+            scaling_2_1: s.scaling_2_1,
+            sample_rate: s.sample_rate,
+            resolution: s.resolution & 0x03,
+            intellimouse: s.intellimouse,
+            magic_progress: if usize::from(s.magic_progress) < INTELLIMOUSE_MAGIC.len() {
+                s.magic_progress
+            } else {
+                0
+            },
+            awaiting_argument: s.awaiting_argument.filter(|&c| aux_takes_argument(c)),
+            buttons: s.buttons,
+            remote_motion: s
+                .remote_motion
+                .map(|v| v.clamp(-REMOTE_MOTION_LIMIT, REMOTE_MOTION_LIMIT)),
+            last_sent: s.last_sent,
+        };
+        // The started packet's rest can be no longer than a packet, and
+        // the bytes after it must be whole packets.
+        let started = usize::from(s.packet_bytes_left)
+            .min(mouse.packet_len() - 1)
+            .min(mouse.packets.len());
+        let whole = (mouse.packets.len() - started) / mouse.packet_len() * mouse.packet_len();
+        mouse.packets.truncate(started + whole);
+        mouse.packet_bytes_left = u8::try_from(started).unwrap_or(0);
+        mouse
+    }
+
+    fn state(&self) -> Ps2MouseState {
+        Ps2MouseState {
+            replies: self.replies.iter().copied().collect(),
+            packets: self.packets.iter().copied().collect(),
+            packet_bytes_left: self.packet_bytes_left,
+            reporting: self.reporting,
+            remote_mode: self.remote_mode,
+            wrap_mode: self.wrap_mode,
+            scaling_2_1: self.scaling_2_1,
+            sample_rate: self.sample_rate,
+            resolution: self.resolution,
+            intellimouse: self.intellimouse,
+            magic_progress: self.magic_progress,
+            awaiting_argument: self.awaiting_argument,
+            buttons: self.buttons,
+            remote_motion: self.remote_motion,
+            last_sent: self.last_sent,
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.replies.len() + self.packets.len()
+    }
+
+    /// Bytes in a movement packet: 4 with the IntelliMouse wheel byte.
+    fn packet_len(&self) -> usize {
+        if self.intellimouse {
+            4
+        } else {
+            3
+        }
+    }
+
+    /// Queue a reply, all of it or (if the guest never reads) none.
+    fn reply(&mut self, bytes: &[u8]) {
+        if self.pending() + bytes.len() <= PENDING_OUTPUT_LIMIT {
+            self.replies.extend(bytes);
+        }
+    }
+
+    fn ack(&mut self) {
+        self.reply(&[AUX_REPLY_ACK]);
+    }
+
+    /// Settings of 0xF6 (and of reset): movement counters cleared too.
+    fn load_defaults(&mut self) {
+        self.sample_rate = AUX_DEFAULT_SAMPLE_RATE;
+        self.resolution = AUX_DEFAULT_RESOLUTION;
+        self.scaling_2_1 = false;
+        self.reporting = false;
+        self.remote_mode = false;
+        self.remote_motion = [0; 3];
+    }
+
+    /// A byte from the host (the guest's driver, through controller
+    /// command 0xD4) arrives at the mouse.
+    fn receive(&mut self, byte: u8) {
+        // The host talking aborts streaming: packets not yet begun are
+        // dropped, a packet already begun is finished first.
+        self.packets.truncate(usize::from(self.packet_bytes_left));
+        if let Some(command) = self.awaiting_argument.take() {
+            self.receive_argument(command, byte);
+            return;
+        }
+        if self.wrap_mode && byte != AUX_CMD_RESET_WRAP_MODE && byte != AUX_CMD_RESET {
+            self.reply(&[byte]);
+            return;
+        }
+        match byte {
+            AUX_CMD_SET_SCALING_1_1 | AUX_CMD_SET_SCALING_2_1 => {
+                self.scaling_2_1 = byte == AUX_CMD_SET_SCALING_2_1;
+                self.ack();
+            }
+            AUX_CMD_SET_RESOLUTION | AUX_CMD_SET_SAMPLE_RATE => {
+                self.ack();
+                self.awaiting_argument = Some(byte);
+            }
+            AUX_CMD_STATUS_REQUEST => {
+                let status = self.status_byte();
+                self.reply(&[AUX_REPLY_ACK, status, self.resolution, self.sample_rate]);
+            }
+            AUX_CMD_SET_STREAM_MODE | AUX_CMD_SET_REMOTE_MODE => {
+                self.remote_mode = byte == AUX_CMD_SET_REMOTE_MODE;
+                self.remote_motion = [0; 3];
+                self.ack();
+            }
+            AUX_CMD_READ_DATA => {
+                let [x, y, z] = self.remote_motion;
+                self.remote_motion = [0; 3];
+                let (packet, len) = encode_packet(x, y, z, self.buttons, self.intellimouse);
+                let mut reply = [AUX_REPLY_ACK; 5];
+                reply[1..=len].copy_from_slice(&packet[..len]);
+                self.reply(&reply[..=len]);
+            }
+            AUX_CMD_RESET_WRAP_MODE | AUX_CMD_SET_WRAP_MODE => {
+                self.wrap_mode = byte == AUX_CMD_SET_WRAP_MODE;
+                self.remote_motion = [0; 3];
+                self.ack();
+            }
+            AUX_CMD_GET_ID => {
+                let id = if self.intellimouse {
+                    AUX_ID_INTELLIMOUSE
+                } else {
+                    AUX_ID_STANDARD
+                };
+                self.reply(&[AUX_REPLY_ACK, id]);
+            }
+            AUX_CMD_ENABLE_REPORTING | AUX_CMD_DISABLE_REPORTING => {
+                self.reporting = byte == AUX_CMD_ENABLE_REPORTING;
+                self.remote_motion = [0; 3];
+                self.ack();
+            }
+            AUX_CMD_SET_DEFAULTS => {
+                self.load_defaults();
+                self.ack();
+            }
+            AUX_CMD_RESEND => {
+                let last = self.last_sent;
+                self.reply(&[last]);
+            }
+            AUX_CMD_RESET => {
+                // Start over: whatever was still to be said is dropped.
+                self.replies.clear();
+                self.load_defaults();
+                self.wrap_mode = false;
+                self.intellimouse = false;
+                self.magic_progress = 0;
+                self.reply(&[AUX_REPLY_ACK, AUX_REPLY_SELF_TEST_OK, AUX_ID_STANDARD]);
+            }
+            _ => self.reply(&[AUX_REPLY_RESEND]),
+        }
+    }
+
+    fn receive_argument(&mut self, command: u8, arg: u8) {
+        match command {
+            AUX_CMD_SET_SAMPLE_RATE => {
+                // Any rate is taken: drivers probing for touchpads use the
+                // rate command to carry other bytes.
+                self.sample_rate = arg;
+                self.track_magic(arg);
+                self.ack();
+            }
+            AUX_CMD_SET_RESOLUTION => {
+                self.resolution = arg & 0x03;
+                self.ack();
+            }
+            _ => self.reply(&[AUX_REPLY_RESEND]),
+        }
+    }
+
+    /// Follow the sample rates set for 200, 100, 80 (the IntelliMouse
+    /// "knock"); the ID changes to 0x03 when the last of them arrives.
+    fn track_magic(&mut self, rate: u8) {
+        let progress = usize::from(self.magic_progress);
+        if INTELLIMOUSE_MAGIC.get(progress) == Some(&rate) {
+            if progress + 1 == INTELLIMOUSE_MAGIC.len() {
+                self.intellimouse = true;
+                self.magic_progress = 0;
+            } else {
+                self.magic_progress += 1;
+            }
+        } else {
+            // The sequence's rates all differ, so a mismatch can only
+            // start it over.
+            self.magic_progress = u8::from(rate == INTELLIMOUSE_MAGIC[0]);
+        }
+    }
+
+    fn status_byte(&self) -> u8 {
+        let mut status = 0;
+        for (on, bit) in [
+            (self.buttons.left, AUX_STATUS_LEFT),
+            (self.buttons.middle, AUX_STATUS_MIDDLE),
+            (self.buttons.right, AUX_STATUS_RIGHT),
+            (self.scaling_2_1, AUX_STATUS_SCALING_2_1),
+            (self.reporting, AUX_STATUS_REPORTING),
+            (self.remote_mode, AUX_STATUS_REMOTE),
+        ] {
+            if on {
+                status |= bit;
+            }
+        }
+        status
+    }
+
+    /// Movement from the host, see [`I8042Controller::inject_mouse`]; `room`
+    /// is how many more bytes the mouse may buffer.
+    fn inject(&mut self, dx: i32, dy: i32, wheel: i32, buttons: MouseButtons, room: usize) -> bool {
+        if self.wrap_mode {
+            return false;
+        }
+        let len = self.packet_len();
+        // Never more than the buffer could ever hold: a larger motion is cut.
+        let max_packets = PENDING_OUTPUT_LIMIT / len;
+        let max_motion = PACKET_MAX_MOTION.saturating_mul(i32::try_from(max_packets).unwrap_or(1));
+        let max_wheel = PACKET_MAX_WHEEL.saturating_mul(i32::try_from(max_packets).unwrap_or(1));
+        let x = dx.clamp(-max_motion, max_motion);
+        // PS/2 y grows upwards, the caller's downwards.
+        let y = -dy.clamp(-max_motion, max_motion);
+        // The wheel byte counts towards the user; the caller's wheel away.
+        let z = if self.intellimouse {
+            -wheel.clamp(-max_wheel, max_wheel)
+        } else {
+            0
+        };
+        if self.remote_mode {
+            self.buttons = buttons;
+            for (total, delta) in self.remote_motion.iter_mut().zip([x, y, z]) {
+                *total = total
+                    .saturating_add(delta)
+                    .clamp(-REMOTE_MOTION_LIMIT, REMOTE_MOTION_LIMIT);
+            }
+            return true;
+        }
+        if !self.reporting {
+            self.buttons = buttons;
+            return false;
+        }
+        let (mut x, mut y) = if self.scaling_2_1 {
+            (
+                scale_2_1(x).clamp(-max_motion, max_motion),
+                scale_2_1(y).clamp(-max_motion, max_motion),
+            )
+        } else {
+            (x, y)
+        };
+        let mut z = z;
+        if x == 0 && y == 0 && z == 0 && buttons == self.buttons {
+            // Nothing a packet would tell.
+            return true;
+        }
+        let packets = [
+            packets_for(x, PACKET_MAX_MOTION),
+            packets_for(y, PACKET_MAX_MOTION),
+            packets_for(z, PACKET_MAX_WHEEL),
+            1,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        if packets * len > room {
+            return false;
+        }
+        for _ in 0..packets {
+            let px = x.clamp(-PACKET_MAX_MOTION, PACKET_MAX_MOTION);
+            let py = y.clamp(-PACKET_MAX_MOTION, PACKET_MAX_MOTION);
+            let pz = z.clamp(-PACKET_MAX_WHEEL, PACKET_MAX_WHEEL);
+            (x, y, z) = (x - px, y - py, z - pz);
+            let (packet, n) = encode_packet(px, py, pz, buttons, self.intellimouse);
+            self.packets.extend(&packet[..n]);
+        }
+        self.buttons = buttons;
+        true
+    }
+
+    /// The next byte the mouse sends: the rest of a packet already begun,
+    /// then command replies, then movement packets.
+    fn next_output(&mut self) -> Option<u8> {
+        let byte = if self.packet_bytes_left > 0 {
+            self.packet_bytes_left -= 1;
+            self.packets.pop_front()
+        } else if let Some(reply) = self.replies.pop_front() {
+            Some(reply)
+        } else {
+            let byte = self.packets.pop_front()?;
+            self.packet_bytes_left = u8::try_from(self.packet_len() - 1).unwrap_or(0);
+            Some(byte)
+        }?;
+        self.last_sent = byte;
+        Some(byte)
+    }
+}
+
+fn aux_takes_argument(command: u8) -> bool {
+    matches!(command, AUX_CMD_SET_SAMPLE_RATE | AUX_CMD_SET_RESOLUTION)
+}
+
+/// Packets needed to carry `value` at most `per_packet` at a time.
+fn packets_for(value: i32, per_packet: i32) -> usize {
+    let n = value.unsigned_abs().div_ceil(per_packet.unsigned_abs());
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// The PS/2 2:1 scaling curve: 1, 1, 3, 6, 9 for 1..=5 counts, then double.
+fn scale_2_1(value: i32) -> i32 {
+    let scaled = match value.unsigned_abs() {
+        0 => 0,
+        1 | 2 => 1,
+        3 => 3,
+        4 => 6,
+        5 => 9,
+        n => i32::try_from(n.saturating_mul(2)).unwrap_or(i32::MAX),
+    };
+    if value < 0 {
+        -scaled
+    } else {
+        scaled
+    }
+}
+
+/// One movement packet: `x`, `y` (PS/2 sense, y up) in 9-bit two's
+/// complement with the sign bits in byte 0 and the overflow bits set when
+/// they do not fit; with `intellimouse`, a fourth byte `z` (wheel,
+/// positive towards the user) clamped to -8..=7. Returns the bytes and how
+/// many of them make the packet (3 or 4).
+fn encode_packet(
+    x: i32,
+    y: i32,
+    z: i32,
+    buttons: MouseButtons,
+    intellimouse: bool,
+) -> ([u8; 4], usize) {
+    let mut head = PACKET_ALWAYS_ONE;
+    for (on, bit) in [
+        (buttons.left, PACKET_LEFT),
+        (buttons.right, PACKET_RIGHT),
+        (buttons.middle, PACKET_MIDDLE),
+        (x < 0, PACKET_X_SIGN),
+        (y < 0, PACKET_Y_SIGN),
+        (!(-256..=255).contains(&x), PACKET_X_OVERFLOW),
+        (!(-256..=255).contains(&y), PACKET_Y_OVERFLOW),
+    ] {
+        if on {
+            head |= bit;
+        }
+    }
+    // The low eight bits of the 9-bit value; bit 8 is the sign bit above.
+    let low = |v: i32| v.clamp(-256, 255).to_le_bytes()[0];
+    let wheel = z.clamp(-8, 7).to_le_bytes()[0];
+    let packet = [head, low(x), low(y), wheel];
+    (packet, if intellimouse { 4 } else { 3 })
+}
+
 fn bounded<T: Copy>(items: &[T]) -> VecDeque<T> {
     items.iter().copied().take(PENDING_OUTPUT_LIMIT).collect()
 }
 
 /// The 8042 keyboard controller at ports 0x60 and 0x64, with a keyboard on
-/// its first port and an empty aux port.
+/// its first port and a wheel mouse on its aux port.
 pub struct I8042Controller {
     ram: [u8; CONTROLLER_RAM_SIZE],
     output_port: u8,
@@ -407,8 +938,8 @@ pub struct I8042Controller {
     output_buffer: Option<OutputByte>,
     last_read: u8,
     controller_replies: VecDeque<OutputByte>,
-    aux_replies: VecDeque<u8>,
     keyboard: Ps2Keyboard,
+    mouse: Ps2Mouse,
     kbd_irq: IrqLine,
     aux_irq: IrqLine,
 }
@@ -427,8 +958,8 @@ impl I8042Controller {
             output_buffer: None,
             last_read: 0,
             controller_replies: VecDeque::new(),
-            aux_replies: VecDeque::new(),
             keyboard: Ps2Keyboard::new(),
+            mouse: Ps2Mouse::new(),
             kbd_irq,
             aux_irq,
         }
@@ -450,8 +981,8 @@ impl I8042Controller {
             output_buffer: state.output_buffer,
             last_read: state.last_read,
             controller_replies: bounded(&state.controller_replies),
-            aux_replies: bounded(&state.aux_replies),
             keyboard: Ps2Keyboard::from_state(&state.keyboard),
+            mouse: Ps2Mouse::from_state(&state.mouse),
             kbd_irq,
             aux_irq,
         };
@@ -462,7 +993,7 @@ impl I8042Controller {
         controller
     }
 
-    /// The controller and keyboard state.
+    /// The state of the controller, the keyboard and the mouse.
     pub fn state(&self) -> I8042State {
         I8042State {
             ram: self.ram.to_vec(),
@@ -472,8 +1003,8 @@ impl I8042Controller {
             output_buffer: self.output_buffer,
             last_read: self.last_read,
             controller_replies: self.controller_replies.iter().copied().collect(),
-            aux_replies: self.aux_replies.iter().copied().collect(),
             keyboard: self.keyboard.state(),
+            mouse: self.mouse.state(),
         }
     }
 
@@ -486,8 +1017,9 @@ impl I8042Controller {
     /// so that no key is left half pressed, when:
     /// - the guest switched scanning off (keyboard command 0xF5), as a real
     ///   keyboard ignores keys then; or
-    /// - more than 16 bytes would be waiting for the guest (a real
-    ///   keyboard's buffer): the caller offers them again later.
+    /// - more than 16 bytes would be waiting for the guest on the keyboard
+    ///   side (a real keyboard's buffer; the mouse's bytes do not count):
+    ///   the caller offers them again later.
     ///
     /// Keys typed while the guest has the keyboard interface disabled
     /// (controller command 0xAD) are held until it enables it again.
@@ -497,12 +1029,60 @@ impl I8042Controller {
         if !self.keyboard.scanning {
             return false;
         }
-        if self.pending_output() + set1_bytes.len() > PENDING_OUTPUT_LIMIT {
+        if self.keyboard_pending() + set1_bytes.len() > PENDING_OUTPUT_LIMIT {
             return false;
         }
         self.keyboard.scancodes.extend(set1_bytes);
         self.fill_output_buffer();
         true
+    }
+
+    /// Press (`pressed`) or release `key`: its scancode set 1 bytes
+    /// ([`set1_scancodes`]) through [`I8042Controller::inject_scancodes`],
+    /// dropped in the same cases. Returns whether they were queued (Pause's
+    /// release has no bytes and is always "queued" while scanning is on).
+    pub fn inject_key(&mut self, key: GuestKey, pressed: bool) -> bool {
+        self.inject_scancodes(set1_scancodes(key, pressed).as_slice())
+    }
+
+    /// Move the mouse, turn its wheel and set its buttons.
+    ///
+    /// - `dx`: counts to the right.
+    /// - `dy`: counts **downwards**, as on screen (window coordinates); the
+    ///   mouse turns it into PS/2's upward y itself.
+    /// - `wheel`: notches away from the user (scrolling up); only an
+    ///   IntelliMouse-mode mouse (the guest sent the 200, 100, 80 knock)
+    ///   reports it, a standard one drops it.
+    /// - `buttons`: the buttons held now (not changes).
+    ///
+    /// Counts are the mouse's own (no resolution or acceleration is
+    /// applied; 2:1 scaling is, if the guest asked for it). The motion goes
+    /// out as standard movement packets (3 bytes, or 4 with the wheel byte),
+    /// as many as needed to keep each within -255..=255 (wheel -7..=7); a
+    /// motion larger than the mouse's buffer could ever hold (16 bytes:
+    /// 5 or 4 packets) is cut to what it can.
+    ///
+    /// Returns whether it was taken. It is dropped, whole (never part of a
+    /// packet), when:
+    /// - the guest has not enabled data reporting (command 0xF4; off after
+    ///   reset, so nothing reaches a guest without a mouse driver);
+    /// - the mouse is in wrap (echo) mode;
+    /// - the packets would not fit in the mouse's 16-byte buffer: the
+    ///   caller may add the motion to its next call.
+    ///
+    /// A motion with no change to report (no movement, same buttons) is
+    /// taken without sending anything. In remote mode (command 0xF0) the
+    /// motion is added up for the guest's next read (0xEB) instead. Bytes
+    /// arrive with the status register's aux bit set, one per read of
+    /// 0x60, each raising IRQ 12 if the CTR enables it; while the guest has
+    /// the aux interface disabled (0xA7) they wait.
+    pub fn inject_mouse(&mut self, dx: i32, dy: i32, wheel: i32, buttons: MouseButtons) -> bool {
+        let room = PENDING_OUTPUT_LIMIT.saturating_sub(self.aux_pending());
+        let taken = self.mouse.inject(dx, dy, wheel, buttons, room);
+        if taken {
+            self.fill_output_buffer();
+        }
+        taken
     }
 
     /// Press and release Ctrl+Alt+Del, as [`I8042Controller::inject_scancodes`]
@@ -520,11 +1100,29 @@ impl I8042Controller {
     }
 
     /// Bytes on their way to the guest, the one in the output buffer included.
+    #[cfg(test)]
     fn pending_output(&self) -> usize {
         usize::from(self.output_buffer.is_some())
             + self.controller_replies.len()
             + self.keyboard.pending()
-            + self.aux_replies.len()
+            + self.mouse.pending()
+    }
+
+    /// Bytes on the keyboard side: the keyboard's and the controller's
+    /// own, and the output buffer if it holds one of them.
+    fn keyboard_pending(&self) -> usize {
+        let latched = self
+            .output_buffer
+            .is_some_and(|b| b.channel == Channel::Keyboard);
+        usize::from(latched) + self.controller_replies.len() + self.keyboard.pending()
+    }
+
+    /// The mouse's bytes, the one in the output buffer included.
+    fn aux_pending(&self) -> usize {
+        let latched = self
+            .output_buffer
+            .is_some_and(|b| b.channel == Channel::Aux);
+        usize::from(latched) + self.mouse.pending()
     }
 
     fn status(&self) -> u8 {
@@ -592,7 +1190,7 @@ impl I8042Controller {
                 });
             keyboard.or_else(|| {
                 (ctr & CTR_AUX_DISABLED == 0)
-                    .then(|| self.aux_replies.pop_front())
+                    .then(|| self.mouse.next_output())
                     .flatten()
                     .map(|value| OutputByte {
                         value,
@@ -698,10 +1296,7 @@ impl I8042Controller {
                 // Talking to the aux device enables its interface, as on
                 // the 8042s Linux was written against.
                 self.set_ctr(self.ctr() & !CTR_AUX_DISABLED);
-                // Nothing is plugged in: refuse everything.
-                if self.aux_replies.len() < PENDING_OUTPUT_LIMIT {
-                    self.aux_replies.push_back(KBD_REPLY_RESEND);
-                }
+                self.mouse.receive(value);
             }
             Some(_) | None => {
                 // Likewise, a byte for the keyboard enables its interface.
@@ -849,6 +1444,60 @@ mod tests {
         fn ctr(&mut self) -> u8 {
             self.i8042_command(0x20, &[], 1)[0]
         }
+
+        /// What Linux's `i8042_enable_aux_port` leaves: aux interface on,
+        /// IRQ 12 on. Interrupt counters cleared.
+        fn enable_aux_port(&mut self) {
+            let ctr = (self.ctr() & !CTR_AUX_DISABLED) | CTR_AUX_INT;
+            self.i8042_command(0x60, &[ctr], 0);
+            self.kbd_irqs();
+            self.aux_irqs();
+        }
+
+        /// Everything waiting, each byte checked to come from the aux port
+        /// and to have raised IRQ 12 (the CTR enables it in these tests).
+        fn aux_drain(&mut self) -> Vec<u8> {
+            let mut out = Vec::new();
+            while self.status() & STATUS_OBF != 0 {
+                assert_ne!(self.status() & STATUS_AUX_DATA, 0, "not from aux");
+                assert_eq!(self.aux_irqs(), 1, "one IRQ 12 per byte");
+                out.push(self.read_data());
+                assert!(out.len() <= 64, "output never ends");
+            }
+            assert_eq!(self.kbd_irqs(), 0, "mouse bytes never raise IRQ 1");
+            out
+        }
+
+        /// Linux's `i8042_aux_write` (`i8042_command(&byte, 0x10d4)`):
+        /// 0xD4 at 0x64 and the byte at 0x60, then the mouse's replies
+        /// read from 0x60.
+        fn aux(&mut self, byte: u8) -> Vec<u8> {
+            assert_eq!(self.command(0xd4), None);
+            assert_eq!(self.data(byte), None);
+            self.aux_drain()
+        }
+
+        /// psmouse's `ps2_command` with one argument byte.
+        fn aux_arg(&mut self, command: u8, arg: u8) -> Vec<u8> {
+            let mut replies = self.aux(command);
+            replies.extend(self.aux(arg));
+            replies
+        }
+
+        /// psmouse's `intellimouse_detect`: the knock, then GET ID.
+        fn intellimouse_knock(&mut self, rates: [u8; 3]) -> Vec<u8> {
+            for rate in rates {
+                assert_eq!(self.aux_arg(0xf3, rate), vec![0xfa, 0xfa]);
+            }
+            self.aux(0xf2)
+        }
+
+        fn left() -> MouseButtons {
+            MouseButtons {
+                left: true,
+                ..MouseButtons::default()
+            }
+        }
     }
 
     #[test]
@@ -918,16 +1567,578 @@ mod tests {
     }
 
     #[test]
-    fn test_aux_device_commands_are_refused_as_no_mouse() {
+    fn test_psmouse_probe_finds_imps2_wheel_mouse() {
         let mut r = Rig::new();
-        r.i8042_command(0x60, &[CTR_DEFAULT | CTR_AUX_INT], 0);
+        r.enable_aux_port();
+        // psmouse_probe: GET ID is 0x00 (a mouse), then reset-and-disable.
+        assert_eq!(r.aux(0xf2), vec![0xfa, 0x00]);
+        assert_eq!(r.aux(0xf6), vec![0xfa]);
+        // psmouse_reset: ACK, self test passed, ID.
+        assert_eq!(r.aux(0xff), vec![0xfa, 0xaa, 0x00]);
+        // Synaptics' identify query (0xE6, four 0xE8 slices of 0x00,
+        // 0xE9) must not see the 0x47 of a touchpad in the middle byte.
+        assert_eq!(r.aux(0xe6), vec![0xfa]);
+        for _ in 0..4 {
+            assert_eq!(r.aux_arg(0xe8, 0x00), vec![0xfa, 0xfa]);
+        }
+        let info = r.aux(0xe9);
+        assert_eq!(info, vec![0xfa, 0x00, 0x00, 100]);
+        assert_ne!(info[2], 0x47);
+        // Logitech PS/2++: no model, no buttons in the status.
+        assert_eq!(r.aux_arg(0xe8, 0x00), vec![0xfa, 0xfa]);
+        for _ in 0..3 {
+            assert_eq!(r.aux(0xe6), vec![0xfa]);
+        }
+        assert_eq!(r.aux(0xe9), vec![0xfa, 0x00, 0x00, 100]);
+        // TrackPoint's secondary ID is refused.
+        assert_eq!(r.aux(0xe1), vec![0xfe]);
+        assert_eq!(r.aux(0xff), vec![0xfa, 0xaa, 0x00]);
+        // im_explorer_detect: the IntelliMouse knock answers 0x03, the
+        // Explorer knock (200, 200, 80) does not make it 0x04.
+        assert_eq!(r.intellimouse_knock([200, 100, 80]), vec![0xfa, 0x03]);
+        assert_eq!(r.intellimouse_knock([200, 200, 80]), vec![0xfa, 0x03]);
+        // Reset between protocol probes drops back to a standard mouse.
+        assert_eq!(r.aux(0xff), vec![0xfa, 0xaa, 0x00]);
+        assert_eq!(r.aux(0xf2), vec![0xfa, 0x00]);
+        // intellimouse_detect for ImPS/2.
+        assert_eq!(r.intellimouse_knock([200, 100, 80]), vec![0xfa, 0x03]);
+        // psmouse_initialize: rate, resolution (200 dpi), 1:1, stream.
+        assert_eq!(r.aux_arg(0xf3, 100), vec![0xfa, 0xfa]);
+        assert_eq!(r.aux_arg(0xe8, 0x03), vec![0xfa, 0xfa]);
+        assert_eq!(r.aux(0xe6), vec![0xfa]);
+        assert_eq!(r.aux(0xea), vec![0xfa]);
+        assert_eq!(r.aux(0xf2), vec![0xfa, 0x03], "still ImPS/2");
+        // psmouse_activate.
+        assert_eq!(r.aux(0xf4), vec![0xfa]);
+        let mouse = r.dev.state().mouse;
+        assert!(mouse.reporting && mouse.intellimouse);
+        assert_eq!((mouse.sample_rate, mouse.resolution), (100, 3));
+        // Movement now arrives as 4-byte packets.
+        assert!(r.dev.inject_mouse(3, -2, 1, Rig::left()));
+        assert_eq!(r.aux_drain(), vec![0x09, 0x03, 0x02, 0xff]);
+    }
+
+    #[test]
+    fn test_mouse_packets_carry_motion_signs_and_buttons() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        assert_eq!(r.aux(0xf4), vec![0xfa]);
+        // Right 10, down 5 on screen: PS/2 y is -5, sign bit set.
+        assert!(r.dev.inject_mouse(10, 5, 0, Rig::left()));
+        assert_eq!(r.aux_drain(), vec![0x29, 0x0a, 0xfb]);
+        // Left 1, up 200, right and middle held.
+        let buttons = MouseButtons {
+            left: false,
+            right: true,
+            middle: true,
+        };
+        assert!(r.dev.inject_mouse(-1, -200, 0, buttons));
+        assert_eq!(r.aux_drain(), vec![0x1e, 0xff, 200]);
+        // Buttons released, no motion: one packet tells.
+        assert!(r.dev.inject_mouse(0, 0, 0, MouseButtons::default()));
+        assert_eq!(r.aux_drain(), vec![0x08, 0x00, 0x00]);
+        // Nothing changed: nothing sent.
+        assert!(r.dev.inject_mouse(0, 0, 0, MouseButtons::default()));
+        assert_eq!(r.aux_drain(), Vec::<u8>::new());
+        // A standard mouse has no wheel byte; the wheel alone is no news.
+        assert!(r.dev.inject_mouse(0, 0, 3, MouseButtons::default()));
+        assert_eq!(r.aux_drain(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn test_mouse_bytes_come_one_per_read_with_irq12() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        r.aux(0xf4);
+        assert!(r.dev.inject_mouse(1, 0, 0, MouseButtons::default()));
+        for expected in [0x08, 0x01, 0x00] {
+            assert_eq!(r.aux_irqs(), 1);
+            assert_eq!(r.kbd_irqs(), 0);
+            assert_eq!(
+                r.status() & (STATUS_OBF | STATUS_AUX_DATA),
+                STATUS_OBF | STATUS_AUX_DATA
+            );
+            assert_eq!(r.read_data(), expected);
+        }
+        assert_eq!(r.aux_irqs(), 0);
+        assert_eq!(r.status() & STATUS_OBF, 0);
+    }
+
+    #[test]
+    fn test_imps2_wheel_byte() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        assert_eq!(r.intellimouse_knock([200, 100, 80]), vec![0xfa, 0x03]);
+        r.aux(0xf4);
+        // One notch away from the user: Linux reports REL_WHEEL
+        // -(signed char)byte = +1.
+        assert!(r.dev.inject_mouse(0, 0, 1, MouseButtons::default()));
+        assert_eq!(r.aux_drain(), vec![0x08, 0x00, 0x00, 0xff]);
+        assert!(r.dev.inject_mouse(0, 0, -2, MouseButtons::default()));
+        assert_eq!(r.aux_drain(), vec![0x08, 0x00, 0x00, 0x02]);
+        // Ten notches: 7 and 3.
+        assert!(r.dev.inject_mouse(0, 0, 10, MouseButtons::default()));
+        assert_eq!(
+            r.aux_drain(),
+            vec![0x08, 0x00, 0x00, 0xf9, 0x08, 0x00, 0x00, 0xfd]
+        );
+    }
+
+    #[test]
+    fn test_large_motion_split_into_packets_without_overflow() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        r.aux(0xf4);
+        assert!(r.dev.inject_mouse(600, -300, 0, MouseButtons::default()));
+        // x 255, 255, 90; y (up) 255, 45, 0.
+        assert_eq!(
+            r.aux_drain(),
+            vec![0x08, 0xff, 0xff, 0x08, 0xff, 0x2d, 0x08, 0x5a, 0x00]
+        );
+        assert!(r.dev.inject_mouse(-256, 0, 0, MouseButtons::default()));
+        // -255 (0x1_01 in 9 bits), then -1.
+        assert_eq!(r.aux_drain(), vec![0x18, 0x01, 0x00, 0x18, 0xff, 0x00]);
+        // Beyond what 16 bytes hold: cut to five packets of 255.
+        assert!(r
+            .dev
+            .inject_mouse(i32::MAX, i32::MIN, 0, MouseButtons::default()));
+        let bytes = r.aux_drain();
+        assert_eq!(bytes.len(), 15);
+        for packet in bytes.chunks(3) {
+            // X positive, y up (PS/2 positive), no overflow bit.
+            assert_eq!(packet, [0x08, 0xff, 0xff]);
+        }
+    }
+
+    #[test]
+    fn test_mouse_queue_is_bounded_and_drops_whole_packets() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        r.aux(0xf4);
+        let mut taken = 0;
+        for _ in 0..100 {
+            if r.dev.inject_mouse(100, 0, 0, MouseButtons::default()) {
+                taken += 1;
+            }
+            assert!(r.dev.aux_pending() <= PENDING_OUTPUT_LIMIT);
+        }
+        assert_eq!(taken, PENDING_OUTPUT_LIMIT / 3);
+        // A motion of two packets does not fit in the one byte left.
+        let bytes = r.aux_drain();
+        assert_eq!(bytes.len(), 15);
+        assert!(bytes.chunks(3).all(|p| p == [0x08, 100, 0]));
+        // Room again.
+        assert!(r.dev.inject_mouse(100, 0, 0, MouseButtons::default()));
+        // The keyboard has its own buffer: keys still go in.
+        assert!(r.dev.inject_scancodes(&[0x1e; PENDING_OUTPUT_LIMIT]));
+    }
+
+    #[test]
+    fn test_no_packets_unless_reporting_enabled() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        // After power-on and reset, reporting is off.
+        assert!(!r.dev.inject_mouse(5, 5, 0, Rig::left()));
+        assert_eq!(r.aux(0xff), vec![0xfa, 0xaa, 0x00]);
+        assert!(!r.dev.inject_mouse(5, 5, 0, Rig::left()));
+        assert_eq!(r.aux(0xf4), vec![0xfa]);
+        assert!(r.dev.inject_mouse(5, 0, 0, MouseButtons::default()));
+        assert_eq!(r.aux_drain(), vec![0x08, 0x05, 0x00]);
+        // psmouse_deactivate.
+        assert_eq!(r.aux(0xf5), vec![0xfa]);
+        assert!(!r.dev.inject_mouse(5, 5, 0, Rig::left()));
+        assert_eq!(r.aux_drain(), Vec::<u8>::new());
+        // Set defaults turns it off as well.
+        r.aux(0xf4);
+        assert_eq!(r.aux(0xf6), vec![0xfa]);
+        assert!(!r.dev.inject_mouse(5, 5, 0, Rig::left()));
+        assert_eq!(r.aux_drain(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn test_mouse_status_request_reports_settings() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        assert_eq!(r.aux(0xe9), vec![0xfa, 0x00, 0x02, 100], "defaults");
+        r.aux_arg(0xf3, 40);
+        r.aux_arg(0xe8, 0x01);
+        assert_eq!(r.aux(0xe7), vec![0xfa]);
+        r.aux(0xf4);
+        let right = MouseButtons {
+            right: true,
+            ..MouseButtons::default()
+        };
+        assert!(r.dev.inject_mouse(0, 0, 0, right));
+        r.aux_drain();
+        assert_eq!(r.aux(0xe9), vec![0xfa, 0x31, 0x01, 40]);
+        assert_eq!(r.aux(0xf0), vec![0xfa]);
+        assert_eq!(r.aux(0xe6), vec![0xfa]);
+        assert_eq!(r.aux(0xe9), vec![0xfa, 0x61, 0x01, 40]);
+        assert_eq!(r.aux(0xf6), vec![0xfa]);
+        assert_eq!(r.aux(0xe9), vec![0xfa, 0x01, 0x02, 100]);
+    }
+
+    #[test]
+    fn test_scaling_2_1_applies_to_stream_packets() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        r.aux(0xe7);
+        r.aux(0xf4);
+        for (count, scaled) in [(1, 1), (2, 1), (3, 3), (4, 6), (5, 9), (6, 12), (-4, -6)] {
+            assert!(r.dev.inject_mouse(count, 0, 0, MouseButtons::default()));
+            let bytes = r.aux_drain();
+            assert_eq!(bytes[1], (scaled as i8) as u8, "{count}");
+        }
+    }
+
+    #[test]
+    fn test_remote_mode_reports_on_read_data_only() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        assert_eq!(r.aux(0xf0), vec![0xfa]);
+        assert!(r.dev.inject_mouse(100, 0, 0, Rig::left()));
+        assert!(r.dev.inject_mouse(200, -3, 0, Rig::left()));
+        assert_eq!(r.aux_drain(), Vec::<u8>::new(), "nothing unasked");
+        // 300 overflows the 9-bit counter: overflow bit, value clamped.
+        assert_eq!(r.aux(0xeb), vec![0xfa, 0x49, 0xff, 0x03]);
+        // Counters cleared by the read.
+        assert_eq!(r.aux(0xeb), vec![0xfa, 0x09, 0x00, 0x00]);
+        assert!(r.dev.inject_mouse(-300, 300, 0, MouseButtons::default()));
+        assert_eq!(r.aux(0xeb), vec![0xfa, 0xf8, 0x00, 0x00]);
+        // Back to stream mode.
+        assert_eq!(r.aux(0xea), vec![0xfa]);
+        assert!(!r.dev.inject_mouse(1, 0, 0, MouseButtons::default()));
+    }
+
+    #[test]
+    fn test_wrap_mode_echoes_until_reset_wrap() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        r.aux(0xf4);
+        assert_eq!(r.aux(0xee), vec![0xfa]);
+        assert_eq!(r.aux(0x42), vec![0x42]);
+        assert_eq!(r.aux(0xf2), vec![0xf2]);
+        assert_eq!(r.aux(0xf3), vec![0xf3], "no argument awaited");
+        assert!(
+            !r.dev.inject_mouse(1, 1, 0, Rig::left()),
+            "no motion in wrap mode"
+        );
+        assert_eq!(r.aux(0xec), vec![0xfa]);
+        assert_eq!(r.aux(0xf2), vec![0xfa, 0x00]);
+        // Reset leaves wrap mode too.
+        assert_eq!(r.aux(0xee), vec![0xfa]);
+        assert_eq!(r.aux(0xff), vec![0xfa, 0xaa, 0x00]);
+        assert_eq!(r.aux(0x42), vec![0xfe]);
+    }
+
+    #[test]
+    fn test_unknown_mouse_commands_and_resend() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        for unknown in [0x00, 0x42, 0xe1, 0xed, 0xf1, 0xf7, 0xfd] {
+            assert_eq!(r.aux(unknown), vec![0xfe], "{unknown:#x}");
+        }
+        assert_eq!(r.aux(0xf2), vec![0xfa, 0x00]);
+        assert_eq!(r.aux(0xfe), vec![0x00], "resend repeats the last byte");
+        assert_eq!(r.aux(0xe9), vec![0xfa, 0x00, 0x02, 100]);
+        assert_eq!(r.aux(0xfe), vec![100]);
+    }
+
+    #[test]
+    fn test_aux_interface_disabled_holds_mouse_bytes() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        r.aux(0xf4);
+        r.i8042_command(0xa7, &[], 0);
+        assert!(r.dev.inject_mouse(1, 0, 0, MouseButtons::default()));
+        assert_eq!(r.status() & STATUS_OBF, 0, "held while disabled");
+        assert_eq!(r.aux_irqs(), 0);
+        r.i8042_command(0xa8, &[], 0);
+        assert_eq!(r.aux_drain(), vec![0x08, 0x01, 0x00]);
+    }
+
+    #[test]
+    fn test_no_irq12_when_aux_interrupt_disabled() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        r.aux(0xf4);
+        let ctr = r.ctr() & !CTR_AUX_INT;
+        r.i8042_command(0x60, &[ctr], 0);
         r.aux_irqs();
-        // psmouse's first command, GET ID, through 0xd4.
-        r.i8042_command(0xd4, &[0xf2], 0);
-        assert_eq!(r.status() & STATUS_AUX_DATA, STATUS_AUX_DATA);
-        assert_eq!(r.read_data(), 0xfe);
+        assert!(r.dev.inject_mouse(1, 0, 0, MouseButtons::default()));
+        assert_eq!(r.aux_irqs(), 0);
+        // Polled, the bytes are still there, marked as aux data.
+        assert_eq!(
+            r.status() & (STATUS_OBF | STATUS_AUX_DATA),
+            STATUS_OBF | STATUS_AUX_DATA
+        );
+        assert_eq!(r.read_data(), 0x08);
+        // Enabling the interrupt with a byte waiting raises it.
+        r.command(0x60);
+        r.data(ctr | CTR_AUX_INT);
         assert_eq!(r.aux_irqs(), 1);
-        assert_eq!(r.ctr() & CTR_AUX_DISABLED, 0, "0xd4 enables the aux port");
+        assert_eq!(r.read_data(), 0x01);
+    }
+
+    #[test]
+    fn test_command_during_stream_finishes_packet_and_drops_the_rest() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        r.aux(0xf4);
+        assert!(r.dev.inject_mouse(300, 0, 0, MouseButtons::default()));
+        assert_eq!(r.aux_irqs(), 1);
+        assert_eq!(r.read_data(), 0x08, "first packet begun");
+        // psmouse_deactivate while packets wait: the begun packet ends,
+        // then the ACK; the second packet is gone.
+        assert_eq!(r.aux(0xf5), vec![0xff, 0x00, 0xfa]);
+    }
+
+    #[test]
+    fn test_mouse_and_keyboard_bytes_interleave_on_their_own_irqs() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        r.aux(0xf4);
+        assert!(r.dev.inject_mouse(1, 0, 0, MouseButtons::default()));
+        assert!(r.dev.inject_key(GuestKey::A, true));
+        assert!(r.dev.inject_key(GuestKey::A, false));
+        let mut got = Vec::new();
+        while r.status() & STATUS_OBF != 0 {
+            let aux = r.status() & STATUS_AUX_DATA != 0;
+            got.push((aux, r.read_data()));
+        }
+        // The mouse byte was latched first; the keyboard goes before the
+        // rest of the mouse's packet.
+        assert_eq!(
+            got,
+            vec![
+                (true, 0x08),
+                (false, 0x1e),
+                (false, 0x9e),
+                (true, 0x01),
+                (true, 0x00)
+            ]
+        );
+    }
+
+    #[test]
+    fn test_inject_key_sends_set1_codes() {
+        let mut r = Rig::new();
+        assert!(r.dev.inject_key(GuestKey::ControlRight, true));
+        assert!(r.dev.inject_key(GuestKey::ControlRight, false));
+        assert!(r.dev.inject_key(GuestKey::Pause, true));
+        assert!(r.dev.inject_key(GuestKey::Pause, false), "nothing to send");
+        assert_eq!(
+            r.drain(),
+            vec![0xe0, 0x1d, 0xe0, 0x9d, 0xe1, 0x1d, 0x45, 0xe1, 0x9d, 0xc5]
+        );
+        r.kbd(0xf5);
+        assert!(!r.dev.inject_key(GuestKey::A, true), "scanning off");
+    }
+
+    #[test]
+    fn test_mouse_state_round_trip() {
+        let mut r = Rig::new();
+        r.enable_aux_port();
+        r.intellimouse_knock([200, 100, 80]);
+        r.aux(0xf4);
+        r.aux_arg(0xf3, 200); // the knock begun again
+        r.aux(0xe7);
+        let buttons = MouseButtons {
+            left: true,
+            right: false,
+            middle: true,
+        };
+        assert!(r.dev.inject_mouse(300, 0, 1, buttons));
+        r.aux_irqs();
+        assert_eq!(r.read_data(), 0x0d, "first packet begun");
+        // A resolution command waits for its argument; the ACK waits
+        // behind the begun packet.
+        r.command(0xd4);
+        r.data(0xe8);
+        let state = r.dev.state();
+        let m = &state.mouse;
+        // One byte read, one latched in the output buffer, two in the mouse.
+        assert_eq!(
+            state.output_buffer,
+            Some(OutputByte {
+                value: 0xff,
+                channel: Channel::Aux
+            })
+        );
+        assert_eq!(m.packet_bytes_left, 2);
+        assert_eq!(m.packets, vec![0x00, 0xff]);
+        assert_eq!(m.replies, vec![0xfa]);
+        assert_eq!(m.awaiting_argument, Some(0xe8));
+        assert_eq!(m.magic_progress, 1);
+        assert!(m.intellimouse && m.reporting && m.scaling_2_1);
+        assert_eq!(m.buttons, buttons);
+
+        let json = serde_json::to_string(&state).unwrap();
+        let parsed: I8042State = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, state);
+        let kbd = IrqLine::new(I8042_KBD_IRQ).unwrap();
+        let aux = IrqLine::new(I8042_AUX_IRQ).unwrap();
+        let mut restored = Rig {
+            kbd_irq: kbd.try_clone().unwrap(),
+            aux_irq: aux.try_clone().unwrap(),
+            dev: I8042Controller::from_state(&parsed, kbd, aux),
+        };
+        assert_eq!(restored.dev.state(), state);
+        let mut original = r;
+        let waiting = original.aux_drain();
+        assert_eq!(waiting, vec![0xff, 0x00, 0xff, 0xfa]);
+        assert_eq!(restored.aux_drain(), waiting);
+        for rig in [&mut original, &mut restored] {
+            // The argument, then the rest of the knock.
+            assert_eq!(rig.aux(0x01), vec![0xfa]);
+            assert_eq!(rig.intellimouse_knock([100, 80, 60]), vec![0xfa, 0x03]);
+            // Still 2:1 scaling: -20 becomes -40.
+            assert!(rig.dev.inject_mouse(-20, 0, 0, buttons));
+            assert_eq!(rig.aux_drain(), vec![0x1d, 0xd8, 0x00, 0x00]);
+        }
+        assert_eq!(restored.dev.state(), original.dev.state());
+        assert_eq!(restored.dev.state().mouse.resolution, 1);
+    }
+
+    #[test]
+    fn test_snapshot_without_mouse_gets_a_fresh_one() {
+        let state = Rig::new().dev.state();
+        let mut json: serde_json::Value = serde_json::to_value(&state).unwrap();
+        json.as_object_mut().unwrap().remove("mouse");
+        let parsed: I8042State = serde_json::from_value(json).unwrap();
+        assert_eq!(parsed.mouse, Ps2MouseState::default());
+        assert_eq!(parsed, state);
+    }
+
+    #[test]
+    fn test_from_state_sanitizes_hostile_mouse_snapshot() {
+        let mut state = Rig::new().dev.state();
+        state.mouse.replies = vec![0xfa; 1000];
+        state.mouse.packets = vec![0x08; 1000];
+        state.mouse.packet_bytes_left = 200;
+        state.mouse.magic_progress = 9;
+        state.mouse.resolution = 77;
+        state.mouse.awaiting_argument = Some(0x42);
+        state.mouse.remote_motion = [i32::MIN, i32::MAX, i32::MIN];
+        for intellimouse in [false, true] {
+            state.mouse.intellimouse = intellimouse;
+            let kbd = IrqLine::new(I8042_KBD_IRQ).unwrap();
+            let aux = IrqLine::new(I8042_AUX_IRQ).unwrap();
+            let mut dev = I8042Controller::from_state(&state, kbd, aux);
+            let m = dev.state().mouse;
+            let len = if intellimouse { 4 } else { 3 };
+            assert!(m.replies.len() <= PENDING_OUTPUT_LIMIT);
+            assert!(m.packets.len() <= PENDING_OUTPUT_LIMIT);
+            assert!(usize::from(m.packet_bytes_left) < len);
+            assert_eq!(
+                (m.packets.len() - usize::from(m.packet_bytes_left)) % len,
+                0
+            );
+            assert_eq!(m.magic_progress, 0);
+            assert!(m.resolution <= 3);
+            assert_eq!(m.awaiting_argument, None);
+            assert!(m
+                .remote_motion
+                .iter()
+                .all(|v| v.abs() <= REMOTE_MOTION_LIMIT));
+            // And it runs: the remote read reports overflow without panic.
+            dev.write(COMMAND_OFFSET, &[0xd4]);
+            dev.write(DATA_OFFSET, &[0xeb]);
+        }
+    }
+
+    #[test]
+    fn test_adversarial_mouse_traffic_never_panics_and_stays_bounded() {
+        let mut r = Rig::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Mostly real mouse commands and arguments, plus anything at all.
+        const MOUSE_BYTES: [u8; 20] = [
+            0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xeb, 0xec, 0xee, 0xf0, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6,
+            0xfe, 0xff, 200, 100, 80, 0x03,
+        ];
+        const EXTREMES: [i32; 7] = [0, 1, -1, 255, -256, i32::MAX, i32::MIN];
+        let (mut streamed, mut wheel_mode) = (0u32, 0u32);
+        for step in 0..200_000u32 {
+            let v = next();
+            let byte = (v >> 8) as u8;
+            match (v >> 16) % 8 {
+                0 | 1 => {
+                    let knock = [0xf3, 200, 0xf3, 100, 0xf3, 80, 0xf4];
+                    let bytes: &[u8] = match (v >> 56) % 16 {
+                        // What a driver would send: the knock and enable.
+                        0 => &knock,
+                        _ if v & 1 == 0 => {
+                            &MOUSE_BYTES[(v >> 24) as usize % MOUSE_BYTES.len()..][..1]
+                        }
+                        _ => &[byte],
+                    };
+                    for &b in bytes {
+                        r.dev.write(COMMAND_OFFSET, &[0xd4]);
+                        r.dev.write(DATA_OFFSET, &[b]);
+                    }
+                }
+                2 | 3 => {
+                    let pick = |shift: u32| {
+                        let w = (v >> shift) as u32;
+                        if w & 1 == 0 {
+                            EXTREMES[(w >> 1) as usize % EXTREMES.len()]
+                        } else {
+                            (w as i32) >> (w % 31)
+                        }
+                    };
+                    let buttons = MouseButtons {
+                        left: v & (1 << 40) != 0,
+                        right: v & (1 << 41) != 0,
+                        middle: v & (1 << 42) != 0,
+                    };
+                    r.dev.inject_mouse(pick(24), pick(32), pick(44), buttons);
+                }
+                4 | 5 => {
+                    let mut b = [0u8; 1];
+                    r.dev.read(DATA_OFFSET, &mut b);
+                }
+                6 => {
+                    // Controller commands touching the aux side.
+                    let c = [0xa7, 0xa8, 0x60, 0xd3, 0x20, 0xa9][(v >> 24) as usize % 6];
+                    r.dev.write(COMMAND_OFFSET, &[c]);
+                    r.dev.write(DATA_OFFSET, &[byte]);
+                }
+                _ => {
+                    r.dev.write((v >> 24) % 6, &[byte]);
+                }
+            }
+            let m = r.dev.state().mouse;
+            let len = if m.intellimouse { 4 } else { 3 };
+            assert!(r.dev.mouse.pending() <= PENDING_OUTPUT_LIMIT);
+            assert!(usize::from(m.packet_bytes_left) < len);
+            assert!(usize::from(m.packet_bytes_left) <= m.packets.len());
+            assert_eq!(
+                (m.packets.len() - usize::from(m.packet_bytes_left)) % len,
+                0,
+                "only whole packets wait"
+            );
+            assert!(m.magic_progress < 3);
+            streamed += u32::from(m.packets.len() > usize::from(m.packet_bytes_left));
+            wheel_mode += u32::from(m.intellimouse);
+            assert!(r.dev.pending_output() <= 4 * PENDING_OUTPUT_LIMIT + 1);
+            if step % 1000 == 0 {
+                // Snapshots taken anywhere restore to the same state.
+                let state = r.dev.state();
+                let kbd = IrqLine::new(I8042_KBD_IRQ).unwrap();
+                let aux = IrqLine::new(I8042_AUX_IRQ).unwrap();
+                let restored = I8042Controller::from_state(&state, kbd, aux);
+                assert_eq!(restored.state(), state);
+            }
+        }
+        // The walk reached the interesting states.
+        assert!(streamed > 100, "{streamed}");
+        assert!(wheel_mode > 100, "{wheel_mode}");
     }
 
     #[test]
@@ -1176,6 +2387,10 @@ mod tests {
                 }
                 2 => {
                     r.dev.inject_scancodes(&[byte]);
+                    let key = GuestKey::ALL[usize::from(byte) % GuestKey::ALL.len()];
+                    r.dev.inject_key(key, v & 1 == 0);
+                    let d = (v as i32) >> 12;
+                    r.dev.inject_mouse(d, -d, d >> 10, MouseButtons::default());
                 }
                 _ => {
                     let len = (v >> 24) as usize % 5;

@@ -10,8 +10,9 @@ use super::bus::{lock, Bus, BusError};
 use super::cmos::{Cmos, CmosState, CMOS_BASE, CMOS_IRQ, CMOS_LEN};
 use super::debug_port::{DebugPort, DEBUG_PORT_BASE, DEBUG_PORT_LEN};
 use super::i8042::{
-    I8042Controller, I8042State, I8042_AUX_IRQ, I8042_BASE, I8042_KBD_IRQ, I8042_LEN,
+    I8042Controller, I8042State, MouseButtons, I8042_AUX_IRQ, I8042_BASE, I8042_KBD_IRQ, I8042_LEN,
 };
+use super::keymap::GuestKey;
 use super::serial::{
     SerialConsole, SerialConsoleState, SERIAL_COM1_BASE, SERIAL_COM1_IRQ, SERIAL_COM1_LEN,
 };
@@ -150,6 +151,18 @@ impl DeviceManager {
     /// Press Ctrl+Alt+Del on the guest's keyboard.
     pub fn send_ctrl_alt_del(&self) {
         lock(&self.i8042).send_ctrl_alt_del();
+    }
+
+    /// A key event for the keyboard; false if it could not take it now
+    /// (its buffer is full, or the guest switched scanning off).
+    pub fn inject_key(&self, key: GuestKey, pressed: bool) -> bool {
+        lock(&self.i8042).inject_key(key, pressed)
+    }
+
+    /// Mouse motion, wheel and buttons; false if the mouse could not take
+    /// it now (see [`I8042Controller::inject_mouse`]).
+    pub fn inject_mouse(&self, dx: i32, dy: i32, wheel: i32, buttons: MouseButtons) -> bool {
+        lock(&self.i8042).inject_mouse(dx, dy, wheel, buttons)
     }
 
     /// The state of every device.

@@ -10,6 +10,7 @@ pub mod cmos;
 pub mod debug_port;
 pub mod i8042;
 pub mod irq;
+pub mod keymap;
 pub mod manager;
 pub mod serial;
 

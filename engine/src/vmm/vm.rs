@@ -18,6 +18,8 @@ use super::framebuffer::GuestFramebuffer;
 use super::vcpu::{install_kick_handler, VcpuCommand, VcpuOutcome, VcpuReport, VcpuThread};
 use crate::config::{KernelKind, VmConfig};
 use crate::devices::bus::lock;
+use crate::devices::i8042::MouseButtons;
+use crate::devices::keymap::GuestKey;
 use crate::devices::manager::{DeviceManager, DeviceManagerError};
 use crate::display::Display;
 use crate::engine::{Event, EventSink, ExitReason, VcpuStats, VmId, VmState, VmStats};
@@ -66,8 +68,67 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub(crate) enum VmRequest {
     Pause,
     Resume,
-    Stop { timeout: Duration },
+    Stop {
+        timeout: Duration,
+    },
     SerialInput(Vec<u8>),
+    Key {
+        key: GuestKey,
+        pressed: bool,
+    },
+    Pointer {
+        dx: i32,
+        dy: i32,
+        wheel: i32,
+        buttons: MouseButtons,
+    },
+    CtrlAltDel,
+}
+
+/// Most key events waiting for the guest's keyboard buffer; beyond, the
+/// oldest go (a guest that stopped reading does not make us hoard keys).
+const MAX_PENDING_KEYS: usize = 256;
+
+/// Input for the guest's keyboard and mouse not yet taken by the i8042:
+/// keys in order, and mouse motion added up.
+#[derive(Default)]
+struct PendingInput {
+    keys: std::collections::VecDeque<(GuestKey, bool)>,
+    motion: Option<(i32, i32, i32, MouseButtons)>,
+}
+
+impl PendingInput {
+    fn key(&mut self, key: GuestKey, pressed: bool) {
+        if self.keys.len() == MAX_PENDING_KEYS {
+            self.keys.pop_front();
+        }
+        self.keys.push_back((key, pressed));
+    }
+
+    fn pointer(&mut self, dx: i32, dy: i32, wheel: i32, buttons: MouseButtons) {
+        let (x, y, w, _) = self.motion.unwrap_or_default();
+        self.motion = Some((
+            x.saturating_add(dx),
+            y.saturating_add(dy),
+            w.saturating_add(wheel),
+            buttons,
+        ));
+    }
+
+    /// Hands the devices what they take now; the rest waits.
+    fn deliver(&mut self, devices: &DeviceManager) {
+        while let Some(&(key, pressed)) = self.keys.front() {
+            if !devices.inject_key(key, pressed) {
+                break;
+            }
+            self.keys.pop_front();
+        }
+        if let Some((dx, dy, wheel, buttons)) = self.motion {
+            if devices.inject_mouse(dx, dy, wheel, buttons) {
+                self.motion = None;
+            }
+        }
+    }
 }
 
 /// Everything the control thread waits on, in one channel.
@@ -198,6 +259,7 @@ impl VmControl {
     /// Run until the VM must stop; returns why.
     fn supervise(&self, m: &mut Machine, rx: &Receiver<ControlMsg>) -> ExitReason {
         let mut pending_input: Vec<u8> = Vec::new();
+        let mut pending_devices = PendingInput::default();
         let mut paused_acks = 0usize;
         let mut pause_wanted = false;
         let mut stop_deadline: Option<Instant> = None;
@@ -250,6 +312,14 @@ impl VmControl {
                         }
                     }
                     VmRequest::SerialInput(bytes) => pending_input.extend_from_slice(&bytes),
+                    VmRequest::Key { key, pressed } => pending_devices.key(key, pressed),
+                    VmRequest::Pointer {
+                        dx,
+                        dy,
+                        wheel,
+                        buttons,
+                    } => pending_devices.pointer(dx, dy, wheel, buttons),
+                    VmRequest::CtrlAltDel => m.devices.send_ctrl_alt_del(),
                 },
                 Some(ControlMsg::Vcpu(report)) => match report {
                     VcpuReport::Paused(index) => {
@@ -314,6 +384,7 @@ impl VmControl {
                 let taken = m.devices.serial_input(&pending_input);
                 pending_input.drain(..taken);
             }
+            pending_devices.deliver(&m.devices);
             if stop_deadline.is_some_and(|d| Instant::now() >= d) {
                 return ExitReason::Stopped { forced: true };
             }
