@@ -324,6 +324,8 @@ else
 ::sysinit:/etc/init.d/rcS
 # A job-control shell on the console (cttyhack finds the real tty).
 ::respawn:/bin/cttyhack /bin/sh -l
+# And one on the screen's first virtual terminal, for the PS/2 keyboard.
+tty1::respawn:/bin/sh -l
 # The VMM's graceful stop sends Ctrl+Alt+Del through the emulated keyboard.
 ::ctrlaltdel:/sbin/reboot
 ::shutdown:/etc/init.d/rcK

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hangar_engine::config::DisplayConfig;
+use hangar_engine::devices::keymap::keystrokes_for_text;
 use hangar_engine::engine::MARKER_INIT_REACHED;
 use hangar_engine::{Command, DefaultKit, Engine, Event, ExitReason, VmConfig, VmId};
 use vmm_sys_util::terminal::Terminal;
@@ -61,6 +62,83 @@ pub struct RunArgs {
     /// SIGTERM) before it is stopped by force.
     #[arg(long, default_value_t = 10)]
     stop_timeout: u64,
+    /// The guest's screen: WIDTHxHEIGHT, or `none` (default 1024x768).
+    #[arg(long, value_name = "WxH|none")]
+    display: Option<String>,
+    /// Text to type on the guest's PS/2 keyboard once its init is reached
+    /// (US layout; `\n`, `\t`, `\e` and `\\` are Enter, Tab, Escape
+    /// and a backslash).
+    #[arg(long = "type", value_name = "TEXT")]
+    type_text: Option<String>,
+    /// At exit, say how much of the screen holds drawing: bands of 16
+    /// pixel rows (a console font's height) with any non-black pixel.
+    #[arg(long)]
+    screen_summary: bool,
+}
+
+/// A console font's height: the unit the screen summary counts in.
+const TEXT_BAND_ROWS: u32 = 16;
+
+/// `WxH` or `none`.
+fn parse_display(s: &str) -> anyhow::Result<Option<DisplayConfig>> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .context("--display takes WIDTHxHEIGHT (e.g. 1024x768) or none")?;
+    let d = DisplayConfig {
+        width: w
+            .trim()
+            .parse()
+            .context("--display: the width is not a number")?,
+        height: h
+            .trim()
+            .parse()
+            .context("--display: the height is not a number")?,
+    };
+    d.validate().context("--display")?;
+    Ok(Some(d))
+}
+
+/// `\n`, `\t`, `\e`, `\\` in a `--type` argument.
+fn unescape(text: &str) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        out.push(match chars.next() {
+            Some('n') => '\n',
+            Some('t') => '\t',
+            Some('e') => '\u{1b}',
+            Some('\\') => '\\',
+            other => anyhow::bail!(
+                "--type: unknown escape \\{} (\\n, \\t, \\e and \\\\ exist)",
+                other.map(String::from).unwrap_or_default()
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// Bands of [`TEXT_BAND_ROWS`] rows with any non-black pixel, and all bands.
+fn text_bands(display: &hangar_engine::Display) -> (u32, u32) {
+    display.take_changes(|frame, _| {
+        let bands = frame.height.div_ceil(TEXT_BAND_ROWS);
+        let inked = (0..bands)
+            .filter(|b| {
+                let top = b * TEXT_BAND_ROWS;
+                let bottom = (top + TEXT_BAND_ROWS).min(frame.height);
+                let rows =
+                    &frame.pixels[(top * frame.width) as usize..(bottom * frame.width) as usize];
+                rows.iter().any(|p| *p != 0)
+            })
+            .count() as u32;
+        (inked, bands)
+    })
 }
 
 impl RunArgs {
@@ -73,6 +151,9 @@ impl RunArgs {
             }
             if let Some(c) = &self.cmdline {
                 config.cmdline = c.clone();
+            }
+            if let Some(d) = &self.display {
+                config.display = parse_display(d)?;
             }
             return Ok(config);
         }
@@ -93,7 +174,10 @@ impl RunArgs {
                 .cmdline
                 .clone()
                 .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".into()),
-            display: DisplayConfig::default_screen(),
+            display: match &self.display {
+                Some(d) => parse_display(d)?,
+                None => DisplayConfig::default_screen(),
+            },
         })
     }
 }
@@ -183,6 +267,14 @@ pub(super) fn spawn_stdin_reader(raw: bool, tx: mpsc::Sender<Input>) -> anyhow::
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
+    let mut keystrokes = match &args.type_text {
+        Some(t) => keystrokes_for_text(&unescape(t)?)
+            .map_err(|c| anyhow::anyhow!("--type: no key types {c:?} on a US keyboard"))?,
+        None => Vec::new(),
+    };
+    if (!keystrokes.is_empty() || args.screen_summary) && config.display.is_none() {
+        anyhow::bail!("--type and --screen-summary need a screen (not --display none)");
+    }
     let (mut engine, events) = Engine::new(|| {});
     let id = VmId(config.name.clone());
     engine
@@ -191,6 +283,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             config,
         })
         .context("cannot start the machine")?;
+    let display = engine.display(&id);
 
     let raw = RawTerminal::enable();
     if raw.is_some() {
@@ -257,6 +350,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         "hangar: init reached after {} ms{nl}",
                         since_start.as_millis()
                     );
+                    for (key, pressed) in keystrokes.drain(..) {
+                        if let Err(e) = engine.execute(Command::KeyInput {
+                            id: id.clone(),
+                            key,
+                            pressed,
+                        }) {
+                            log::debug!("{e}");
+                        }
+                    }
                 } else if args.timings {
                     eprint!(
                         "hangar: boot marker {value} after {} ms{nl}",
@@ -281,6 +383,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Event::StateChanged { .. } | Event::Stats { .. } | Event::DisplayUpdated { .. } => {}
             Event::Exited { reason, .. } => {
                 drop(raw);
+                if let (true, Some(d)) = (args.screen_summary, &display) {
+                    let (w, h) = d.size();
+                    let (inked, bands) = text_bands(d);
+                    eprintln!(
+                        "hangar: screen {w}x{h}: {inked} of {bands} bands of {TEXT_BAND_ROWS} rows drawn on"
+                    );
+                }
                 eprintln!("hangar: exited: {reason}");
                 return Ok(exit_code(&reason));
             }

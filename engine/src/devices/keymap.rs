@@ -325,6 +325,113 @@ pub fn set1_scancodes(key: GuestKey, pressed: bool) -> ScancodeSeq {
     }
 }
 
+/// The key that types `c` on a US layout, and whether Shift is needed;
+/// `None` for characters a US keyboard has no key for.
+pub fn key_for_char(c: char) -> Option<(GuestKey, bool)> {
+    use GuestKey as K;
+    const LETTERS: [GuestKey; 26] = [
+        K::A,
+        K::B,
+        K::C,
+        K::D,
+        K::E,
+        K::F,
+        K::G,
+        K::H,
+        K::I,
+        K::J,
+        K::K,
+        K::L,
+        K::M,
+        K::N,
+        K::O,
+        K::P,
+        K::Q,
+        K::R,
+        K::S,
+        K::T,
+        K::U,
+        K::V,
+        K::W,
+        K::X,
+        K::Y,
+        K::Z,
+    ];
+    const DIGITS: [GuestKey; 10] = [
+        K::Digit0,
+        K::Digit1,
+        K::Digit2,
+        K::Digit3,
+        K::Digit4,
+        K::Digit5,
+        K::Digit6,
+        K::Digit7,
+        K::Digit8,
+        K::Digit9,
+    ];
+    Some(match c {
+        'a'..='z' => (LETTERS[c as usize - 'a' as usize], false),
+        'A'..='Z' => (LETTERS[c as usize - 'A' as usize], true),
+        '0'..='9' => (DIGITS[c as usize - '0' as usize], false),
+        ')' => (K::Digit0, true),
+        '!' => (K::Digit1, true),
+        '@' => (K::Digit2, true),
+        '#' => (K::Digit3, true),
+        '$' => (K::Digit4, true),
+        '%' => (K::Digit5, true),
+        '^' => (K::Digit6, true),
+        '&' => (K::Digit7, true),
+        '*' => (K::Digit8, true),
+        '(' => (K::Digit9, true),
+        ' ' => (K::Space, false),
+        '\n' => (K::Enter, false),
+        '\t' => (K::Tab, false),
+        '\u{1b}' => (K::Escape, false),
+        '\u{8}' => (K::Backspace, false),
+        '-' => (K::Minus, false),
+        '_' => (K::Minus, true),
+        '=' => (K::Equal, false),
+        '+' => (K::Equal, true),
+        '[' => (K::BracketLeft, false),
+        '{' => (K::BracketLeft, true),
+        ']' => (K::BracketRight, false),
+        '}' => (K::BracketRight, true),
+        '\\' => (K::Backslash, false),
+        '|' => (K::Backslash, true),
+        ';' => (K::Semicolon, false),
+        ':' => (K::Semicolon, true),
+        '\'' => (K::Quote, false),
+        '"' => (K::Quote, true),
+        '`' => (K::Backquote, false),
+        '~' => (K::Backquote, true),
+        ',' => (K::Comma, false),
+        '<' => (K::Comma, true),
+        '.' => (K::Period, false),
+        '>' => (K::Period, true),
+        '/' => (K::Slash, false),
+        '?' => (K::Slash, true),
+        _ => return None,
+    })
+}
+
+/// The key presses and releases that type `text` on a US layout (Shift
+/// held around shifted characters), or the first character no key types.
+pub fn keystrokes_for_text(text: &str) -> Result<Vec<(GuestKey, bool)>, char> {
+    let mut events = Vec::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        let (key, shift) = key_for_char(c).ok_or(c)?;
+        if shift {
+            events.push((GuestKey::ShiftLeft, true));
+        }
+        events.push((key, true));
+        events.push((key, false));
+        if shift {
+            events.push((GuestKey::ShiftLeft, false));
+        }
+    }
+    Ok(events)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -395,6 +502,33 @@ mod tests {
                 assert!(seen.insert(brk(key)), "{key:?} repeats a break code");
             }
         }
+    }
+
+    #[test]
+    fn test_text_becomes_keystrokes_with_shift() {
+        use GuestKey as K;
+        assert_eq!(
+            keystrokes_for_text("aB\n").unwrap(),
+            vec![
+                (K::A, true),
+                (K::A, false),
+                (K::ShiftLeft, true),
+                (K::B, true),
+                (K::B, false),
+                (K::ShiftLeft, false),
+                (K::Enter, true),
+                (K::Enter, false),
+            ]
+        );
+        let all: String = (' '..='~').collect();
+        let strokes = keystrokes_for_text(&all).unwrap();
+        assert_eq!(
+            strokes.len(),
+            all.len() * 2 + 2 * all.chars().filter(|c| key_for_char(*c).unwrap().1).count()
+        );
+        assert_eq!(keystrokes_for_text("é"), Err('é'));
+        assert_eq!(key_for_char('$'), Some((K::Digit4, true)));
+        assert_eq!(key_for_char('\u{1b}'), Some((K::Escape, false)));
     }
 
     #[test]

@@ -235,6 +235,14 @@ impl VmControl {
                 let reason = self.supervise(&mut machine, &rx);
                 self.teardown(&mut machine, &rx);
                 self.flush_serial(&machine);
+                // The last frame: what the guest drew since the last poll.
+                if let Some(fb) = &machine.framebuffer {
+                    if let Ok(true) = fb.poll(&machine.vm) {
+                        self.emit(Event::DisplayUpdated {
+                            id: self.id.clone(),
+                        });
+                    }
+                }
                 reason
             }
             Err(e) => {

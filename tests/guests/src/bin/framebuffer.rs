@@ -2,7 +2,7 @@
 //! (the zero page at 0x7000), prints `fb WIDTHxHEIGHT stride STRIDE type
 //! TYPE\n`, draws a known pattern — a 16×8 red block at (8, 4), an 8×8
 //! green block at (100, 60), one blue pixel in the bottom-right corner —
-//! writes marker 0x10, then echoes every byte the keyboard controller hands
+//! writes marker 0x10 and then 1 ("init reached"), then echoes every byte the keyboard controller hands
 //! it as two hex digits and a space; the break code of Escape (0x81) ends
 //! the line and powers off with status 0. Without a framebuffer it prints
 //! `no fb\n` and exits 3.
@@ -78,6 +78,8 @@ fn main() -> ! {
     }
     pixel(width - 1, height - 1, 0x0000_00ff);
     guest::marker(0x10);
+    // "init reached", which `hangar run --type` waits for.
+    guest::marker(1);
 
     loop {
         if guest::inb(guest::I8042_COMMAND) & STATUS_OBF != 0 {
