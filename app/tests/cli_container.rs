@@ -13,6 +13,21 @@ use std::process::{Command, Output, Stdio};
 
 use common::{is_root, DataDir};
 
+/// A 100 MiB buffer in a 16 MiB container: the OOM killer ends it.
+const OOM_RUN: &[&str] = &[
+    "container",
+    "run",
+    "--memory",
+    "16",
+    "default",
+    "--",
+    "dd",
+    "if=/dev/zero",
+    "of=/dev/null",
+    "bs=100M",
+    "count=1",
+];
+
 /// Runs the real `hangar` with `d` as its data directory, `stdin` as input.
 fn hangar(d: &DataDir, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
@@ -78,23 +93,7 @@ fn container_run_says_which_limit_killed_it() {
         return;
     }
     let d = DataDir::new();
-    let out = hangar(
-        &d,
-        &[
-            "container",
-            "run",
-            "--memory",
-            "16",
-            "default",
-            "--",
-            "dd",
-            "if=/dev/zero",
-            "of=/dev/null",
-            "bs=100M",
-            "count=1",
-        ],
-        b"",
-    );
+    let out = hangar(&d, OOM_RUN, b"");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(137), "{stderr}");
     assert!(
@@ -181,19 +180,7 @@ fn container_run_works_for_an_unprivileged_user() {
         ["0", "65534", "1"],
         "which is nobody outside: {stdout}"
     );
-    let out = run(&[
-        "container",
-        "run",
-        "--memory",
-        "16",
-        "default",
-        "--",
-        "dd",
-        "if=/dev/zero",
-        "of=/dev/null",
-        "bs=100M",
-        "count=1",
-    ]);
+    let out = run(OOM_RUN);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(137), "{stderr}");
     assert!(stderr.contains("out of memory"), "{stderr}");

@@ -32,6 +32,16 @@ fn console_text(h: &Gui) -> String {
         .unwrap_or_default()
 }
 
+/// Runs `command` in the default image through the dialog; the new
+/// container's id.
+fn run_from_dialog(h: &mut Gui, command: &str) -> String {
+    click(h, "Run container");
+    type_into(h, "Command", command);
+    click(h, "Run");
+    let entries = &h.state().rt.containers.entries;
+    entries.last().expect("Run added a container").id.0.clone()
+}
+
 fn description(h: &Gui, label: &str) -> String {
     h.get_by_label(label)
         .accesskit_node()
@@ -136,10 +146,7 @@ fn interactive_shell_gets_keys_and_the_console_size_and_can_be_stopped() {
     let dir = ConfigDir::new();
     let data = DataDir::new();
     let mut h = gui_with_containers(&dir, &data);
-    click(&mut h, "Run container");
-    type_into(&mut h, "Command", "sh");
-    click(&mut h, "Run");
-    let id = h.state().rt.containers.entries[0].id.0.clone();
+    let id = run_from_dialog(&mut h, "sh");
     wait_until(&mut h, "the shell to run", CONTAINER_TIMEOUT, |h| {
         library_state(h, &id) == "running"
     });
@@ -452,20 +459,14 @@ fn containers_stay_listed_after_the_app_is_closed_and_opened_again() {
     let dir = ConfigDir::new();
     let data = DataDir::new();
     let mut h = gui_with_containers(&dir, &data);
-    click(&mut h, "Run container");
-    type_into(&mut h, "Command", "sh -c 'echo from-the-first-run'");
-    click(&mut h, "Run");
-    let done = h.state().rt.containers.entries[0].id.0.clone();
+    let done = run_from_dialog(&mut h, "sh -c 'echo from-the-first-run'");
     wait_until(
         &mut h,
         "the first container to exit",
         CONTAINER_TIMEOUT,
         |h| library_state(h, &done) == "exited",
     );
-    click(&mut h, "Run container");
-    type_into(&mut h, "Command", "sleep 1000");
-    click(&mut h, "Run");
-    let running = h.state().rt.containers.entries[1].id.0.clone();
+    let running = run_from_dialog(&mut h, "sleep 1000");
     wait_until(
         &mut h,
         "the second container to run",
