@@ -25,7 +25,9 @@ use super::host_banner::host_banner_ui;
 use super::image_import::{default_pull_name, imported_text, ImageJob, ImageRequest};
 use super::library_panel::library_ui;
 use super::log_panel::{log_ui, notifications_ui};
-use super::model::{Container, Containers, Entry, Log, Machine, Machines, RunStatus, Severity};
+use super::model::{
+    Container, Containers, Entry, Log, Machine, Machines, RunStatus, Severity, LOG_TARGET,
+};
 use super::tabs::{close_machine, open_pane, open_pane_beside, Pane, PaneKind, TabsBehavior};
 use super::ui_state::{ui_state_path, UiState};
 use super::wizard::{wizard_ui, WizardContext, WizardState};
@@ -289,6 +291,14 @@ impl HangarApp {
                 self.ui_state.tabs.ui(&mut behavior, ui);
             }
         });
+        // A Display tab that was not drawn (hidden, closed) lets go of the
+        // keyboard, releasing what the guest holds.
+        let pass = ui.ctx().cumulative_pass_nr();
+        for (id, entry) in &mut self.rt.machines.entries {
+            if let Entry::Machine(m) = entry {
+                m.screen.release_if_hidden(id, pass, &mut self.rt.commands);
+            }
+        }
         let ctx = ui.ctx().clone();
         wizard_ui(
             &ctx,
@@ -347,9 +357,13 @@ impl HangarApp {
         while let Ok(event) = self.rt.events.try_recv() {
             self.on_event(event);
         }
-        // What the engine only logged still reaches the person.
+        // What the engine only logged still reaches the person (the Log's
+        // own lines, echoed to stderr, are in it already).
+        let own = format!("{LOG_TARGET}: ");
         for (_, text) in crate::logging::take_warnings() {
-            self.rt.log.push(Severity::Error, None, text);
+            if !text.starts_with(&own) {
+                self.rt.log.push(Severity::Error, None, text);
+            }
         }
         while let Some(event) = self
             .rt
@@ -610,8 +624,13 @@ impl HangarApp {
                 }
             }
             Event::Started { .. } => {}
-            // The Display tab reads the frame when it draws.
-            Event::DisplayUpdated { .. } => {}
+            // The Display tab reads the frame when it draws; here it is
+            // only counted (frames per second).
+            Event::DisplayUpdated { id } => {
+                if let Some(m) = rt.machines.get_mut(&id.0) {
+                    m.screen.on_display_updated(std::time::Instant::now());
+                }
+            }
             Event::Stats { id, stats } => {
                 if let Some(m) = rt.machines.get_mut(&id.0) {
                     m.on_stats(stats);
@@ -674,6 +693,7 @@ impl HangarApp {
                 if let Some(m) = rt.machines.get_mut(&id.0) {
                     m.status = RunStatus::Stopped;
                     m.started = None;
+                    m.screen.on_exited();
                     match &reason {
                         // Not every failure comes with an Error event first.
                         ExitReason::Failed(why) => {
@@ -757,6 +777,9 @@ impl HangarApp {
                     kind: PaneKind::Console,
                 },
             ),
+            UiCommand::OpenTabBeside(id, kind) => {
+                open_pane_beside(&mut self.ui_state.tabs, Pane { machine: id, kind })
+            }
             UiCommand::SerialInput(id, bytes) => self.engine(
                 &id,
                 Command::SerialInput {
@@ -764,6 +787,49 @@ impl HangarApp {
                     bytes,
                 },
             ),
+            UiCommand::KeyInput { id, key, pressed } => self.engine(
+                &id,
+                Command::KeyInput {
+                    id: VmId(id.clone()),
+                    key,
+                    pressed,
+                },
+            ),
+            UiCommand::PointerInput {
+                id,
+                dx,
+                dy,
+                wheel,
+                buttons,
+            } => self.engine(
+                &id,
+                Command::PointerInput {
+                    id: VmId(id.clone()),
+                    dx,
+                    dy,
+                    wheel,
+                    buttons,
+                },
+            ),
+            UiCommand::SendCtrlAltDel(id) => {
+                self.engine(&id, Command::SendCtrlAltDel(VmId(id.clone())))
+            }
+            UiCommand::DisplayZoom(id, mode) => {
+                if let Some(m) = self.rt.machines.get_mut(&id) {
+                    m.screen.mode = mode;
+                }
+            }
+            UiCommand::ScreenshotSaved { id, result } => {
+                let name = self.rt.machines.display_name(&id);
+                match result {
+                    Ok(path) => self.rt.log.push(
+                        Severity::Info,
+                        Some(name),
+                        format!("screenshot saved to {}", path.display()),
+                    ),
+                    Err(why) => self.rt.log.push(Severity::Error, Some(name), why),
+                }
+            }
             UiCommand::OpenContainerDialog => {
                 let images = self.image_names();
                 self.rt.container_dialog = Some(ContainerDialogState::new(images));
@@ -864,6 +930,9 @@ impl HangarApp {
         // first event (a double click would be refused as already running).
         if let Some(m) = self.rt.machines.get_mut(id).filter(|_| started) {
             m.status = RunStatus::Starting;
+            // The screen of this run (none if the definition has none).
+            m.screen
+                .attach(self.rt.engine.display(&VmId(id.to_string())));
         }
     }
 

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use hangar_engine::containers::ContainerConfig;
-use hangar_engine::VmConfig;
+use hangar_engine::{GuestKey, MouseButtons, VmConfig};
 
+use super::display_tab::ZoomMode;
 use super::tabs::PaneKind;
 
 /// One user action. Deserialize: UI scripts (automation.rs) name them in JSON.
@@ -42,8 +43,43 @@ pub enum UiCommand {
     OpenTab(String, PaneKind),
     /// Open a machine's console in a new column beside the other tabs.
     OpenBeside(String),
+    /// Open a tab of a machine in a new column beside the other tabs.
+    OpenTabBeside(String, PaneKind),
     /// Bytes typed into a machine's console.
     SerialInput(String, Vec<u8>),
+    /// A key pressed or released on a machine's keyboard (Display tab).
+    KeyInput {
+        /// The machine.
+        id: String,
+        /// The key, by its US position.
+        key: GuestKey,
+        /// Pressed (true) or released.
+        pressed: bool,
+    },
+    /// The mouse moved, scrolled or changed buttons over a machine's screen.
+    PointerInput {
+        /// The machine.
+        id: String,
+        /// Guest pixels to the right.
+        dx: i32,
+        /// Guest pixels down.
+        dy: i32,
+        /// Wheel notches away from the user.
+        wheel: i32,
+        /// The buttons held now.
+        buttons: MouseButtons,
+    },
+    /// Ctrl+Alt+Del on a machine's keyboard (it is not stopped).
+    SendCtrlAltDel(String),
+    /// How a machine's Display tab scales its screen.
+    DisplayZoom(String, ZoomMode),
+    /// A screenshot of a machine's screen was saved, or not.
+    ScreenshotSaved {
+        /// The machine.
+        id: String,
+        /// The file written, or why not.
+        result: Result<PathBuf, String>,
+    },
     /// Open the Run container dialog.
     OpenContainerDialog,
     /// Run a new container (from the dialog) and open its console.

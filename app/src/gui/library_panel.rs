@@ -209,6 +209,16 @@ fn lifecycle_button_ui(ui: &mut egui::Ui, c: &Container, commands: &mut CommandQ
     }
 }
 
+/// Why a machine's Display buttons are disabled.
+const NO_SCREEN: &str = "This machine has no screen: its definition gives it none";
+
+/// The tabs a machine row's menu opens.
+const MACHINE_VIEWS: [(&str, PaneKind); 3] = [
+    ("Console", PaneKind::Console),
+    ("Display", PaneKind::Display),
+    ("Overview", PaneKind::Overview),
+];
+
 /// The tabs a container row opens, as its buttons name them.
 const CONTAINER_VIEWS: [(&str, PaneKind); 3] = [
     ("Console", PaneKind::ContainerConsole),
@@ -252,6 +262,18 @@ fn entry_ui(
     }
     if response.double_clicked() {
         commands.push(UiCommand::OpenTab(id.to_string(), PaneKind::Console));
+    }
+    if let Entry::Machine(m) = entry {
+        let has_screen = m.def.config.display.is_some();
+        response.context_menu(|ui| {
+            for (label, kind) in MACHINE_VIEWS {
+                let enabled = kind != PaneKind::Display || has_screen;
+                if ui.add_enabled(enabled, egui::Button::new(label)).clicked() {
+                    commands.push(UiCommand::OpenTab(id.to_string(), kind));
+                    ui.close();
+                }
+            }
+        });
     }
 }
 
@@ -325,19 +347,38 @@ fn actions_ui(
             RunStatus::Stopped => {}
         }
     });
+    let has_screen = m.def.config.display.is_some();
     ui.horizontal_wrapped(|ui| {
         if ui.button("Console").clicked() {
             commands.push(UiCommand::OpenTab(id.clone(), PaneKind::Console));
         }
+        let display = ui.add_enabled(has_screen, egui::Button::new("Display"));
+        if display
+            .on_hover_text("The guest's screen, keyboard and mouse")
+            .on_disabled_hover_text(NO_SCREEN)
+            .clicked()
+        {
+            commands.push(UiCommand::OpenTab(id.clone(), PaneKind::Display));
+        }
         if ui.button("Overview").clicked() {
             commands.push(UiCommand::OpenTab(id.clone(), PaneKind::Overview));
         }
+    });
+    ui.horizontal_wrapped(|ui| {
         if ui
             .button("Console beside")
             .on_hover_text("Open the console in a new column, side by side with the others")
             .clicked()
         {
             commands.push(UiCommand::OpenBeside(id.clone()));
+        }
+        let display = ui.add_enabled(has_screen, egui::Button::new("Display beside"));
+        if display
+            .on_hover_text("Open the screen in a new column, side by side with the others")
+            .on_disabled_hover_text(NO_SCREEN)
+            .clicked()
+        {
+            commands.push(UiCommand::OpenTabBeside(id.clone(), PaneKind::Display));
         }
     });
     ui.horizontal_wrapped(|ui| {

@@ -10,6 +10,8 @@ pub mod container_console_tab;
 pub mod container_dialog;
 pub mod container_logs_tab;
 pub mod container_overview_tab;
+pub mod display_keys;
+pub mod display_tab;
 pub mod frame_stats;
 pub mod host_banner;
 pub mod image_import;

@@ -13,6 +13,7 @@ use hangar_engine::containers::{
 use hangar_engine::{ExitReason, KernelKind, MachineDefinition, VmState, VmStats};
 
 use super::container_logs_tab::ContainerLogView;
+use super::display_tab::Screen;
 use super::terminal::TerminalView;
 
 /// How many stats samples (one a second) the Overview keeps: ten minutes.
@@ -79,6 +80,9 @@ pub struct Machine {
     pub last_exit: Option<ExitReason>,
     /// Its serial console (kept while the tab is closed or hidden).
     pub terminal: TerminalView,
+    /// Its screen: the engine's display handle of the current (or last)
+    /// run, the texture, the keyboard grab.
+    pub screen: Screen,
     /// Recent figures for the Overview tab.
     pub stats: VecDeque<StatsSample>,
     /// When the current run started.
@@ -95,6 +99,7 @@ impl Machine {
             last_error: None,
             last_exit: None,
             terminal: TerminalView::new(80, 25),
+            screen: Screen::default(),
             stats: VecDeque::new(),
             started: None,
             kernel_kind: detect_kernel_kind(&def.config.kernel).ok(),
@@ -434,6 +439,11 @@ pub struct Log {
     pub notifications: Vec<(LogLine, Instant)>,
 }
 
+/// The `log` target of the Log panel's own lines on stderr: the app does
+/// not take them back from the logger's queue into the panel (each frame
+/// would add the same error again).
+pub const LOG_TARGET: &str = "hangar::log_panel";
+
 /// Lines kept in the Log panel.
 const LOG_LINES: usize = 5000;
 /// How long an error notification stays up unless dismissed.
@@ -449,8 +459,8 @@ impl Log {
             message,
         };
         match severity {
-            Severity::Error => log::error!("{}", line.message),
-            Severity::Info => log::info!("{}", line.message),
+            Severity::Error => log::error!(target: LOG_TARGET, "{}", line.message),
+            Severity::Info => log::info!(target: LOG_TARGET, "{}", line.message),
         }
         if severity == Severity::Error {
             self.notifications.push((line.clone(), Instant::now()));

@@ -34,6 +34,12 @@ pub fn overview_tab_ui(ui: &mut egui::Ui, machine: &Machine) {
                     .unwrap_or_else(|| "none".into()),
             );
             ui.end_row();
+            ui.label("Screen");
+            ui.label(match &c.display {
+                Some(d) => format!("{}×{}", d.width, d.height),
+                None => "none".into(),
+            });
+            ui.end_row();
             ui.label("Command line");
             ui.label(if c.cmdline.is_empty() {
                 "(empty)"

@@ -1,5 +1,5 @@
-//! The tab area: an egui_tiles tree of panes (Console / Overview per
-//! machine, Console / Logs / Overview per container) that the user can drag
+//! The tab area: an egui_tiles tree of panes (Console / Display / Overview
+//! per machine, Console / Logs / Overview per container) that the user can drag
 //! into splits, close and reopen.
 
 use egui_tiles::{Container, Tile, TileId, Tree};
@@ -10,6 +10,7 @@ use super::console_tab::console_tab_ui;
 use super::container_console_tab::container_console_tab_ui;
 use super::container_logs_tab::container_logs_tab_ui;
 use super::container_overview_tab::container_overview_tab_ui;
+use super::display_tab::display_tab_ui;
 use super::model::{Containers, Machines};
 use super::overview_tab::overview_tab_ui;
 
@@ -20,6 +21,8 @@ pub enum PaneKind {
     Console,
     /// Configuration and live figures.
     Overview,
+    /// The guest's screen, keyboard and mouse.
+    Display,
     /// A container's output and input (`machine` is the container's id).
     ContainerConsole,
     /// A container's captured output as plain text (its `console.log`).
@@ -170,6 +173,7 @@ impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
             Some(machine) => match pane.kind {
                 PaneKind::Console => console_tab_ui(ui, &pane.machine, machine, self.commands),
                 PaneKind::Overview => overview_tab_ui(ui, machine),
+                PaneKind::Display => display_tab_ui(ui, &pane.machine, machine, self.commands),
                 PaneKind::ContainerConsole
                 | PaneKind::ContainerLogs
                 | PaneKind::ContainerOverview => {}
@@ -186,6 +190,7 @@ impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
         match pane.kind {
             PaneKind::Console => format!("{name} — Console").into(),
             PaneKind::Overview => format!("{name} — Overview").into(),
+            PaneKind::Display => format!("{name} — Display").into(),
             PaneKind::ContainerConsole => format!("{} — Console", pane.machine).into(),
             PaneKind::ContainerLogs => format!("{} — Logs", pane.machine).into(),
             PaneKind::ContainerOverview => format!("{} — Overview", pane.machine).into(),

@@ -75,8 +75,7 @@ impl ConfigDir {
 
     /// Save a machine definition the way the app does; returns its id.
     pub fn define(&self, name: &str, kernel: &Path) -> String {
-        let store = MachineStore::open(self.path()).expect("cannot open the machine store");
-        let def = MachineDefinition::new(VmConfig {
+        self.define_config(VmConfig {
             name: name.into(),
             vcpus: 1,
             memory_mib: 64,
@@ -84,7 +83,13 @@ impl ConfigDir {
             initrd: None,
             cmdline: String::new(),
             display: None,
-        });
+        })
+    }
+
+    /// Save this definition the way the app does; returns its id.
+    pub fn define_config(&self, config: VmConfig) -> String {
+        let store = MachineStore::open(self.path()).expect("cannot open the machine store");
+        let def = MachineDefinition::new(config);
         store.create(&def).expect("cannot save the definition");
         def.id
     }
