@@ -195,7 +195,11 @@ impl Display {
     /// Copies the rows that `pages` (KVM's dirty bitmap of the guest
     /// framebuffer, one bit per 4 KiB page) touch, reading the framebuffer
     /// (`stride` bytes a row, little-endian XRGB) through `read(offset,
-    /// buf)`, and records them as changed. Returns whether anything changed.
+    /// buf)`, and records what really changed: per band of dirty rows, the
+    /// rectangle around the pixels whose value differs (a page can be
+    /// written with what it held, and a page holds whole rows but the guest
+    /// may have drawn only a few columns). Returns whether anything changed.
+    /// Allocates nothing.
     pub(crate) fn update_from(
         &self,
         read: &dyn Fn(usize, &mut [u8]),
@@ -205,63 +209,95 @@ impl Display {
         let mut guard = self.lock();
         let s = &mut *guard;
         let (width, height) = (s.width as usize, s.height as usize);
-        let bands = dirty_row_bands(pages, stride, height);
-        if bands.is_empty() {
-            return false;
-        }
-        for &(top, bottom) in &bands {
+        let mut changed = false;
+        for_each_dirty_band(pages, stride, height, |top, bottom| {
+            // Columns [left, right) and rows [first, last] that changed.
+            let (mut left, mut right) = (width, 0);
+            let (mut first, mut last) = (usize::MAX, 0);
             for row in top..bottom {
                 read(row * stride, &mut s.row);
                 let dst = &mut s.pixels[row * width..(row + 1) * width];
-                for (d, px) in dst.iter_mut().zip(s.row.chunks_exact(4)) {
-                    *d = u32::from_le_bytes([px[0], px[1], px[2], px[3]]) & 0x00ff_ffff;
+                for (x, (d, px)) in dst.iter_mut().zip(s.row.chunks_exact(4)).enumerate() {
+                    let p = u32::from_le_bytes([px[0], px[1], px[2], px[3]]) & 0x00ff_ffff;
+                    if *d != p {
+                        *d = p;
+                        left = left.min(x);
+                        right = right.max(x + 1);
+                        first = first.min(row);
+                        last = row;
+                    }
                 }
             }
+            if first == usize::MAX {
+                return;
+            }
+            changed = true;
             let rect = DirtyRect {
-                x: 0,
-                y: top as u32,
-                width: width as u32,
-                height: (bottom - top) as u32,
+                x: left as u32,
+                y: first as u32,
+                width: (right - left) as u32,
+                height: (last + 1 - first) as u32,
             };
             if s.dirty.len() < MAX_RECTS {
                 s.dirty.push(rect);
-            } else if let Some(last) = s.dirty.last_mut() {
-                *last = last.union(&rect);
+            } else if let Some(l) = s.dirty.last_mut() {
+                *l = l.union(&rect);
             }
+        });
+        if changed {
+            s.generation += 1;
         }
-        s.generation += 1;
-        true
+        changed
     }
 }
 
-/// The row bands `[top, bottom)` that the dirty pages of a framebuffer of
-/// `height` rows, `stride` bytes each, overlap; adjacent bands merged.
-/// A row is dirty if any of its bytes lies in a dirty page.
-pub(crate) fn dirty_row_bands(pages: &[u64], stride: usize, height: usize) -> Vec<(usize, usize)> {
-    let mut bands: Vec<(usize, usize)> = Vec::new();
+/// Calls `f(top, bottom)` for each band of rows `[top, bottom)` that the
+/// dirty pages of a framebuffer of `height` rows, `stride` bytes each,
+/// overlap, adjacent bands merged, top to bottom. A row is dirty if any of
+/// its bytes lies in a dirty page.
+pub(crate) fn for_each_dirty_band(
+    pages: &[u64],
+    stride: usize,
+    height: usize,
+    mut f: impl FnMut(usize, usize),
+) {
     if stride == 0 {
-        return bands;
+        return;
     }
     let total = stride * height;
+    let mut band: Option<(usize, usize)> = None;
     for (word_index, word) in pages.iter().enumerate() {
         let mut bits = *word;
         while bits != 0 {
             let bit = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            let page = word_index * 64 + bit;
-            let start = page * PAGE;
+            let start = (word_index * 64 + bit) * PAGE;
             if start >= total {
                 continue;
             }
             let end = (start + PAGE).min(total);
             let (top, bottom) = (start / stride, end.div_ceil(stride).min(height));
-            match bands.last_mut() {
-                Some(last) if top <= last.1 => last.1 = last.1.max(bottom),
-                _ => bands.push((top, bottom)),
-            }
+            band = match band {
+                Some((t, b)) if top <= b => Some((t, b.max(bottom))),
+                Some((t, b)) => {
+                    f(t, b);
+                    Some((top, bottom))
+                }
+                None => Some((top, bottom)),
+            };
         }
     }
-    bands
+    if let Some((t, b)) = band {
+        f(t, b);
+    }
+}
+
+/// The bands of [`for_each_dirty_band`], collected (tests).
+#[cfg(test)]
+fn dirty_row_bands(pages: &[u64], stride: usize, height: usize) -> Vec<(usize, usize)> {
+    let mut v = Vec::new();
+    for_each_dirty_band(pages, stride, height, |t, b| v.push((t, b)));
+    v
 }
 
 #[cfg(test)]
@@ -312,13 +348,14 @@ mod tests {
             assert_eq!(f.generation, 1);
             r.to_vec()
         });
+        // Page 0 was dirty (rows 0-3), but only one pixel in it changed.
         assert_eq!(
             rects,
             vec![DirtyRect {
-                x: 0,
-                y: 0,
-                width: 320,
-                height: 4
+                x: 5,
+                y: 1,
+                width: 1,
+                height: 1
             }]
         );
         assert!(
@@ -329,6 +366,8 @@ mod tests {
             !d.update_from(&reader(&guest), stride, &[0]),
             "nothing dirty, no update"
         );
+        // A page written with what it held already: no change either.
+        assert!(!d.update_from(&reader(&guest), stride, &pages));
         assert_eq!(d.generation(), 1);
     }
 
@@ -336,11 +375,13 @@ mod tests {
     fn many_changes_collapse_into_a_bounded_list() {
         let d = Display::new(320, 200);
         let stride = 1280;
-        let guest = vec![0u8; stride * 200];
-        // Every other page dirty: 32 bands per update, three updates.
+        let mut guest = vec![0u8; stride * 200];
+        // Every other page dirty and changed: 32 bands per update, three
+        // updates with new contents each time.
         let pages = vec![0x5555_5555_5555_5555u64];
-        for _ in 0..3 {
-            d.update_from(&reader(&guest), stride, &pages);
+        for round in 1..=3u8 {
+            guest.iter_mut().for_each(|b| *b = round);
+            assert!(d.update_from(&reader(&guest), stride, &pages));
         }
         let n = d.take_changes(|_, r| r.len());
         assert!(n <= MAX_RECTS, "{n} rectangles");

@@ -19,7 +19,7 @@
 //! | `{"container_dialog": {"command": "sh", "ports": ["8080:80"], "volumes": ["/srv:/data:ro"], "show_import": true}}` | set fields of the open Run container dialog (every key optional; rows are added) |
 //! | `{"container_tab": "ContainerLogs"}`   | open a tab ([`PaneKind`]) of the container run last (its id is random) |
 //! | `{"window_size": [1400, 900]}`         | resize the window (logical points)                          |
-//! | `{"mark": "idle"}`                     | print `hangar: mark idle frames=N t_ms=T` to stderr (frames drawn so far, time since start) |
+//! | `{"mark": "idle"}`                     | print `hangar: mark idle frames=N t_ms=T uploads_full=… uploads_partial=… uploaded_pixels=…` to stderr (frames drawn so far, time since start, Display texture uploads so far) |
 //! | `"quit"`                               | close the window (the layout is saved as on a normal close) |
 //!
 //! Commands and wizard fields take effect after the frame that ran them, so
@@ -387,11 +387,31 @@ impl Hooks {
                     ctx.send_viewport_cmd(egui::ViewportCommand::InnerSize(egui::vec2(w, h)));
                     script.last_change_frame = frame;
                 }
-                Step::Mark(label) => eprintln!(
-                    "hangar: mark {label} frames={} t_ms={}",
-                    self.frames,
-                    self.started.elapsed().as_millis()
-                ),
+                Step::Mark(label) => {
+                    // Texture uploads of every Display tab so far: the
+                    // display benchmark's "nothing changes, nothing sent".
+                    let (full, partial, pixels) = app
+                        .rt
+                        .machines
+                        .entries
+                        .values()
+                        .filter_map(|e| match e {
+                            super::model::Entry::Machine(m) => Some(m.screen.stats()),
+                            _ => None,
+                        })
+                        .fold((0, 0, 0), |(f, p, px), s| {
+                            (
+                                f + s.full_uploads,
+                                p + s.partial_uploads,
+                                px + s.uploaded_pixels,
+                            )
+                        });
+                    eprintln!(
+                        "hangar: mark {label} frames={} t_ms={} uploads_full={full} uploads_partial={partial} uploaded_pixels={pixels}",
+                        self.frames,
+                        self.started.elapsed().as_millis()
+                    );
+                }
                 Step::Quit => {
                     self.script = None;
                     ctx.send_viewport_cmd(egui::ViewportCommand::Close);

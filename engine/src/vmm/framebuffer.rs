@@ -5,12 +5,14 @@
 //! written since it last asked and copies only those rows into the
 //! [`Display`] the app reads.
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_bindings::{kvm_dirty_log, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     MemoryRegionAddress,
 };
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_iow_nr;
 
 use super::boot::{BootError, ScreenInfo};
 use crate::config::DisplayConfig;
@@ -18,6 +20,13 @@ use crate::display::Display;
 
 /// vesafb counts the framebuffer in 64 KiB units: map whole units.
 const SIZE_UNIT: usize = 64 * 1024;
+/// KVM's page size, one dirty-log bit each.
+const PAGE: usize = 4096;
+
+const KVMIO: u32 = 0xAE;
+// KVM_GET_DIRTY_LOG, as kvm-ioctls declares it: called here with our own
+// bitmap, which kvm-ioctls' get_dirty_log would allocate on every poll.
+ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
 
 /// A VM's framebuffer memory and the screen it feeds.
 pub(crate) struct GuestFramebuffer {
@@ -29,6 +38,8 @@ pub(crate) struct GuestFramebuffer {
     width: u32,
     height: u32,
     display: Display,
+    /// The dirty bitmap, one bit per page, reused by every poll.
+    bitmap: Vec<u64>,
 }
 
 impl GuestFramebuffer {
@@ -53,6 +64,7 @@ impl GuestFramebuffer {
             width: config.width,
             height: config.height,
             display,
+            bitmap: vec![0; (size / PAGE).div_ceil(64)],
         })
     }
 
@@ -101,9 +113,21 @@ impl GuestFramebuffer {
     }
 
     /// Copies what the guest drew since the last call into the display;
-    /// true if anything changed.
-    pub(crate) fn poll(&self, vm: &VmFd) -> Result<bool, kvm_ioctls::Error> {
-        let pages = vm.get_dirty_log(self.slot, self.size)?;
+    /// true if anything changed. Allocates nothing.
+    pub(crate) fn poll(&mut self, vm: &VmFd) -> Result<bool, kvm_ioctls::Error> {
+        let mut log = kvm_dirty_log {
+            slot: self.slot,
+            ..Default::default()
+        };
+        log.__bindgen_anon_1.dirty_bitmap = self.bitmap.as_mut_ptr().cast();
+        // SAFETY: the bitmap has one bit for each page of the slot's size,
+        // as KVM_GET_DIRTY_LOG writes, and outlives the call; `vm` is a
+        // live VM fd and the slot is ours.
+        let ret = unsafe { ioctl_with_ref(vm, KVM_GET_DIRTY_LOG(), &log) };
+        if ret != 0 {
+            return Err(kvm_ioctls::Error::last());
+        }
+        let pages = &self.bitmap;
         let read = |offset: usize, buf: &mut [u8]| {
             // In range by construction (rows of the mapped frame); a failed
             // read leaves the row as it was.
@@ -111,7 +135,7 @@ impl GuestFramebuffer {
                 .memory
                 .read_slice(buf, GuestAddress(self.base + offset as u64));
         };
-        Ok(self.display.update_from(&read, self.stride, &pages))
+        Ok(self.display.update_from(&read, self.stride, pages))
     }
 }
 

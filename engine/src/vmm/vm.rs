@@ -236,7 +236,7 @@ impl VmControl {
                 self.teardown(&mut machine, &rx);
                 self.flush_serial(&machine);
                 // The last frame: what the guest drew since the last poll.
-                if let Some(fb) = &machine.framebuffer {
+                if let Some(fb) = &mut machine.framebuffer {
                     if let Ok(true) = fb.poll(&machine.vm) {
                         self.emit(Event::DisplayUpdated {
                             id: self.id.clone(),
@@ -367,7 +367,7 @@ impl VmControl {
                 last_tick = Instant::now();
                 m.devices.tick();
             }
-            if let Some(fb) = &m.framebuffer {
+            if let Some(fb) = &mut m.framebuffer {
                 if Instant::now() >= next_frame {
                     next_frame = Instant::now() + DISPLAY_INTERVAL;
                     match fb.poll(&m.vm) {
