@@ -562,12 +562,12 @@ fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// The image, importing `default` from the set-up script's build when the
-/// store does not have it yet.
 /// The built-in images the set-up script builds as OCI layouts in
 /// `<data>/images-src/<name>/`, imported on first use.
 pub const BUILT_IN_IMAGES: &[&str] = &["default", "debian"];
 
+/// The image, importing a built-in one from the set-up script's build when
+/// the store does not have it yet.
 fn resolve_image(shared: &Shared, name: &str) -> Result<ImageRecord, ContainerError> {
     match shared.images.get(name) {
         Err(ImageError::NotFound(_)) if BUILT_IN_IMAGES.contains(&name) => {
