@@ -275,8 +275,11 @@ impl VmControl {
         let running_since = Instant::now();
         let mut last_stats = running_since;
         let mut next_frame = Instant::now();
+        // A dirty log KVM refuses once it will refuse again: said once,
+        // then the screen stays as it is.
+        let mut screen_broken = false;
         loop {
-            let wait = if m.framebuffer.is_some() {
+            let wait = if m.framebuffer.is_some() && !screen_broken {
                 TICK.min(next_frame.saturating_duration_since(Instant::now()))
             } else {
                 TICK
@@ -367,7 +370,7 @@ impl VmControl {
                 last_tick = Instant::now();
                 m.devices.tick();
             }
-            if let Some(fb) = &mut m.framebuffer {
+            if let (Some(fb), false) = (&mut m.framebuffer, screen_broken) {
                 if Instant::now() >= next_frame {
                     next_frame = Instant::now() + DISPLAY_INTERVAL;
                     match fb.poll(&m.vm) {
@@ -376,7 +379,16 @@ impl VmControl {
                         }),
                         Ok(false) => {}
                         Err(e) => {
-                            log::warn!("{}: cannot read the screen's dirty log: {e}", self.id)
+                            screen_broken = true;
+                            let message = format!(
+                                "the screen stopped updating: KVM refused its dirty log: {e}"
+                            );
+                            log::warn!("{}: {message}", self.id);
+                            self.emit(Event::Error {
+                                id: self.id.clone(),
+                                message,
+                                registers: None,
+                            });
                         }
                     }
                 }
