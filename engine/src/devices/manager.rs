@@ -13,6 +13,7 @@ use super::i8042::{
     I8042Controller, I8042State, MouseButtons, I8042_AUX_IRQ, I8042_BASE, I8042_KBD_IRQ, I8042_LEN,
 };
 use super::keymap::GuestKey;
+use super::pci::{PciBus, PciConfigIo, PciConfigIoState, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
 use super::serial::{
     SerialConsole, SerialConsoleState, SERIAL_COM1_BASE, SERIAL_COM1_IRQ, SERIAL_COM1_LEN,
 };
@@ -47,6 +48,9 @@ pub struct DeviceStates {
     pub i8042: I8042State,
     /// RTC and CMOS RAM.
     pub cmos: CmosState,
+    /// The PCI configuration ports (the address register).
+    #[serde(default)]
+    pub pci_config_io: PciConfigIoState,
 }
 
 /// A VM's legacy devices and the buses they sit on.
@@ -56,6 +60,9 @@ pub struct DeviceManager {
     serial: Arc<Mutex<SerialConsole>>,
     i8042: Arc<Mutex<I8042Controller>>,
     cmos: Arc<Mutex<Cmos>>,
+    /// Bus 0 (its host bridge, and the PCI devices to come).
+    pci_bus: Arc<Mutex<PciBus>>,
+    pci_config_io: Arc<Mutex<PciConfigIo>>,
     irq_lines: Vec<IrqLine>,
 }
 
@@ -88,6 +95,10 @@ impl DeviceManager {
             line(CMOS_IRQ)?,
         )));
         let debug = Arc::new(Mutex::new(DebugPort::default()));
+        // A PCI host bridge behind the type-1 ports: Linux, booted without
+        // ACPI, finds PCI through them alone.
+        let pci_bus = Arc::new(Mutex::new(PciBus::new()));
+        let pci_config_io = Arc::new(Mutex::new(PciConfigIo::new(pci_bus.clone())));
 
         let mut io_bus = Bus::new();
         let place = |bus: &mut Bus, dev, base: u16, len| {
@@ -103,12 +114,20 @@ impl DeviceManager {
         place(&mut io_bus, i8042.clone(), I8042_BASE, I8042_LEN)?;
         place(&mut io_bus, cmos.clone(), CMOS_BASE, CMOS_LEN)?;
         place(&mut io_bus, debug, DEBUG_PORT_BASE, DEBUG_PORT_LEN)?;
+        place(
+            &mut io_bus,
+            pci_config_io.clone(),
+            PCI_CONFIG_IO_BASE,
+            PCI_CONFIG_IO_LEN,
+        )?;
         Ok(Self {
             io_bus,
             mmio_bus: Bus::new(),
             serial,
             i8042,
             cmos,
+            pci_bus,
+            pci_config_io,
             irq_lines,
         })
     }
@@ -119,6 +138,11 @@ impl DeviceManager {
             return Err(DeviceManagerError::FramebufferTooLarge(size));
         }
         Ok(FRAMEBUFFER_START)
+    }
+
+    /// PCI bus 0.
+    pub fn pci_bus(&self) -> &Arc<Mutex<PciBus>> {
+        &self.pci_bus
     }
 
     /// The port-I/O bus, shared with the vCPU threads.
@@ -171,6 +195,7 @@ impl DeviceManager {
             serial: lock(&self.serial).state(),
             i8042: lock(&self.i8042).state(),
             cmos: lock(&self.cmos).state(),
+            pci_config_io: lock(&self.pci_config_io).state(),
         }
     }
 }

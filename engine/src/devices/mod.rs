@@ -12,6 +12,7 @@ pub mod i8042;
 pub mod irq;
 pub mod keymap;
 pub mod manager;
+pub mod pci;
 pub mod serial;
 
 pub use bus::{Bus, BusDevice, BusError};
