@@ -14,6 +14,7 @@ pub mod keymap;
 pub mod manager;
 pub mod pci;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use irq::IrqLine;
