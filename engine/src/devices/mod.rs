@@ -14,6 +14,8 @@ pub mod keymap;
 pub mod manager;
 pub mod pci;
 pub mod serial;
+#[cfg(test)]
+mod test_rng;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

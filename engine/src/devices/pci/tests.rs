@@ -7,6 +7,7 @@ use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::devices::test_rng::Rng;
 use crate::devices::{Bus, BusDevice, BusError, GuestRequest};
 
 const VENDOR: u16 = 0x1af4;
@@ -879,21 +880,6 @@ fn test_bar_allocator() {
     assert_eq!(io.allocate(0x20).unwrap(), 0xc000);
     assert_eq!(io.allocate(4).unwrap(), 0xc020);
     assert_eq!(io.allocate(0x40).unwrap(), 0xc040);
-}
-
-/// xorshift64*: a fixed-seed generator so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[test]

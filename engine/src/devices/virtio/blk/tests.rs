@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::devices::test_rng::Rng;
 use crate::devices::virtio::backend::tests::TempImage;
 use crate::devices::virtio::backend::{MemoryDisk, RawFile};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -847,24 +848,6 @@ fn test_state_round_trip() {
     let mut forged = parsed.clone();
     forged.config.seg_max = u32::MAX;
     assert!(VirtioBlk::from_state(&forged, MemoryDisk::new(64 * 512).unwrap()).is_err());
-}
-
-/// xorshift64*: deterministic randomness without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
 }
 
 /// 10 000 random chains over a small memory filled with a canary: no panic,
