@@ -32,6 +32,16 @@ fn console_text(h: &Gui) -> String {
         .unwrap_or_default()
 }
 
+/// The app for the dialog's checks: with containers as root; without
+/// root, without them (the checks do not depend on the runtime).
+fn dialog_gui(dir: &ConfigDir, data: &DataDir, root: bool) -> Gui {
+    if root {
+        gui_with_containers(dir, data)
+    } else {
+        gui(dir)
+    }
+}
+
 /// Runs `command` in the default image through the dialog; the new
 /// container's id.
 fn run_from_dialog(h: &mut Gui, command: &str) -> String {
@@ -195,11 +205,7 @@ fn run_is_disabled_for_an_invalid_memory_limit() {
     let dir = ConfigDir::new();
     let data = DataDir::new();
     let root = is_root();
-    let mut h = if root {
-        gui_with_containers(&dir, &data)
-    } else {
-        gui(&dir)
-    };
+    let mut h = dialog_gui(&dir, &data, root);
     if root {
         click(&mut h, "Run container");
     } else {
@@ -257,11 +263,7 @@ fn run_is_disabled_for_an_invalid_port_volume_or_working_directory() {
     let dir = ConfigDir::new();
     let data = DataDir::new();
     let root = is_root();
-    let mut h = if root {
-        gui_with_containers(&dir, &data)
-    } else {
-        gui(&dir)
-    };
+    let mut h = dialog_gui(&dir, &data, root);
     h.state_mut().apply(UiCommand::OpenContainerDialog);
     settle(&mut h);
     h.get_by_label("New container");
