@@ -66,6 +66,7 @@ PACKAGES=(
     libseccomp-dev libelf-dev zlib1g-dev # libcontainer: seccomp, eBPF device rules
     crun runc passt docker-registry      # container bench peers, networking, registry tests
     debootstrap                          # the Debian container image (and VM disk template)
+    qemu-utils e2fsprogs                 # qemu-img (qcow2 cross-checks), mkfs.ext4 -d (disk template)
 )
 # The Rust target of the project's own no_std test guests.
 RUST_TARGETS=(x86_64-unknown-none)

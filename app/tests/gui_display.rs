@@ -160,6 +160,8 @@ fn define_screen(dir: &ConfigDir, name: &str) {
             width: 320,
             height: 200,
         }),
+        disks: Vec::new(),
+        network: None,
     });
 }
 

@@ -34,6 +34,71 @@ pub struct VmConfig {
     /// existed get the default one.
     #[serde(default = "DisplayConfig::default_screen")]
     pub display: Option<DisplayConfig>,
+    /// Disks, in order: the first is the guest's `/dev/vda`.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// User-mode networking through passt, or none (the default).
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
+}
+
+/// Most disks a VM can have (each is a PCI device on bus 0).
+pub const MAX_DISKS: usize = 16;
+
+/// How a disk image stores the guest's sectors.
+///
+/// Kept in the definition rather than guessed from the file each time: a
+/// guest can write anything into a raw image, including a qcow2 header
+/// naming a host file as its backing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// Sector N is file bytes N*512.
+    #[default]
+    Raw,
+    /// QEMU's copy-on-write format, optionally over a backing file.
+    Qcow2,
+}
+
+impl std::fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        })
+    }
+}
+
+/// A disk attached to a VM as a virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    /// The image file (or block device).
+    pub path: PathBuf,
+    /// How the image is stored.
+    #[serde(default)]
+    pub format: DiskFormat,
+    /// The guest may read but not write.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A TCP port of the host's loopback forwarded into the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    /// Port on the host's 127.0.0.1.
+    pub host_port: u16,
+    /// Port in the guest.
+    pub guest_port: u16,
+}
+
+/// User-mode networking: a virtio-net device whose frames go to `passt`,
+/// which gives the guest an address by DHCP, maps the gateway address to
+/// the host's loopback and forwards the listed ports. No root, no tap.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// Host ports forwarded into the guest.
+    #[serde(default)]
+    pub port_forwards: Vec<PortForward>,
 }
 
 /// A VM's screen: a linear 32-bit framebuffer (XRGB, 4 bytes a pixel).
@@ -161,6 +226,28 @@ pub enum ConfigError {
         /// Pixels down asked for.
         height: u32,
     },
+    /// More disks than the machine can take.
+    #[error("{0} disks requested; a machine can have at most {MAX_DISKS}")]
+    TooManyDisks(usize),
+    /// A disk image is missing or unreadable.
+    #[error("cannot open disk {path}")]
+    DiskUnreadable {
+        /// The path given.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A port forward that cannot work.
+    #[error("port forward {host_port} → {guest_port} is not possible: {why}")]
+    BadPortForward {
+        /// Host side.
+        host_port: u16,
+        /// Guest side.
+        guest_port: u16,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// The initramfs is missing or unreadable.
     #[error("cannot read initramfs {path}")]
     InitrdUnreadable {
@@ -239,6 +326,10 @@ impl VmConfig {
         if let Some(d) = &self.display {
             d.validate()?;
         }
+        self.validate_disks()?;
+        if let Some(net) = &self.network {
+            net.validate()?;
+        }
         let kind = detect_kernel_kind(&self.kernel)?;
         if let Some(initrd) = &self.initrd {
             File::open(initrd)
@@ -256,6 +347,53 @@ impl VmConfig {
                 })?;
         }
         Ok(kind)
+    }
+}
+
+impl VmConfig {
+    fn validate_disks(&self) -> Result<(), ConfigError> {
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        for disk in &self.disks {
+            File::open(&disk.path)
+                .and_then(|f| f.metadata())
+                .and_then(|m| {
+                    let ft = m.file_type();
+                    use std::os::unix::fs::FileTypeExt;
+                    if ft.is_file() || ft.is_block_device() {
+                        Ok(())
+                    } else {
+                        Err(io::Error::other("not a file or block device"))
+                    }
+                })
+                .map_err(|source| ConfigError::DiskUnreadable {
+                    path: disk.path.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+impl NetworkConfig {
+    /// Ports are non-zero and each host port is forwarded once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &self.port_forwards {
+            let bad = |why| ConfigError::BadPortForward {
+                host_port: f.host_port,
+                guest_port: f.guest_port,
+                why,
+            };
+            if f.host_port == 0 || f.guest_port == 0 {
+                return Err(bad("port 0 cannot be forwarded"));
+            }
+            if !seen.insert(f.host_port) {
+                return Err(bad("the host port is forwarded twice"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -443,6 +581,8 @@ mod tests {
             initrd: None,
             cmdline: "console=ttyS0".into(),
             display: None,
+            disks: Vec::new(),
+            network: None,
         }
     }
 

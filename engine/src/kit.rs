@@ -83,6 +83,8 @@ impl DefaultKit {
             initrd: Some(self.initrd.clone()),
             cmdline: DEFAULT_CMDLINE.to_string(),
             display: DisplayConfig::default_screen(),
+            disks: Vec::new(),
+            network: None,
         }
     }
 }

@@ -16,7 +16,10 @@ pub mod kit;
 pub mod store;
 pub(crate) mod vmm;
 
-pub use config::{ConfigError, DisplayConfig, KernelKind, VmConfig};
+pub use config::{
+    ConfigError, DiskConfig, DiskFormat, DisplayConfig, KernelKind, NetworkConfig, PortForward,
+    VmConfig,
+};
 pub use devices::i8042::MouseButtons;
 pub use devices::keymap::GuestKey;
 pub use display::{DirtyRect, Display, DisplayError, Frame};

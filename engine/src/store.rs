@@ -329,6 +329,8 @@ mod tests {
             initrd: None,
             cmdline: "console=ttyS0".into(),
             display: None,
+            disks: Vec::new(),
+            network: None,
         }
     }
 

@@ -157,6 +157,8 @@ impl Harness {
             initrd: None,
             cmdline: cmdline.to_string(),
             display,
+            disks: Vec::new(),
+            network: None,
         };
         self.engine
             .execute(Command::Start {

@@ -178,6 +178,8 @@ impl RunArgs {
                 Some(d) => parse_display(d)?,
                 None => DisplayConfig::default_screen(),
             },
+            disks: Vec::new(),
+            network: None,
         })
     }
 }

@@ -238,6 +238,8 @@ pub fn config_of(state: &WizardState, kit: Option<&DefaultKit>) -> Option<VmConf
         cmdline: state.cmdline.trim().to_string(),
         // Linux guests get a screen; Hangar's bare test programs do not use one.
         display: DisplayConfig::default_screen(),
+        disks: Vec::new(),
+        network: None,
     })
 }
 

@@ -83,6 +83,8 @@ impl ConfigDir {
             initrd: None,
             cmdline: String::new(),
             display: None,
+            disks: Vec::new(),
+            network: None,
         })
     }
 
