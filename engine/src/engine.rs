@@ -172,6 +172,20 @@ pub struct VmStats {
     pub guest_resident_bytes: u64,
     /// Guest RAM size in bytes.
     pub guest_memory_bytes: u64,
+    /// What each disk and network card moved since the VM started, in the
+    /// order of the machine's disks, then its network card.
+    #[serde(default)]
+    pub devices: Vec<DeviceIo>,
+}
+
+/// One device's I/O counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceIo {
+    /// The device's name (`virtio-blk0`, `virtio-net0`).
+    pub name: String,
+    /// Bytes and requests so far (for a network card: read = received by
+    /// the guest, written = sent by it).
+    pub counters: crate::devices::virtio::IoCountersSnapshot,
 }
 
 /// What the engine reports.

@@ -1,5 +1,13 @@
 //! The default guest kit: Debian's kernel and a busybox initramfs, built by
 //! `packaging/setup.sh` into the user's data directory.
+//!
+//! Booted as it is, the kit runs its own busybox system. With `root=` on the
+//! command line (`/dev/vdX`, `LABEL=` or `UUID=`; `rootfstype=`, `ro`/`rw`,
+//! `rootdelay=` (default 30 s) and `init=` are honoured) its initramfs loads
+//! the virtio and ext4 modules, waits for that disk, mounts it and hands over
+//! to the disk's init: that is how a VM made from a template
+//! ([`crate::templates`]) boots. If the disk cannot be booted it says why on
+//! the console and starts its own system instead.
 
 use std::path::{Path, PathBuf};
 

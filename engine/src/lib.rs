@@ -8,12 +8,14 @@
 pub mod config;
 pub mod containers;
 pub mod devices;
+pub mod disks;
 pub mod display;
 pub mod engine;
 pub mod host;
 pub mod images;
 pub mod kit;
 pub mod store;
+pub mod templates;
 pub(crate) mod vmm;
 
 pub use config::{
@@ -22,6 +24,7 @@ pub use config::{
 };
 pub use devices::i8042::MouseButtons;
 pub use devices::keymap::GuestKey;
+pub use disks::{DiskError, DiskInfo};
 pub use display::{DirtyRect, Display, DisplayError, Frame};
 pub use engine::{
     Command, Engine, EngineError, Event, ExitReason, VcpuStats, VmId, VmState, VmStats,
@@ -29,3 +32,4 @@ pub use engine::{
 pub use host::{HostCapability, HostProbe};
 pub use kit::{DefaultKit, KitError};
 pub use store::{MachineDefinition, MachineStore, StoredMachine};
+pub use templates::{Template, TemplateError, TemplateStatus};

@@ -3,5 +3,7 @@
 
 pub mod boot;
 pub(crate) mod framebuffer;
+pub(crate) mod irq_routing;
+pub(crate) mod passt;
 pub(crate) mod vcpu;
 pub mod vm;

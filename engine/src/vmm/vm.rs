@@ -10,19 +10,23 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::boot::{self, BootError, BootSpec};
 use super::framebuffer::GuestFramebuffer;
+use super::irq_routing::KvmMsiRouting;
+use super::passt::Passt;
 use super::vcpu::{install_kick_handler, VcpuCommand, VcpuOutcome, VcpuReport, VcpuThread};
-use crate::config::{KernelKind, VmConfig};
+use crate::config::{DiskConfig, KernelKind, VmConfig};
 use crate::devices::bus::lock;
 use crate::devices::i8042::MouseButtons;
 use crate::devices::keymap::GuestKey;
 use crate::devices::manager::{DeviceManager, DeviceManagerError};
+use crate::devices::virtio::net::NetDevice;
+use crate::devices::virtio::{BlockBackend, BlockDevice, MsiRouting};
 use crate::display::Display;
-use crate::engine::{Event, EventSink, ExitReason, VcpuStats, VmId, VmState, VmStats};
+use crate::engine::{DeviceIo, Event, EventSink, ExitReason, VcpuStats, VmId, VmState, VmStats};
 
 /// Where the TSS the hypervisor needs on Intel sits: three pages just below
 /// the BIOS area at the top of the 32-bit space, inside the MMIO gap.
@@ -57,6 +61,37 @@ pub enum VmError {
     /// A thread could not be started.
     #[error("cannot start a vCPU thread")]
     Spawn(#[source] std::io::Error),
+    /// User-mode networking could not start.
+    #[error("cannot start the network: {0}")]
+    Network(String),
+    /// A disk image could not be opened.
+    #[error("cannot use disk {path}: {reason}")]
+    Disk {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A locally administered unicast MAC, the same for a machine's name each
+/// time (so its DHCP address stays put): 02:68:61 ("ha") + a name hash.
+fn mac_address(name: &str) -> [u8; 6] {
+    // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let [a, b, c, _] = h.to_be_bytes();
+    [0x02, 0x68, 0x61, a, b, c]
+}
+
+/// Open a disk image as its definition says (raw or qcow2, never guessed).
+fn open_disk(disk: &DiskConfig) -> Result<Box<dyn BlockBackend>, VmError> {
+    crate::disks::open_backend(disk).map_err(|e| VmError::Disk {
+        path: disk.path.clone(),
+        reason: error_chain(&e),
+    })
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -189,10 +224,12 @@ pub(crate) fn spawn_vm(
 /// Everything a built VM holds. Dropped only after its vCPU threads ended.
 struct Machine {
     // Kept alive for the vCPUs: the VM fd and the guest memory mapping.
-    vm: VmFd,
+    vm: Arc<VmFd>,
     memory: GuestMemoryMmap,
     /// The screen's memory, dirty-logged.
     framebuffer: Option<GuestFramebuffer>,
+    /// The network backend, stopped after the devices.
+    passt: Option<Passt>,
     devices: DeviceManager,
     serial_out: Arc<Mutex<Vec<u8>>>,
     vcpus: Vec<VcpuThread>,
@@ -463,6 +500,11 @@ impl VmControl {
         for v in m.vcpus.drain(..) {
             v.join();
         }
+        // The I/O threads go last: a vCPU may have rung a doorbell just
+        // before it left.
+        m.devices.shut_down_virtio();
+        // Killing passt closes the forwarded ports.
+        m.passt.take();
     }
 
     fn flush_serial(&self, m: &Machine) {
@@ -518,14 +560,39 @@ fn build(
         buf: serial_out.clone(),
         notify: tx.clone(),
     };
-    let devices = DeviceManager::new(
+    let mut devices = DeviceManager::new(
         Box::new(sink),
         boot::ram_below_4g(&memory),
         boot::ram_above_4g(&memory),
     )?;
+    let vm = Arc::new(vm);
+    let routing: Arc<dyn MsiRouting> = Arc::new(KvmMsiRouting::new(vm.clone()));
+    for (i, disk) in config.disks.iter().enumerate() {
+        let backend = open_disk(disk)?;
+        let name = format!("virtio-blk{i}");
+        // The serial shows in the guest's /dev/disk/by-id.
+        let device = BlockDevice::new(name.clone(), backend, &format!("hangar-disk{i}"));
+        devices.add_virtio_device(name, Box::new(device), memory.clone(), routing.clone())?;
+    }
+    // User-mode networking: passt on the other end of a socketpair.
+    let passt = match &config.network {
+        Some(net) => {
+            let (passt, socket) =
+                Passt::start(net, &config.name).map_err(|e| VmError::Network(error_chain(&e)))?;
+            let name = "virtio-net0".to_string();
+            let device = NetDevice::new(name.clone(), mac_address(&config.name), socket);
+            devices.add_virtio_device(name, Box::new(device), memory.clone(), routing.clone())?;
+            Some(passt)
+        }
+        None => None,
+    };
     for line in devices.irq_lines() {
         vm.register_irqfd(line.eventfd(), line.gsi())
             .map_err(kvm_err("connect an interrupt line"))?;
+    }
+    for (addr, doorbell) in devices.doorbells().map_err(VmError::Spawn)? {
+        vm.register_ioevent(&doorbell, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(kvm_err("connect a virtio doorbell"))?;
     }
 
     // The screen: its own dirty-logged slot after the RAM slots.
@@ -592,6 +659,7 @@ fn build(
         vm,
         memory,
         framebuffer,
+        passt,
         devices,
         serial_out,
         vcpus,
@@ -611,6 +679,17 @@ fn stats(m: &Machine, uptime: Duration) -> VmStats {
             .collect(),
         guest_resident_bytes: resident_bytes(&m.memory),
         guest_memory_bytes: m.memory.iter().map(|r| r.len()).sum(),
+        devices: m
+            .devices
+            .virtio_devices()
+            .iter()
+            .filter_map(|slot| {
+                Some(DeviceIo {
+                    name: slot.name.clone(),
+                    counters: slot.counters.as_ref()?.snapshot(),
+                })
+            })
+            .collect(),
     }
 }
 

@@ -381,6 +381,37 @@ impl BlockBackend for MemoryDisk {
     }
 }
 
+/// A disk chosen at run time (raw or qcow2) behind the generic device.
+impl BlockBackend for Box<dyn BlockBackend> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn is_read_only(&self) -> bool {
+        (**self).is_read_only()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn supports_discard(&self) -> bool {
+        (**self).supports_discard()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).discard(offset, len)
+    }
+    fn write_zeroes_may_unmap(&self) -> bool {
+        (**self).write_zeroes_may_unmap()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        (**self).write_zeroes(offset, len, unmap)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {

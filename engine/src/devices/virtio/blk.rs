@@ -14,6 +14,7 @@
 
 use std::io;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -30,6 +31,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::backend::BlockBackend;
+use super::IoCounters;
 
 /// virtio-blk's sector: capacity and request offsets count in these.
 pub const SECTOR_SIZE: u64 = 512;
@@ -322,6 +324,7 @@ struct Layout {
 /// A virtio-blk device: config, negotiated features and request execution.
 pub struct VirtioBlk<B: BlockBackend> {
     backend: B,
+    counters: Arc<IoCounters>,
     config: BlkConfig,
     acked_features: u64,
     serial: [u8; VIRTIO_BLK_ID_BYTES],
@@ -339,6 +342,7 @@ impl<B: BlockBackend> VirtioBlk<B> {
             config: BlkConfig::for_backend(&backend),
             backend,
             acked_features: 0,
+            counters: Arc::default(),
             serial: id,
             buf: vec![0; COPY_CHUNK],
         }
@@ -386,6 +390,11 @@ impl<B: BlockBackend> VirtioBlk<B> {
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Bytes and requests served so far.
+    pub fn counters(&self) -> &Arc<IoCounters> {
+        &self.counters
     }
 
     /// Features offered to the driver.
@@ -464,7 +473,9 @@ impl<B: BlockBackend> VirtioBlk<B> {
                     return Err(RequestError::WrongDirection(kind));
                 }
                 let offset = self.check_io(sector, l.in_len)?;
-                self.read_to_guest(mem, &l.in_data, offset, written)
+                self.read_to_guest(mem, &l.in_data, offset, written)?;
+                self.counters.add_read(l.in_len);
+                Ok(())
             }
             VIRTIO_BLK_T_OUT => {
                 if l.in_len != 0 {
@@ -474,7 +485,9 @@ impl<B: BlockBackend> VirtioBlk<B> {
                     return Err(RequestError::ReadOnly);
                 }
                 let offset = self.check_io(sector, l.out_len)?;
-                self.write_from_guest(mem, &l.out_data, offset)
+                self.write_from_guest(mem, &l.out_data, offset)?;
+                self.counters.add_write(l.out_len);
+                Ok(())
             }
             VIRTIO_BLK_T_FLUSH => {
                 if l.in_len != 0 || l.out_len != 0 {

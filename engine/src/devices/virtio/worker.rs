@@ -1,0 +1,159 @@
+//! A device's I/O thread: waits on its queues' doorbells (and any other
+//! file descriptors the device needs) and on a stop eventfd.
+
+use std::io;
+use std::num::Wrapping;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// The token of the stop eventfd; devices use others.
+const STOP_TOKEN: u64 = u64::MAX;
+
+/// What an I/O thread waits on.
+pub(crate) struct WorkerPoll {
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+}
+
+impl WorkerPoll {
+    fn new(stop: &EventFd) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        let me = Self {
+            epoll,
+            events: vec![EpollEvent::default(); 16],
+        };
+        me.add(stop.as_raw_fd(), STOP_TOKEN, EventSet::IN)?;
+        Ok(me)
+    }
+
+    /// Wake for `fd` with `token` when `events` happen.
+    pub(crate) fn add(&self, fd: RawFd, token: u64, events: EventSet) -> io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+    }
+
+    /// Change what `fd` wakes the thread for.
+    pub(crate) fn modify(&self, fd: RawFd, token: u64, events: EventSet) -> io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
+    }
+
+    /// Wait; returns the tokens that fired, or `None` when told to stop.
+    fn wait(&mut self) -> io::Result<Option<Vec<(u64, EventSet)>>> {
+        let n = loop {
+            match self.epoll.wait(-1, &mut self.events) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let mut fired = Vec::with_capacity(n);
+        for ev in &self.events[..n] {
+            if ev.data() == STOP_TOKEN {
+                return Ok(None);
+            }
+            fired.push((ev.data(), ev.event_set()));
+        }
+        Ok(Some(fired))
+    }
+}
+
+/// A running I/O thread; stopping it (or dropping this) joins it.
+pub(crate) struct IoWorker {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl IoWorker {
+    /// Start a thread called `name`. `setup` registers the device's file
+    /// descriptors; `handle` runs for each batch of fired tokens and
+    /// returns false to end the thread (a fatal device error).
+    pub(crate) fn spawn<S>(name: String, state: S) -> io::Result<Self>
+    where
+        S: WorkerLoop + Send + 'static,
+    {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let mut poll = WorkerPoll::new(&stop)?;
+        let mut state = state;
+        state.register(&poll)?;
+        let label = name.clone();
+        let thread = std::thread::Builder::new().name(name).spawn(move || loop {
+            match poll.wait() {
+                Ok(Some(fired)) => {
+                    if !state.handle(&poll, &fired) {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("{label}: waiting for guest requests failed: {e}");
+                    return;
+                }
+            }
+        })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop the thread and wait for it.
+    pub(crate) fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.stop.write(1);
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for IoWorker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A device's side of its I/O thread.
+pub(crate) trait WorkerLoop {
+    /// Add the device's file descriptors to `poll`.
+    fn register(&mut self, poll: &WorkerPoll) -> io::Result<()>;
+    /// Serve what fired; false ends the thread.
+    fn handle(&mut self, poll: &WorkerPoll, fired: &[(u64, EventSet)]) -> bool;
+}
+
+/// Run `serve` on every chain the driver made available, with the guest's
+/// doorbells off meanwhile, until none are left. Returns whether the guest
+/// wants an interrupt for what was used. Errors mean the rings themselves
+/// are unreadable: the device should stop using the queue.
+pub fn drain_queue(
+    queue: &mut Queue,
+    memory: &GuestMemoryMmap,
+    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> Result<bool, virtio_queue::Error> {
+    let mut used_any = false;
+    loop {
+        queue.disable_notification(memory)?;
+        while let Some(chain) = queue.pop_descriptor_chain(memory) {
+            let head = chain.head_index();
+            let used = serve(chain);
+            queue.add_used(memory, head, used)?;
+            used_any = true;
+        }
+        // True when the driver added more while notifications were off.
+        if !queue.enable_notification(memory)? {
+            break;
+        }
+        // An avail index further ahead than the ring is long pops nothing
+        // yet always says "more": the ring is corrupt, not busy.
+        let ahead = queue.avail_idx(memory, Ordering::Acquire)? - Wrapping(queue.next_avail());
+        if ahead.0 > queue.size() {
+            return Err(virtio_queue::Error::InvalidAvailRingIndex);
+        }
+    }
+    Ok(used_any && queue.needs_notification(memory)?)
+}
