@@ -77,6 +77,7 @@ fn wizard_creates_a_machine() {
     let kit = DefaultKit::in_dir(&kit_dir).expect("the fake kit is complete");
     let mut h = gui_with(AppEnv {
         config_dir: dir.path().to_path_buf(),
+        data_dir: Some(dir.data()),
         kit: Some(kit),
         containers: common::no_containers(),
     });

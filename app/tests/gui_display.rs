@@ -135,6 +135,7 @@ fn gui_recording(dir: &ConfigDir) -> (Gui, Recorder) {
     let recorder = Recorder::default();
     let app = HangarApp::new(AppEnv {
         config_dir: dir.path().to_path_buf(),
+        data_dir: Some(dir.data()),
         kit: None,
         containers: common::no_containers(),
     });

@@ -146,6 +146,38 @@ pub fn inspect(path: &Path) -> Result<DiskInfo, DiskError> {
     })
 }
 
+/// Look at an attached disk as its definition says it is stored: a raw
+/// disk is measured as a plain file (whatever header a guest wrote into it
+/// means nothing, the VM serves it raw), a qcow2 disk's header is read and
+/// checked. Used for the figures the app shows.
+pub fn inspect_as(path: &Path, format: DiskFormat) -> Result<DiskInfo, DiskError> {
+    match format {
+        DiskFormat::Qcow2 => {
+            let info = inspect(path)?;
+            if info.format != DiskFormat::Qcow2 {
+                return Err(DiskError::Io {
+                    path: path.to_owned(),
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the file is not a qcow2 image (any more)",
+                    ),
+                });
+            }
+            Ok(info)
+        }
+        DiskFormat::Raw => {
+            let file = File::open(path).map_err(io_error(path))?;
+            let meta = file.metadata().map_err(io_error(path))?;
+            Ok(DiskInfo {
+                format: DiskFormat::Raw,
+                virtual_size: raw_size(&file).map_err(io_error(path))?,
+                allocated: meta.blocks().saturating_mul(512),
+                backing_file: None,
+            })
+        }
+    }
+}
+
 /// Create a new empty disk of `size` bytes: a sparse raw file, or a qcow2
 /// (version 3, 64 KiB clusters). Refuses an existing path, a size of 0, a
 /// size that is not whole 512-byte sectors, and sizes above
@@ -404,6 +436,24 @@ mod tests {
         ));
         grow(&path, DiskFormat::Raw, 2 << 30).unwrap();
         assert_eq!(inspect(&path).unwrap().virtual_size, 2 << 30);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn test_inspect_as_reads_the_stored_format_not_the_contents() {
+        let dir = temp_dir("inspect-as");
+        let qcow = dir.join("q.qcow2");
+        create(&qcow, DiskFormat::Qcow2, 8 << 20).unwrap();
+        let file_len = std::fs::metadata(&qcow).unwrap().len();
+        // A raw disk a guest wrote a qcow2 header into: the file's length.
+        let raw = inspect_as(&qcow, DiskFormat::Raw).unwrap();
+        assert_eq!((raw.format, raw.virtual_size), (DiskFormat::Raw, file_len));
+        let q = inspect_as(&qcow, DiskFormat::Qcow2).unwrap();
+        assert_eq!((q.format, q.virtual_size), (DiskFormat::Qcow2, 8 << 20));
+        // A qcow2 disk that is no qcow2 any more is an error, not raw.
+        let plain = dir.join("plain.img");
+        create(&plain, DiskFormat::Raw, 1 << 20).unwrap();
+        assert!(inspect_as(&plain, DiskFormat::Qcow2).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

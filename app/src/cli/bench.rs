@@ -47,6 +47,8 @@ enum BenchWhat {
     Boot(BootArgs),
     /// Run /bin/true in a container repeatedly, against crun and runc.
     Containers(super::bench_containers::ContainerBenchArgs),
+    /// 4 KiB disk throughput in the kit's guest, against QEMU microvm.
+    Disk(super::bench_disk::DiskBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +86,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchWhat::Boot(a) => boot(a),
         BenchWhat::Containers(a) => super::bench_containers::containers(a),
+        BenchWhat::Disk(a) => super::bench_disk::disk(a),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_containers;
+mod bench_disk;
 mod container;
 mod host;
 mod image;

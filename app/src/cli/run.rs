@@ -17,7 +17,10 @@ use anyhow::Context;
 use hangar_engine::config::DisplayConfig;
 use hangar_engine::devices::keymap::keystrokes_for_text;
 use hangar_engine::engine::MARKER_INIT_REACHED;
-use hangar_engine::{Command, DefaultKit, Engine, Event, ExitReason, VmConfig, VmId};
+use hangar_engine::{
+    Command, DefaultKit, DiskConfig, DiskFormat, Engine, Event, ExitReason, NetworkConfig,
+    PortForward, VmConfig, VmId,
+};
 use vmm_sys_util::terminal::Terminal;
 
 /// Ctrl-A, then `x`, leaves (as in QEMU) when stdin is a terminal.
@@ -74,6 +77,53 @@ pub struct RunArgs {
     /// pixel rows (a console font's height) with any non-black pixel.
     #[arg(long)]
     screen_summary: bool,
+    /// A disk: PATH[,format=raw|qcow2][,ro]; repeat for more (the first is
+    /// the guest's /dev/vda).
+    #[arg(long = "disk", value_name = "PATH[,format=F][,ro]")]
+    disks: Vec<String>,
+    /// User-mode networking (passt): DHCP, the gateway address reaches the
+    /// host's loopback.
+    #[arg(long)]
+    net: bool,
+    /// Forward 127.0.0.1:HOST on the host to GUEST in the VM (implies --net).
+    #[arg(long = "forward", short = 'p', value_name = "HOST:GUEST")]
+    forwards: Vec<String>,
+}
+
+/// `PATH[,format=raw|qcow2][,ro]`.
+fn parse_disk(s: &str) -> anyhow::Result<DiskConfig> {
+    let mut parts = s.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .context("--disk needs a path")?;
+    let mut disk = DiskConfig {
+        path: PathBuf::from(path),
+        format: DiskFormat::Raw,
+        read_only: false,
+    };
+    for opt in parts {
+        match opt {
+            "ro" => disk.read_only = true,
+            "format=raw" => disk.format = DiskFormat::Raw,
+            "format=qcow2" => disk.format = DiskFormat::Qcow2,
+            other => {
+                anyhow::bail!("--disk: unknown option {other:?} (format=raw, format=qcow2, ro)")
+            }
+        }
+    }
+    Ok(disk)
+}
+
+/// `HOST:GUEST` port numbers.
+fn parse_forward(s: &str) -> anyhow::Result<PortForward> {
+    let (h, g) = s
+        .split_once(':')
+        .context("--forward takes HOST:GUEST, e.g. 8080:80")?;
+    Ok(PortForward {
+        host_port: h.trim().parse().context("--forward: bad host port")?,
+        guest_port: g.trim().parse().context("--forward: bad guest port")?,
+    })
 }
 
 /// A console font's height: the unit the screen summary counts in.
@@ -143,6 +193,25 @@ fn text_bands(display: &hangar_engine::Display) -> (u32, u32) {
 
 impl RunArgs {
     fn config(&self) -> anyhow::Result<VmConfig> {
+        let mut config = self.machine()?;
+        config.disks = self
+            .disks
+            .iter()
+            .map(|d| parse_disk(d))
+            .collect::<anyhow::Result<_>>()?;
+        if self.net || !self.forwards.is_empty() {
+            config.network = Some(NetworkConfig {
+                port_forwards: self
+                    .forwards
+                    .iter()
+                    .map(|f| parse_forward(f))
+                    .collect::<anyhow::Result<_>>()?,
+            });
+        }
+        Ok(config)
+    }
+
+    fn machine(&self) -> anyhow::Result<VmConfig> {
         if self.default {
             let kit = DefaultKit::locate().context("cannot use the default guest kit")?;
             let mut config = kit.vm_config("default", self.vcpus);

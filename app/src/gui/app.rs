@@ -14,21 +14,24 @@ use hangar_engine::containers::{
 };
 use hangar_engine::images::ImageRecord;
 use hangar_engine::{
-    Command, DefaultKit, Engine, Event, ExitReason, HostCapability, MachineDefinition,
-    MachineStore, StoredMachine, VmConfig, VmId,
+    disks, templates, Command, DefaultKit, DiskConfig, Engine, Event, ExitReason, HostCapability,
+    MachineDefinition, MachineStore, NetworkConfig, StoredMachine, TemplateStatus, VmConfig, VmId,
 };
 
-use super::command::{CommandQueue, UiCommand};
+use super::command::{CommandQueue, DiskRequest, UiCommand};
 use super::container_dialog::{container_dialog_ui, ContainerDialogState};
 use super::container_logs_tab::CONSOLE_LOG_FILE;
+use super::delete_dialog::{delete_dialog_ui, DeleteConfirmation};
 use super::host_banner::host_banner_ui;
 use super::image_import::{default_pull_name, imported_text, ImageJob, ImageRequest};
 use super::library_panel::library_ui;
 use super::log_panel::{log_ui, notifications_ui};
+use super::machine_disks::{delete_rows, format_size, machine_dir, new_disk_path};
 use super::model::{
     Container, Containers, Entry, Log, Machine, Machines, RunStatus, Severity, LOG_TARGET,
 };
 use super::tabs::{close_machine, open_pane, open_pane_beside, Pane, PaneKind, TabsBehavior};
+use super::template_clone::{CloneJob, TemplateMachine};
 use super::ui_state::{ui_state_path, UiState};
 use super::wizard::{wizard_ui, WizardContext, WizardState};
 
@@ -42,6 +45,9 @@ pub const CONTAINER_STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct AppEnv {
     /// Hangar's config directory (machine definitions, window layout).
     pub config_dir: PathBuf,
+    /// Hangar's data directory: templates, and the disks Hangar makes for
+    /// machines (`machines/<id>/`). None if it cannot be found.
+    pub data_dir: Option<PathBuf>,
     /// The default guest kit, if `packaging/setup.sh` built it.
     pub kit: Option<DefaultKit>,
     /// Where containers live and how helpers start, or why containers
@@ -72,6 +78,7 @@ impl AppEnv {
         Ok(Self {
             config_dir: hangar_engine::store::config_dir()
                 .context("cannot find Hangar's config directory")?,
+            data_dir: hangar_engine::kit::data_dir().ok(),
             kit: DefaultKit::locate().ok(),
             containers: ContainerSetup::from_system(),
         })
@@ -99,6 +106,26 @@ fn start_container_runtime(
     .map_err(|e| e.to_string())
 }
 
+/// egui's default fonts, with its monospace font (Hack) as a fallback of
+/// the proportional one: Ubuntu-Light has no arrows, and port forwards
+/// (ours and the engine's messages) are written `8080 → 80`.
+fn install_fonts(ctx: &egui::Context) {
+    let mut fonts = egui::FontDefinitions::default();
+    let hack = fonts
+        .families
+        .get(&egui::FontFamily::Monospace)
+        .and_then(|mono| mono.first().cloned());
+    if let (Some(hack), Some(proportional)) = (
+        hack,
+        fonts.families.get_mut(&egui::FontFamily::Proportional),
+    ) {
+        if !proportional.contains(&hack) {
+            proportional.push(hack);
+        }
+    }
+    ctx.set_fonts(fonts);
+}
+
 /// The whole app: persisted UI state plus runtime handles.
 pub struct HangarApp {
     /// Saved across restarts.
@@ -123,12 +150,17 @@ pub struct Runtime {
     container_dialog: Option<ContainerDialogState>,
     /// The running (or last) image import or pull.
     image_job: Option<ImageJob>,
+    /// A template's disk being copied for a new machine (or the copy that
+    /// failed, until dismissed).
+    clone_job: Option<CloneJob>,
+    /// Templates, and the disks Hangar makes (see [`AppEnv::data_dir`]).
+    data_dir: Option<PathBuf>,
     /// Log panel and notifications.
     pub log: Log,
     host: HostCapability,
     kit: Option<DefaultKit>,
     wizard: Option<WizardState>,
-    confirm_delete: Option<String>,
+    confirm_delete: Option<DeleteConfirmation>,
     ui_state_path: PathBuf,
     commands: CommandQueue,
 }
@@ -250,6 +282,8 @@ impl HangarApp {
                 container_events,
                 container_dialog: None,
                 image_job: None,
+                clone_job: None,
+                data_dir: env.data_dir,
                 log,
                 host,
                 kit: env.kit,
@@ -263,7 +297,9 @@ impl HangarApp {
 
     /// One frame: events in, panels drawn, commands applied.
     pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
-        let _ = self.rt.repaint.set(ui.ctx().clone());
+        if self.rt.repaint.set(ui.ctx().clone()).is_ok() {
+            install_fonts(ui.ctx());
+        }
         self.drain_events();
         self.rt.log.expire_notifications();
 
@@ -274,6 +310,7 @@ impl HangarApp {
             &self.rt.containers,
             self.ui_state.selected.as_deref(),
             &self.rt.host,
+            self.rt.clone_job.as_ref(),
             &mut self.rt.commands,
         );
         log_ui(ui, &self.rt.log, &mut self.ui_state.show_log);
@@ -287,6 +324,7 @@ impl HangarApp {
                     machines: &mut self.rt.machines,
                     containers: &mut self.rt.containers,
                     commands: &mut self.rt.commands,
+                    data_dir: self.rt.data_dir.as_deref(),
                 };
                 self.ui_state.tabs.ui(&mut behavior, ui);
             }
@@ -307,6 +345,13 @@ impl HangarApp {
                 machines: &self.rt.machines,
                 kit: self.rt.kit.as_ref(),
                 host: &self.rt.host,
+                data_dir: self.rt.data_dir.as_deref(),
+                copying: self
+                    .rt
+                    .clone_job
+                    .as_ref()
+                    .filter(|j| j.is_running())
+                    .map(CloneJob::name),
             },
             &mut self.rt.commands,
         );
@@ -316,40 +361,11 @@ impl HangarApp {
             self.rt.image_job.as_ref(),
             &mut self.rt.commands,
         );
-        self.confirm_delete_ui(&ctx);
+        delete_dialog_ui(&ctx, &mut self.rt.confirm_delete, &mut self.rt.commands);
         notifications_ui(&ctx, &self.rt.log, &mut self.rt.commands);
 
         for cmd in self.rt.commands.take() {
             self.apply(cmd);
-        }
-    }
-
-    fn confirm_delete_ui(&mut self, ctx: &egui::Context) {
-        let Some(id) = self.rt.confirm_delete.clone() else {
-            return;
-        };
-        let name = self.rt.machines.display_name(&id);
-        let mut open = true;
-        egui::Window::new("Delete machine?")
-            .collapsible(false)
-            .resizable(false)
-            .open(&mut open)
-            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
-            .show(ctx, |ui| {
-                ui.label(format!("Delete the machine \"{name}\"?"));
-                ui.weak("Only its definition is removed; kernel and initramfs files stay where they are.");
-                ui.horizontal(|ui| {
-                    if ui.button("Delete").clicked() {
-                        self.rt.commands.push(UiCommand::Delete(id.clone()));
-                        self.rt.confirm_delete = None;
-                    }
-                    if ui.button("Cancel").clicked() {
-                        self.rt.confirm_delete = None;
-                    }
-                });
-            });
-        if !open {
-            self.rt.confirm_delete = None;
         }
     }
 
@@ -376,6 +392,10 @@ impl HangarApp {
         let finished = self.rt.image_job.as_mut().and_then(ImageJob::poll);
         if let Some(result) = finished {
             self.on_image_job_finished(result);
+        }
+        let copied = self.rt.clone_job.as_mut().and_then(CloneJob::poll);
+        if let Some(result) = copied {
+            self.on_clone_finished(result);
         }
     }
 
@@ -762,11 +782,38 @@ impl HangarApp {
                     timeout: Duration::ZERO,
                 },
             ),
-            UiCommand::AskDelete(id) => self.rt.confirm_delete = Some(id),
-            UiCommand::Delete(id) => self.delete(&id),
+            UiCommand::AskDelete(id) => {
+                self.rt.confirm_delete = Some(DeleteConfirmation::new(
+                    &id,
+                    &self.rt.machines,
+                    self.rt.data_dir.as_deref(),
+                ))
+            }
+            UiCommand::Delete(id) => self.delete(&id, false),
+            UiCommand::DeleteWithDisks(id) => self.delete(&id, true),
             UiCommand::Duplicate(id) => self.duplicate(&id),
-            UiCommand::OpenWizard => self.rt.wizard = Some(WizardState::new(self.rt.kit.as_ref())),
-            UiCommand::Create { config, start } => self.create(config, start),
+            UiCommand::OpenWizard => {
+                let templates = self
+                    .rt
+                    .data_dir
+                    .as_deref()
+                    .map(templates::available)
+                    .unwrap_or_default();
+                self.rt.wizard = Some(WizardState::new(self.rt.kit.as_ref(), templates));
+            }
+            UiCommand::Create { config, start } => {
+                self.create(config, start, None);
+            }
+            UiCommand::CreateFromTemplate(request) => self.create_from_template(request),
+            UiCommand::DismissCloneJob => {
+                if !self.rt.clone_job.as_ref().is_some_and(CloneJob::is_running) {
+                    self.rt.clone_job = None;
+                }
+            }
+            UiCommand::AddDisk { id, disk } => self.add_disk(&id, disk),
+            UiCommand::GrowDisk { id, path, new_size } => self.grow_disk(&id, &path, new_size),
+            UiCommand::DetachDisk { id, path } => self.detach_disk(&id, &path),
+            UiCommand::SetNetwork { id, network } => self.set_network(&id, network),
             UiCommand::OpenTab(id, kind) => {
                 open_pane(&mut self.ui_state.tabs, Pane { machine: id, kind })
             }
@@ -936,18 +983,20 @@ impl HangarApp {
         }
     }
 
-    fn create(&mut self, config: VmConfig, start: bool) {
+    /// Save a new machine (`def` if it was made already, for its id) and
+    /// start it if asked; true if it was saved.
+    fn create(&mut self, config: VmConfig, start: bool, def: Option<MachineDefinition>) -> bool {
         let Some(store) = &self.rt.store else {
             self.error(
                 None,
                 "cannot save machines: Hangar's config directory is not usable".into(),
             );
-            return;
+            return false;
         };
-        let def = MachineDefinition::new(config);
+        let def = def.unwrap_or_else(|| MachineDefinition::new(config));
         if let Err(e) = store.create(&def) {
             self.error(None, format!("{:#}", anyhow::Error::new(e)));
-            return;
+            return false;
         }
         let id = def.id.clone();
         self.rt.log.push(
@@ -963,6 +1012,7 @@ impl HangarApp {
         if start {
             self.start(&id);
         }
+        true
     }
 
     fn duplicate(&mut self, id: &str) {
@@ -970,6 +1020,7 @@ impl HangarApp {
             return;
         };
         let mut config = m.def.config.clone();
+        let original = config.name.clone();
         let base = format!("{} (copy)", config.name);
         let mut name = base.clone();
         let mut n = 2;
@@ -978,10 +1029,25 @@ impl HangarApp {
             n += 1;
         }
         config.name = name;
-        self.create(config, false);
+        let shared = config.disks.len();
+        let copy_name = config.name.clone();
+        if self.create(config, false, None) && shared > 0 {
+            // The copy's definition names the same disk files: two machines
+            // writing one disk at once would corrupt it.
+            self.rt.log.push(
+                Severity::Info,
+                Some(copy_name),
+                format!(
+                    "shares its {shared} disk file(s) with \"{original}\": do not run both at once"
+                ),
+            );
+        }
     }
 
-    fn delete(&mut self, id: &str) {
+    /// Delete a stopped machine's definition; with `with_disks`, then the
+    /// disk files in its own folder that no other machine uses (files
+    /// elsewhere are never deleted), and the folder if that empties it.
+    fn delete(&mut self, id: &str, with_disks: bool) {
         if self
             .rt
             .machines
@@ -993,6 +1059,30 @@ impl HangarApp {
         }
         let Some(store) = &self.rt.store else {
             return;
+        };
+        // Decided again here, not taken from the dialog: files and other
+        // machines may have changed since it opened.
+        let own_dir = self.rt.data_dir.as_deref().map(|d| machine_dir(d, id));
+        let doomed: Vec<PathBuf> = match (with_disks, self.rt.machines.get(id)) {
+            (true, Some(m)) => {
+                let others = self
+                    .rt
+                    .machines
+                    .entries
+                    .iter()
+                    .filter_map(|(other, e)| match e {
+                        Entry::Machine(o) if other != id => {
+                            Some((o.name(), o.def.config.disks.as_slice()))
+                        }
+                        _ => None,
+                    });
+                delete_rows(&m.def.config.disks, own_dir.as_deref(), others)
+                    .into_iter()
+                    .filter(|r| r.deletable())
+                    .map(|r| r.path)
+                    .collect()
+            }
+            _ => Vec::new(),
         };
         if let Err(e) = store.delete(id) {
             self.error(Some(id), format!("{:#}", anyhow::Error::new(e)));
@@ -1006,7 +1096,291 @@ impl HangarApp {
         }
         self.rt
             .log
-            .push(Severity::Info, Some(name), "deleted".into());
+            .push(Severity::Info, Some(name.clone()), "deleted".into());
+        for path in doomed {
+            match std::fs::remove_file(&path) {
+                Ok(()) => self.rt.log.push(
+                    Severity::Info,
+                    Some(name.clone()),
+                    format!("deleted its disk {}", path.display()),
+                ),
+                Err(e) => self.rt.log.push(
+                    Severity::Error,
+                    Some(name.clone()),
+                    format!("cannot delete its disk {}: {e}", path.display()),
+                ),
+            }
+        }
+        if with_disks {
+            // Only an empty folder goes: anything else in it was not listed.
+            if let Some(dir) = own_dir {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+
+    /// Start copying a template's disk for a new machine; the machine is
+    /// saved when the copy is complete ([`Self::on_clone_finished`]).
+    fn create_from_template(&mut self, request: TemplateMachine) {
+        if let Err(e) = self.start_clone(request) {
+            self.error(None, format!("{e:#}"));
+        }
+    }
+
+    fn start_clone(&mut self, request: TemplateMachine) -> anyhow::Result<()> {
+        if let Some(job) = self.rt.clone_job.as_ref().filter(|j| j.is_running()) {
+            anyhow::bail!(
+                "cannot create {}: the disk of {} is being copied; try again when it is done",
+                request.name,
+                job.name()
+            );
+        }
+        let data_dir = self
+            .rt
+            .data_dir
+            .clone()
+            .context("Hangar has no data folder to keep the machine's disk in")?;
+        let kit = self.rt.kit.as_ref().context(
+            "the default guest kit, which boots templates, is not installed: run packaging/setup.sh",
+        )?;
+        // Looked up again: the template may have gone since the wizard opened.
+        let template = match templates::available(&data_dir)
+            .into_iter()
+            .find(|t| match t {
+                TemplateStatus::Ready(t) => t.id == request.template,
+                TemplateStatus::Missing { id, .. } => *id == request.template,
+            }) {
+            Some(TemplateStatus::Ready(t)) => t,
+            Some(TemplateStatus::Missing { title, reason, .. }) => {
+                anyhow::bail!(
+                    "cannot create {}: {title} is not available: {reason}",
+                    request.name
+                )
+            }
+            None => anyhow::bail!("there is no template {:?}", request.template),
+        };
+        let config = |disk: PathBuf| {
+            let mut c = templates::vm_config(
+                &template,
+                kit,
+                &request.name,
+                request.vcpus,
+                request.memory_mib,
+                disk,
+                request.network.clone(),
+            );
+            if let Some(cmdline) = &request.cmdline {
+                c.cmdline = cmdline.clone();
+            }
+            c
+        };
+        // The id names the disk's folder, so the definition comes first
+        // (saved only once the disk is complete).
+        let mut def = MachineDefinition::new(config(PathBuf::new()));
+        let dest = machine_dir(&data_dir, &def.id).join("disk.raw");
+        def.config = config(dest.clone());
+        let repaint = self.rt.repaint.clone();
+        let job = CloneJob::start(
+            template,
+            dest,
+            request.disk_size,
+            def,
+            request.start,
+            move || {
+                if let Some(ctx) = repaint.get() {
+                    ctx.request_repaint();
+                }
+            },
+        )?;
+        self.rt.log.push(
+            Severity::Info,
+            Some(request.name.clone()),
+            format!("copying the {} disk", job.template_title),
+        );
+        self.rt.clone_job = Some(job);
+        Ok(())
+    }
+
+    /// A template copy ended: save the machine, or say why not. A machine
+    /// that cannot be saved takes its new disk with it.
+    fn on_clone_finished(&mut self, result: Result<(), String>) {
+        let Some(job) = self.rt.clone_job.as_ref() else {
+            return;
+        };
+        let (def, start) = (job.def.clone(), job.start);
+        if let Err(why) = result {
+            self.error(None, why);
+            return;
+        }
+        let disk = def.config.disks.first().map(|d| d.path.clone());
+        let saved = self.create(def.config.clone(), start, Some(def.clone()));
+        if !saved {
+            if let Some(disk) = disk {
+                let _ = std::fs::remove_file(&disk);
+                if let Some(dir) = disk.parent() {
+                    let _ = std::fs::remove_dir(dir);
+                }
+            }
+            if let Some(job) = &mut self.rt.clone_job {
+                job.outcome = Some(Err("the machine could not be saved (see the Log)".into()));
+            }
+            return;
+        }
+        self.rt.clone_job = None;
+    }
+
+    /// Change a stopped machine's definition with `change` (which returns
+    /// what it did, for the Log), save it, and keep it; on any failure the
+    /// definition stays as it was and the Log says why. True if saved.
+    fn update_definition(
+        &mut self,
+        id: &str,
+        change: impl FnOnce(&mut VmConfig) -> anyhow::Result<String>,
+    ) -> bool {
+        let result = (|| {
+            let m = self.rt.machines.get(id).context("no such machine")?;
+            if m.status.is_active() {
+                anyhow::bail!("stop the machine before changing its disks or network");
+            }
+            let store = self
+                .rt
+                .store
+                .as_ref()
+                .context("cannot save machines: Hangar's config directory is not usable")?;
+            let mut def = m.def.clone();
+            let done = change(&mut def.config)?;
+            store.update(&def)?;
+            Ok((def, done))
+        })();
+        match result {
+            Ok((def, done)) => {
+                let name = def.config.name.clone();
+                if let Some(m) = self.rt.machines.get_mut(id) {
+                    m.def = def;
+                    m.overview.disk_info.invalidate();
+                }
+                self.rt.log.push(Severity::Info, Some(name), done);
+                true
+            }
+            Err(e) => {
+                self.error(Some(id), format!("{e:#}"));
+                false
+            }
+        }
+    }
+
+    fn add_disk(&mut self, id: &str, request: DiskRequest) {
+        let own_dir = self.rt.data_dir.as_deref().map(|d| machine_dir(d, id));
+        let mut created = None;
+        let saved = self.update_definition(id, |config| {
+            if config.disks.len() >= hangar_engine::config::MAX_DISKS {
+                anyhow::bail!(
+                    "a machine can have at most {} disks",
+                    hangar_engine::config::MAX_DISKS
+                );
+            }
+            let (disk, done) = match request {
+                DiskRequest::New { format, size } => {
+                    let dir = own_dir.context("Hangar has no data folder to keep new disks in")?;
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    let path = new_disk_path(&dir, format, &config.disks);
+                    disks::create(&path, format, size)
+                        .with_context(|| format!("cannot create the disk {}", path.display()))?;
+                    created = Some(path.clone());
+                    let done =
+                        format!("new {} {format} disk {}", format_size(size), path.display());
+                    (
+                        DiskConfig {
+                            path,
+                            format,
+                            read_only: false,
+                        },
+                        done,
+                    )
+                }
+                DiskRequest::Existing {
+                    path,
+                    format,
+                    read_only,
+                } => {
+                    // Looked at again: the file may have changed since the form read it.
+                    let info = disks::inspect(&path)
+                        .with_context(|| format!("cannot attach {}", path.display()))?;
+                    if info.format != format {
+                        anyhow::bail!(
+                            "{} is {} now, not {format}; choose it again",
+                            path.display(),
+                            info.format
+                        );
+                    }
+                    if config.disks.iter().any(|d| d.path == path) {
+                        anyhow::bail!("{} is attached already", path.display());
+                    }
+                    let done = format!("attached {} ({format})", path.display());
+                    (
+                        DiskConfig {
+                            path,
+                            format,
+                            read_only,
+                        },
+                        done,
+                    )
+                }
+            };
+            config.disks.push(disk);
+            Ok(done)
+        });
+        // A new file whose definition could not be saved goes again: no
+        // disk that no machine knows about.
+        if !saved {
+            if let Some(path) = created {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    fn grow_disk(&mut self, id: &str, path: &std::path::Path, new_size: u64) {
+        // Through update_definition for its checks (the machine is stopped,
+        // the file is one of its disks); the definition is saved unchanged.
+        self.update_definition(id, |config| {
+            let disk = config
+                .disks
+                .iter()
+                .find(|d| d.path == path)
+                .with_context(|| format!("{} is not one of its disks", path.display()))?;
+            disks::grow(&disk.path, disk.format, new_size)
+                .with_context(|| format!("cannot grow {}", path.display()))?;
+            Ok(format!(
+                "grew {} to {}",
+                path.display(),
+                format_size(new_size)
+            ))
+        });
+    }
+
+    fn detach_disk(&mut self, id: &str, path: &std::path::Path) {
+        self.update_definition(id, |config| {
+            let before = config.disks.len();
+            config.disks.retain(|d| d.path != path);
+            if config.disks.len() == before {
+                anyhow::bail!("{} is not one of its disks", path.display());
+            }
+            Ok(format!("detached {} (the file stays)", path.display()))
+        });
+    }
+
+    fn set_network(&mut self, id: &str, network: Option<NetworkConfig>) {
+        self.update_definition(id, |config| {
+            if let Some(n) = &network {
+                n.validate()?;
+            }
+            config.network = network;
+            Ok(format!(
+                "network: {}",
+                super::port_forwards::network_text(config.network.as_ref())
+            ))
+        });
     }
 
     /// The open wizard, if any (UI scripts set its fields: automation.rs).
@@ -1014,9 +1388,21 @@ impl HangarApp {
         self.rt.wizard.as_mut()
     }
 
+    /// Choose the open wizard's OS source, as clicking it would (UI scripts).
+    pub fn set_wizard_source(&mut self, source: super::wizard::OsSource) {
+        if let Some(w) = self.rt.wizard.as_mut() {
+            w.set_source(source, self.rt.kit.as_ref());
+        }
+    }
+
     /// The open Run container dialog, if any (tests and UI scripts).
     pub fn container_dialog_mut(&mut self) -> Option<&mut ContainerDialogState> {
         self.rt.container_dialog.as_mut()
+    }
+
+    /// The running (or failed) template disk copy, if any.
+    pub fn clone_job(&self) -> Option<&CloneJob> {
+        self.rt.clone_job.as_ref()
     }
 
     /// The running (or last) image import or pull, if any.

@@ -15,7 +15,7 @@
 //! | a [`UiCommand`], e.g. `{"Start": "echo"}`, `{"OpenTab": ["echo", "Overview"]}`, `"OpenWizard"` | applied through [`HangarApp::apply`], as a click would be |
 //! | `{"wait_ms": 1500}`                    | wait that long; draws no frames of its own beyond the one that ends it |
 //! | `{"screenshot": "out/library.png"}`    | save the window as an RGB PNG, once two frames have been drawn since the last change |
-//! | `{"wizard": {"name": "Build box", "page": "Resources", "vcpus": 2, "memory_mib": 512}}` | set fields of the open wizard (every key optional; `page` is `Source`, `Resources` or `Summary`) |
+//! | `{"wizard": {"name": "Build box", "source": "Template", "page": "Resources", "vcpus": 2, "memory_mib": 512}}` | set fields of the open wizard (every key optional; `source` is `Template` (the first ready one), `DefaultLinux`, `KernelFiles` or `DiskImage`; `page` is `Source`, `Resources` or `Summary`) |
 //! | `{"container_dialog": {"command": "sh", "ports": ["8080:80"], "volumes": ["/srv:/data:ro"], "show_import": true}}` | set fields of the open Run container dialog (every key optional; rows are added) |
 //! | `{"container_tab": "ContainerLogs"}`   | open a tab ([`PaneKind`]) of the container run last (its id is random) |
 //! | `{"window_size": [1400, 900]}`         | resize the window (logical points)                          |
@@ -47,7 +47,7 @@ use super::command::UiCommand;
 use super::container_dialog::{PortRow, VolumeRow};
 use super::frame_stats::FrameStats;
 use super::tabs::PaneKind;
-use super::wizard::Page;
+use super::wizard::{OsSource, Page};
 
 /// Names a UI script to run.
 pub const UI_SCRIPT_ENV: &str = "HANGAR_UI_SCRIPT";
@@ -64,6 +64,8 @@ const SETTLE_FRAMES: u64 = 2;
 pub struct WizardFields {
     /// Machine name.
     pub name: Option<String>,
+    /// `Template`, `DefaultLinux`, `KernelFiles` or `DiskImage`.
+    pub source: Option<String>,
     /// `Source`, `Resources` or `Summary`.
     pub page: Option<String>,
     /// Virtual CPUs.
@@ -162,8 +164,13 @@ fn parse_step(v: serde_json::Value) -> anyhow::Result<Step> {
                 _ => None,
             };
             if let Some(step) = step {
-                if let Step::Wizard(WizardFields { page: Some(p), .. }) = &step {
-                    page_named(p)?;
+                if let Step::Wizard(fields) = &step {
+                    if let Some(p) = &fields.page {
+                        page_named(p)?;
+                    }
+                    if let Some(source) = &fields.source {
+                        source_named(source)?;
+                    }
                 }
                 return Ok(step);
             }
@@ -181,6 +188,16 @@ fn page_named(name: &str) -> anyhow::Result<Page> {
         "Resources" => Page::Resources,
         "Summary" => Page::Summary,
         _ => bail!("no wizard page {name:?} (Source, Resources or Summary)"),
+    })
+}
+
+fn source_named(name: &str) -> anyhow::Result<OsSource> {
+    Ok(match name {
+        "Template" => OsSource::Template,
+        "DefaultLinux" => OsSource::DefaultLinux,
+        "KernelFiles" => OsSource::KernelFiles,
+        "DiskImage" => OsSource::DiskImage,
+        _ => bail!("no OS source {name:?} (Template, DefaultLinux, KernelFiles or DiskImage)"),
     })
 }
 
@@ -316,6 +333,11 @@ impl Hooks {
                     return;
                 }
                 Step::Wizard(fields) => {
+                    if let Some(source) =
+                        fields.source.as_deref().and_then(|s| source_named(s).ok())
+                    {
+                        app.set_wizard_source(source);
+                    }
                     let Some(w) = app.wizard_mut() else {
                         return self.fail(
                             ctx,
@@ -528,6 +550,7 @@ mod tests {
         let steps = parse_script(
             r#"[{"Select": "a"}, {"OpenTab": ["a", "Overview"]}, "OpenWizard", {"wait_ms": 5},
                 {"wizard": {"name": "x", "page": "Resources"}}, {"screenshot": "s.png"},
+                {"wizard": {"source": "Template"}},
                 {"window_size": [800, 600]}, {"mark": "m"},
                 {"container_dialog": {"ports": ["1:2"], "show_import": true}},
                 {"container_tab": "ContainerLogs"}, "quit"]"#,
@@ -546,6 +569,10 @@ mod tests {
                     ..Default::default()
                 }),
                 Step::Screenshot("s.png".into()),
+                Step::Wizard(WizardFields {
+                    source: Some("Template".into()),
+                    ..Default::default()
+                }),
                 Step::WindowSize(800.0, 600.0),
                 Step::Mark("m".into()),
                 Step::ContainerDialog(ContainerDialogFields {
@@ -565,6 +592,8 @@ mod tests {
         assert!(format!("{e:#}").contains("step 2"), "{e:#}");
         let e = parse_script(r#"[{"wizard": {"page": "Nope"}}]"#).unwrap_err();
         assert!(format!("{e:#}").contains("Nope"), "{e:#}");
+        let e = parse_script(r#"[{"wizard": {"source": "Windows"}}]"#).unwrap_err();
+        assert!(format!("{e:#}").contains("Windows"), "{e:#}");
         assert!(parse_script(r#"{"wait_ms": 1}"#).is_err());
     }
 

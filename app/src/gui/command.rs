@@ -4,10 +4,33 @@
 use std::path::PathBuf;
 
 use hangar_engine::containers::ContainerConfig;
-use hangar_engine::{GuestKey, MouseButtons, VmConfig};
+use hangar_engine::{DiskFormat, GuestKey, MouseButtons, NetworkConfig, VmConfig};
 
 use super::display_tab::ZoomMode;
 use super::tabs::PaneKind;
+use super::template_clone::TemplateMachine;
+
+/// A disk to add to a stopped machine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub enum DiskRequest {
+    /// A new empty disk in the machine's own folder.
+    New {
+        /// Raw (sparse file) or qcow2.
+        format: DiskFormat,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// An image that exists already, used where it is (never copied, never
+    /// deleted by Hangar).
+    Existing {
+        /// The image.
+        path: PathBuf,
+        /// Its format, as inspected.
+        format: DiskFormat,
+        /// The guest may not write it.
+        read_only: bool,
+    },
+}
 
 /// One user action. Deserialize: UI scripts (automation.rs) name them in JSON.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -26,8 +49,11 @@ pub enum UiCommand {
     ForceStop(String),
     /// Ask for confirmation before deleting.
     AskDelete(String),
-    /// Delete the definition (after confirmation).
+    /// Delete the definition (after confirmation); disk files stay.
     Delete(String),
+    /// Delete the definition and the disk files in the machine's own folder
+    /// that no other machine uses (after confirmation, with the box ticked).
+    DeleteWithDisks(String),
     /// Copy a definition under a new name.
     Duplicate(String),
     /// Open the New virtual machine wizard.
@@ -38,6 +64,41 @@ pub enum UiCommand {
         config: VmConfig,
         /// Start it right away.
         start: bool,
+    },
+    /// Make a machine from a template: copy its disk on a worker thread,
+    /// then save the machine (and start it if asked).
+    CreateFromTemplate(TemplateMachine),
+    /// Forget a failed template copy shown in the library.
+    DismissCloneJob,
+    /// Add a disk to a stopped machine.
+    AddDisk {
+        /// The machine.
+        id: String,
+        /// What to add.
+        disk: DiskRequest,
+    },
+    /// Grow a stopped machine's disk.
+    GrowDisk {
+        /// The machine.
+        id: String,
+        /// The disk's file.
+        path: PathBuf,
+        /// New size in bytes (more than now).
+        new_size: u64,
+    },
+    /// Take a disk out of a stopped machine's definition; the file stays.
+    DetachDisk {
+        /// The machine.
+        id: String,
+        /// The disk's file.
+        path: PathBuf,
+    },
+    /// Set a stopped machine's network (None: off).
+    SetNetwork {
+        /// The machine.
+        id: String,
+        /// The new settings.
+        network: Option<NetworkConfig>,
     },
     /// Show a tab of a machine (open it if closed).
     OpenTab(String, PaneKind),

@@ -9,6 +9,7 @@ use super::app::CONTAINER_STOP_GRACE;
 use super::command::{CommandQueue, UiCommand};
 use super::model::{Container, Containers, Entry, Machine, Machines, RunStatus};
 use super::tabs::PaneKind;
+use super::template_clone::{clone_job_ui, CloneJob};
 
 /// Why Start is disabled for this machine, if it is.
 pub fn start_blocked_reason(machine: &Machine, host: &HostCapability) -> Option<String> {
@@ -35,6 +36,7 @@ pub fn library_ui(
     containers: &Containers,
     selected: Option<&str>,
     host: &HostCapability,
+    clone_job: Option<&CloneJob>,
     commands: &mut CommandQueue,
 ) {
     egui::Panel::left("library")
@@ -54,7 +56,7 @@ pub fn library_ui(
                 });
             });
             ui.separator();
-            if machines.entries.is_empty() {
+            if machines.entries.is_empty() && clone_job.is_none() {
                 ui.weak("No machines yet. Click New… to create one.");
             }
             egui::ScrollArea::vertical()
@@ -65,6 +67,10 @@ pub fn library_ui(
                         entry_ui(ui, id, entry, selected == Some(id.as_str()), commands);
                     }
                 });
+            // A machine being made from a template appears once its disk is copied.
+            if let Some(job) = clone_job {
+                clone_job_ui(ui, job, commands);
+            }
             ui.separator();
             if let Some(id) = selected {
                 match machines.entries.get(id) {

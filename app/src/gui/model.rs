@@ -14,6 +14,7 @@ use hangar_engine::{ExitReason, KernelKind, MachineDefinition, VmState, VmStats}
 
 use super::container_logs_tab::ContainerLogView;
 use super::display_tab::Screen;
+use super::overview_tab::OverviewState;
 use super::terminal::TerminalView;
 
 /// How many stats samples (one a second) the Overview keeps: ten minutes.
@@ -89,6 +90,8 @@ pub struct Machine {
     pub started: Option<Instant>,
     /// What its kernel file is, checked when loaded (None if unreadable).
     pub kernel_kind: Option<KernelKind>,
+    /// Its Overview tab's disk figures and open form.
+    pub overview: OverviewState,
 }
 
 impl Machine {
@@ -103,6 +106,7 @@ impl Machine {
             stats: VecDeque::new(),
             started: None,
             kernel_kind: detect_kernel_kind(&def.config.kernel).ok(),
+            overview: OverviewState::default(),
             def,
         }
     }

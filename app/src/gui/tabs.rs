@@ -147,6 +147,8 @@ pub struct TabsBehavior<'a> {
     pub containers: &'a mut Containers,
     /// Where pane UIs put their commands.
     pub commands: &'a mut CommandQueue,
+    /// Hangar's data directory (new disks go into machines' folders there).
+    pub data_dir: Option<&'a std::path::Path>,
 }
 
 impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
@@ -172,7 +174,7 @@ impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
         match self.machines.get_mut(&pane.machine) {
             Some(machine) => match pane.kind {
                 PaneKind::Console => console_tab_ui(ui, &pane.machine, machine, self.commands),
-                PaneKind::Overview => overview_tab_ui(ui, machine),
+                PaneKind::Overview => overview_tab_ui(ui, machine, self.data_dir, self.commands),
                 PaneKind::Display => display_tab_ui(ui, &pane.machine, machine, self.commands),
                 PaneKind::ContainerConsole
                 | PaneKind::ContainerLogs

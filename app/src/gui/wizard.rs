@@ -1,27 +1,51 @@
-//! The New virtual machine wizard: name and OS source, resources, summary.
-//! Every invalid choice is explained next to its field, and Next/Create
-//! stay disabled until the page is valid.
+//! The New virtual machine wizard: name and OS source, resources (with
+//! disk size and network), summary. Every invalid choice is explained next
+//! to its field, and Next/Create stay disabled until the page is valid.
+//!
+//! A template source (Debian 12) does not make the machine here: Create
+//! queues [`UiCommand::CreateFromTemplate`], and the app copies the disk on
+//! a worker thread before it saves the machine (template_clone.rs).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, TryRecvError};
 
 use hangar_engine::config::{detect_kernel_kind, DisplayConfig, MAX_CMDLINE_LEN, MIN_MEMORY_MIB};
+use hangar_engine::disks::{self, MAX_DISK_SIZE};
 use hangar_engine::kit::DEFAULT_CMDLINE;
-use hangar_engine::{DefaultKit, HostCapability, KernelKind, VmConfig};
+use hangar_engine::{
+    templates, DefaultKit, DiskConfig, DiskInfo, HostCapability, KernelKind, Template,
+    TemplateStatus, VmConfig,
+};
 
 use super::command::{CommandQueue, UiCommand};
+use super::machine_disks::{format_size, GIB};
 use super::model::Machines;
+use super::port_forwards::{network_form_ui, network_text, NetworkForm};
+use super::template_clone::TemplateMachine;
 
 /// Command line offered for a kernel the user picks.
 pub const CUSTOM_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 
+/// What the kit's command line gets for an existing disk image: its first
+/// disk is the root file system, as for templates.
+pub const DISK_ROOT_ARGS: &str = "root=/dev/vda rw";
+
+/// Disk size a machine made from a template gets unless the user says
+/// otherwise (more if the template itself is bigger).
+pub const DEFAULT_DISK_GIB: u32 = 8;
+
 /// Where the guest comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OsSource {
+    /// A template's system disk, copied for the machine (`template_id`).
+    Template,
     /// The kit built by packaging/setup.sh.
     DefaultLinux,
     /// A kernel (and optional initramfs) the user picks.
     KernelFiles,
+    /// A raw or qcow2 image that exists, used in place and booted with
+    /// the kit's kernel.
+    DiskImage,
 }
 
 /// Which page is shown.
@@ -40,6 +64,7 @@ pub enum Page {
 enum PickTarget {
     Kernel,
     Initrd,
+    DiskImage,
 }
 
 /// The wizard's state while it is open.
@@ -62,6 +87,21 @@ pub struct WizardState {
     pub cmdline: String,
     /// Whether the user edited the command line (then a source change keeps it).
     cmdline_edited: bool,
+    /// Every template Hangar knows, ready or not (read when the wizard opens).
+    pub templates: Vec<TemplateStatus>,
+    /// The template chosen when `source` is [`OsSource::Template`].
+    pub template_id: String,
+    /// Existing disk image path, as typed or picked.
+    pub disk_image: String,
+    /// What [`disks::inspect`] said about `disk_image`, for the path it
+    /// was read for: read again only when the path changes.
+    disk_image_info: Option<(String, Result<DiskInfo, String>)>,
+    /// Size of a template machine's disk, in GiB.
+    pub disk_size_gib: u32,
+    /// Network on/off and port forwards.
+    pub network: NetworkForm,
+    /// Whether the user touched the network (then a source change keeps it).
+    network_edited: bool,
     /// A file dialog running on its own thread, so the window stays live.
     picker: Option<(PickTarget, Receiver<Option<PathBuf>>)>,
     /// Host CPUs and RAM, read once when the wizard opens rather than from
@@ -70,14 +110,27 @@ pub struct WizardState {
 }
 
 impl WizardState {
-    /// A fresh wizard: the default kit when it exists.
-    pub fn new(kit: Option<&DefaultKit>) -> Self {
-        let source = if kit.is_some() {
-            OsSource::DefaultLinux
-        } else {
-            OsSource::KernelFiles
+    /// A fresh wizard: a ready template when there is one (and the kit that
+    /// boots it), else the default kit when it exists, else a kernel file.
+    pub fn new(kit: Option<&DefaultKit>, templates: Vec<TemplateStatus>) -> Self {
+        let ready = templates.iter().find_map(|t| match t {
+            TemplateStatus::Ready(t) => Some(t.clone()),
+            TemplateStatus::Missing { .. } => None,
+        });
+        let source = match (kit, &ready) {
+            (Some(_), Some(_)) => OsSource::Template,
+            (Some(_), None) => OsSource::DefaultLinux,
+            (None, _) => OsSource::KernelFiles,
         };
-        Self {
+        let template_id = match (&ready, templates.first()) {
+            (Some(t), _) => t.id.clone(),
+            (None, Some(TemplateStatus::Missing { id, .. })) => id.clone(),
+            _ => templates::DEBIAN_12.to_string(),
+        };
+        let disk_size_gib = ready
+            .as_ref()
+            .map_or(DEFAULT_DISK_GIB, |t| DEFAULT_DISK_GIB.max(min_disk_gib(t)));
+        let mut s = Self {
             page: Page::Source,
             name: String::new(),
             source,
@@ -85,15 +138,116 @@ impl WizardState {
             initrd: String::new(),
             vcpus: 1,
             memory_mib: hangar_engine::kit::DEFAULT_MEMORY_MIB,
-            cmdline: match source {
-                OsSource::DefaultLinux => DEFAULT_CMDLINE.to_string(),
-                OsSource::KernelFiles => CUSTOM_CMDLINE.to_string(),
-            },
+            cmdline: String::new(),
             cmdline_edited: false,
+            templates,
+            template_id,
+            disk_image: String::new(),
+            disk_image_info: None,
+            disk_size_gib,
+            network: NetworkForm::default(),
+            network_edited: false,
             picker: None,
             host: HostResources::probe(),
+        };
+        s.source_changed(kit);
+        s
+    }
+
+    /// The chosen template, if it is ready.
+    pub fn template(&self) -> Option<&Template> {
+        self.templates.iter().find_map(|t| match t {
+            TemplateStatus::Ready(t) if t.id == self.template_id => Some(t),
+            _ => None,
+        })
+    }
+
+    /// Choose `source`; the command line and network follow unless edited.
+    pub fn set_source(&mut self, source: OsSource, kit: Option<&DefaultKit>) {
+        if self.source != source {
+            self.source = source;
+            self.source_changed(kit);
         }
     }
+
+    /// What a source brings along: its command line, and the network on
+    /// for a template (a full system that expects one).
+    fn source_changed(&mut self, kit: Option<&DefaultKit>) {
+        if !self.cmdline_edited {
+            self.cmdline = match self.source {
+                OsSource::Template => match (self.template(), kit) {
+                    (Some(t), Some(kit)) => {
+                        templates::vm_config(t, kit, "", 1, MIN_MEMORY_MIB, PathBuf::new(), None)
+                            .cmdline
+                    }
+                    _ => format!("{DEFAULT_CMDLINE} {DISK_ROOT_ARGS}"),
+                },
+                OsSource::DefaultLinux => DEFAULT_CMDLINE.to_string(),
+                OsSource::KernelFiles => CUSTOM_CMDLINE.to_string(),
+                OsSource::DiskImage => format!("{DEFAULT_CMDLINE} {DISK_ROOT_ARGS}"),
+            };
+        }
+        if !self.network_edited {
+            self.network.enabled = self.source == OsSource::Template;
+        }
+    }
+
+    /// What [`disks::inspect`] says about the disk image path: the cached
+    /// answer when it is for this path, else read now.
+    pub fn disk_image_info(&self) -> Result<DiskInfo, String> {
+        let path = self.disk_image.trim();
+        match &self.disk_image_info {
+            Some((read_for, info)) if read_for == path => info.clone(),
+            _ => inspect_image(path),
+        }
+    }
+
+    /// Read the disk image again if its path changed since the last read,
+    /// so that a frame does not read the file.
+    fn refresh_disk_image_info(&mut self) {
+        if self.source != OsSource::DiskImage {
+            return;
+        }
+        let path = self.disk_image.trim();
+        if self
+            .disk_image_info
+            .as_ref()
+            .is_none_or(|(read_for, _)| read_for != path)
+        {
+            self.disk_image_info = Some((path.to_string(), inspect_image(path)));
+        }
+    }
+}
+
+/// The smallest disk, in whole GiB, that holds `template`.
+fn min_disk_gib(template: &Template) -> u32 {
+    u32::try_from(template.virtual_size.div_ceil(GIB)).unwrap_or(u32::MAX)
+}
+
+/// Inspect an image a user named, in words on failure.
+fn inspect_image(path: &str) -> Result<DiskInfo, String> {
+    if path.is_empty() {
+        return Err("Choose a disk image (raw or qcow2).".into());
+    }
+    let path = Path::new(path);
+    if !path.is_absolute() {
+        return Err(format!("The path \"{}\" must be absolute.", path.display()));
+    }
+    disks::inspect(path).map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+}
+
+/// A disk image's format and sizes in a few words.
+pub fn disk_info_text(info: &DiskInfo) -> String {
+    let mut text = format!(
+        "{} · {} · {} on this host",
+        info.format,
+        format_size(info.virtual_size),
+        format_size(info.allocated)
+    );
+    if let Some(backing) = &info.backing_file {
+        text.push_str(&format!(" · over {}", backing.display()));
+    }
+    text
 }
 
 /// What the wizard needs to know about the world.
@@ -104,6 +258,11 @@ pub struct WizardContext<'a> {
     pub kit: Option<&'a DefaultKit>,
     /// The host's capability.
     pub host: &'a HostCapability,
+    /// Hangar's data directory (machines' disks live there), if known.
+    pub data_dir: Option<&'a Path>,
+    /// The machine whose disk is being copied now, if one is: one copy
+    /// at a time.
+    pub copying: Option<&'a str>,
 }
 
 /// Per-field problems; `None` means the field is fine.
@@ -121,20 +280,32 @@ pub struct WizardErrors {
     pub memory: Option<String>,
     /// About the command line.
     pub cmdline: Option<String>,
+    /// About the existing disk image.
+    pub disk: Option<String>,
+    /// About the template machine's disk size.
+    pub disk_size: Option<String>,
+    /// About the network and its port forwards.
+    pub network: Option<String>,
+    /// Why Create must wait, though every field is fine.
+    pub create: Option<String>,
 }
 
 impl WizardErrors {
     fn source_page_ok(&self) -> bool {
-        self.name.is_none() && self.kernel.is_none() && self.initrd.is_none()
+        self.name.is_none() && self.kernel.is_none() && self.initrd.is_none() && self.disk.is_none()
     }
 
     fn resources_page_ok(&self) -> bool {
-        self.vcpus.is_none() && self.memory.is_none() && self.cmdline.is_none()
+        self.vcpus.is_none()
+            && self.memory.is_none()
+            && self.cmdline.is_none()
+            && self.disk_size.is_none()
+            && self.network.is_none()
     }
 
     /// True when the machine can be created.
     pub fn all_ok(&self) -> bool {
-        self.source_page_ok() && self.resources_page_ok()
+        self.source_page_ok() && self.resources_page_ok() && self.create.is_none()
     }
 }
 
@@ -174,7 +345,36 @@ pub fn validate(
     } else if world.machines.name_taken(name) {
         e.name = Some(format!("A machine named \"{name}\" already exists."));
     }
+    const NO_KIT_FOR_DISK: &str = "It boots with the default guest kit's kernel, which is not installed: run packaging/setup.sh.";
     match state.source {
+        OsSource::Template => match state
+            .templates
+            .iter()
+            .find(|t| template_id(t) == state.template_id)
+        {
+            Some(TemplateStatus::Ready(_)) => {
+                if world.kit.is_none() {
+                    e.kernel = Some(NO_KIT_FOR_DISK.into());
+                } else if world.data_dir.is_none() {
+                    e.kernel = Some(
+                        "Hangar has no data folder to keep the machine's disk in (is HOME set?)."
+                            .into(),
+                    );
+                }
+            }
+            Some(TemplateStatus::Missing { title, reason, .. }) => {
+                e.kernel = Some(format!("{title} is not available: {reason}."));
+            }
+            None => e.kernel = Some("Choose an operating system.".into()),
+        },
+        OsSource::DiskImage => {
+            if let Err(why) = state.disk_image_info() {
+                e.disk = Some(why);
+            }
+            if world.kit.is_none() {
+                e.kernel = Some(NO_KIT_FOR_DISK.into());
+            }
+        }
         OsSource::DefaultLinux => {
             if world.kit.is_none() {
                 e.kernel = Some("The default guest kit is not installed: run packaging/setup.sh, or pick a kernel.".into());
@@ -211,12 +411,55 @@ pub fn validate(
     if state.cmdline.len() >= MAX_CMDLINE_LEN {
         e.cmdline = Some(format!("At most {} characters.", MAX_CMDLINE_LEN - 1));
     }
+    if state.source == OsSource::Template {
+        e.disk_size = disk_size_error(state);
+    }
+    if let Err(why) = state.network.config() {
+        e.network = Some(why);
+    }
+    if let (OsSource::Template, Some(name)) = (state.source, world.copying) {
+        e.create = Some(format!(
+            "The disk of \"{name}\" is being copied; create this machine when it is done."
+        ));
+    }
     e
 }
 
-/// The machine the wizard describes (call only when valid).
+fn template_id(t: &TemplateStatus) -> &str {
+    match t {
+        TemplateStatus::Ready(t) => &t.id,
+        TemplateStatus::Missing { id, .. } => id,
+    }
+}
+
+/// What is wrong with a template machine's disk size, if anything.
+fn disk_size_error(state: &WizardState) -> Option<String> {
+    let size = u64::from(state.disk_size_gib) * GIB;
+    let max_gib = MAX_DISK_SIZE / GIB;
+    if state.disk_size_gib == 0 {
+        return Some("A disk needs at least 1 GiB.".into());
+    }
+    if size > MAX_DISK_SIZE {
+        return Some(format!("At most {max_gib} GiB."));
+    }
+    let t = state.template()?;
+    (size < t.virtual_size).then(|| {
+        format!(
+            "{} needs at least {} GiB: its system takes {}.",
+            t.title,
+            min_disk_gib(t),
+            format_size(t.virtual_size)
+        )
+    })
+}
+
+/// The machine the wizard describes (call only when valid); None for a
+/// template, whose machine the app makes once the disk is copied
+/// ([`template_request_of`]).
 pub fn config_of(state: &WizardState, kit: Option<&DefaultKit>) -> Option<VmConfig> {
+    let mut disks = Vec::new();
     let (kernel, initrd) = match state.source {
+        OsSource::Template => return None,
         OsSource::DefaultLinux => {
             let kit = kit?;
             (kit.kernel.clone(), Some(kit.initrd.clone()))
@@ -228,6 +471,16 @@ pub fn config_of(state: &WizardState, kit: Option<&DefaultKit>) -> Option<VmConf
                 (!initrd.is_empty()).then(|| PathBuf::from(initrd)),
             )
         }
+        OsSource::DiskImage => {
+            let kit = kit?;
+            let info = state.disk_image_info().ok()?;
+            disks.push(DiskConfig {
+                path: PathBuf::from(state.disk_image.trim()),
+                format: info.format,
+                read_only: false,
+            });
+            (kit.kernel.clone(), Some(kit.initrd.clone()))
+        }
     };
     Some(VmConfig {
         name: state.name.trim().to_string(),
@@ -238,9 +491,38 @@ pub fn config_of(state: &WizardState, kit: Option<&DefaultKit>) -> Option<VmConf
         cmdline: state.cmdline.trim().to_string(),
         // Linux guests get a screen; Hangar's bare test programs do not use one.
         display: DisplayConfig::default_screen(),
-        disks: Vec::new(),
-        network: None,
+        disks,
+        network: state.network.config().ok()?,
     })
+}
+
+/// The template machine the wizard describes (call only when valid), or
+/// None for the other sources.
+pub fn template_request_of(state: &WizardState, start: bool) -> Option<TemplateMachine> {
+    if state.source != OsSource::Template {
+        return None;
+    }
+    let template = state.template()?;
+    Some(TemplateMachine {
+        template: template.id.clone(),
+        name: state.name.trim().to_string(),
+        vcpus: state.vcpus,
+        memory_mib: state.memory_mib,
+        disk_size: u64::from(state.disk_size_gib) * GIB,
+        network: state.network.config().ok()?,
+        cmdline: state
+            .cmdline_edited
+            .then(|| state.cmdline.trim().to_string()),
+        start,
+    })
+}
+
+/// What Create queues for the wizard's machine, if it can be made.
+fn create_command(state: &WizardState, kit: Option<&DefaultKit>, start: bool) -> Option<UiCommand> {
+    match state.source {
+        OsSource::Template => template_request_of(state, start).map(UiCommand::CreateFromTemplate),
+        _ => config_of(state, kit).map(|config| UiCommand::Create { config, start }),
+    }
 }
 
 /// Memory choices offered by the slider's quick buttons.
@@ -261,6 +543,7 @@ fn start_file_picker(state: &mut WizardState, target: PickTarget, ctx: &egui::Co
             let title = match target {
                 PickTarget::Kernel => "Choose a kernel",
                 PickTarget::Initrd => "Choose an initramfs",
+                PickTarget::DiskImage => "Choose a disk image (raw or qcow2)",
             };
             let picked = rfd::FileDialog::new().set_title(title).pick_file();
             let _ = tx.send(picked);
@@ -283,6 +566,7 @@ fn poll_file_picker(state: &mut WizardState) {
                 match target {
                     PickTarget::Kernel => state.kernel = path,
                     PickTarget::Initrd => state.initrd = path,
+                    PickTarget::DiskImage => state.disk_image = path,
                 }
             }
             state.picker = None;
@@ -303,6 +587,7 @@ pub fn wizard_ui(
         return;
     };
     poll_file_picker(s);
+    s.refresh_disk_image_info();
     let host = s.host;
     let errors = validate(s, world, host);
     let mut open = true;
@@ -360,31 +645,38 @@ pub fn wizard_ui(
                         }
                         Page::Summary => {
                             let valid = errors.all_ok();
-                            let config = if valid { config_of(s, world.kit) } else { None };
-                            if ui
-                                .add_enabled(
-                                    config.is_some(),
-                                    egui::Button::new("Create and start"),
-                                )
-                                .clicked()
-                            {
-                                if let Some(config) = config.clone() {
-                                    commands.push(UiCommand::Create {
-                                        config,
-                                        start: true,
-                                    });
+                            let create = |start| {
+                                if valid {
+                                    create_command(s, world.kit, start)
+                                } else {
+                                    None
+                                }
+                            };
+                            let (with_start, without) = (create(true), create(false));
+                            let why_not = errors.create.as_deref();
+                            let button = ui.add_enabled(
+                                with_start.is_some(),
+                                egui::Button::new("Create and start"),
+                            );
+                            let button = match why_not {
+                                Some(why) => button.on_disabled_hover_text(why),
+                                None => button,
+                            };
+                            if button.clicked() {
+                                if let Some(command) = with_start {
+                                    commands.push(command);
                                     close = true;
                                 }
                             }
-                            if ui
-                                .add_enabled(config.is_some(), egui::Button::new("Create"))
-                                .clicked()
-                            {
-                                if let Some(config) = config {
-                                    commands.push(UiCommand::Create {
-                                        config,
-                                        start: false,
-                                    });
+                            let button =
+                                ui.add_enabled(without.is_some(), egui::Button::new("Create"));
+                            let button = match why_not {
+                                Some(why) => button.on_disabled_hover_text(why),
+                                None => button,
+                            };
+                            if button.clicked() {
+                                if let Some(command) = without {
+                                    commands.push(command);
                                     close = true;
                                 }
                             }
@@ -414,24 +706,62 @@ fn source_page_ui(
     field_error(ui, &errors.name);
     ui.add_space(8.0);
     ui.label("Operating system");
-    let before = s.source;
+    let mut chosen = s.source;
+    let mut chosen_template = None;
+    for t in &s.templates {
+        let (id, title, missing) = match t {
+            TemplateStatus::Ready(t) => (&t.id, &t.title, None),
+            TemplateStatus::Missing {
+                id, title, reason, ..
+            } => (id, title, Some(reason)),
+        };
+        let checked = s.source == OsSource::Template && s.template_id == *id;
+        let radio = ui.add_enabled(missing.is_none(), egui::RadioButton::new(checked, title));
+        if let Some(reason) = missing {
+            let why = format!("{title} is not built yet: {reason}.");
+            ui.ctx()
+                .accesskit_node_builder(radio.id, |node| node.set_description(why.as_str()));
+            radio.on_disabled_hover_text(&why);
+            ui.indent(("template_missing", id), |ui| ui.weak(why));
+        } else if radio.clicked() {
+            chosen = OsSource::Template;
+            chosen_template = Some(id.clone());
+        }
+    }
     let kit_text = match world.kit {
         Some(kit) => format!("Default Linux (Debian kernel {})", kit.version),
         None => "Default Linux (not installed)".to_string(),
     };
-    ui.radio_value(&mut s.source, OsSource::DefaultLinux, kit_text);
+    ui.radio_value(&mut chosen, OsSource::DefaultLinux, kit_text);
     ui.radio_value(
-        &mut s.source,
+        &mut chosen,
         OsSource::KernelFiles,
         "Linux kernel + initramfs",
     );
-    if s.source != before && !s.cmdline_edited {
-        s.cmdline = match s.source {
-            OsSource::DefaultLinux => DEFAULT_CMDLINE.to_string(),
-            OsSource::KernelFiles => CUSTOM_CMDLINE.to_string(),
-        };
+    ui.radio_value(&mut chosen, OsSource::DiskImage, "Existing disk image");
+    let other_template = chosen_template
+        .as_ref()
+        .is_some_and(|id| *id != s.template_id);
+    if let Some(id) = chosen_template {
+        s.template_id = id;
     }
-    if s.source == OsSource::KernelFiles {
+    if other_template && s.source == OsSource::Template {
+        // Another template brings its own command line.
+        s.source_changed(world.kit);
+    }
+    s.set_source(chosen, world.kit);
+    if s.source == OsSource::Template {
+        if let Some(t) = s.template() {
+            ui.weak(format!(
+                "The machine gets its own copy of the {} disk ({}), kept in Hangar's data folder.",
+                t.title,
+                format_size(t.virtual_size)
+            ));
+        }
+        field_error(ui, &errors.kernel);
+    } else if s.source == OsSource::DiskImage {
+        disk_image_ui(ui, s, errors);
+    } else if s.source == OsSource::KernelFiles {
         let picking = s.picker.is_some();
         let label = ui.label("Kernel");
         ui.horizontal(|ui| {
@@ -474,11 +804,44 @@ fn source_page_ui(
     }
 }
 
+/// The existing disk image's path, Browse…, and what the file is (or why
+/// it cannot be used).
+fn disk_image_ui(ui: &mut egui::Ui, s: &mut WizardState, errors: &WizardErrors) {
+    let picking = s.picker.is_some();
+    let label = ui.label("Disk image");
+    ui.horizontal(|ui| {
+        ui.add(
+            egui::TextEdit::singleline(&mut s.disk_image)
+                .hint_text("/path/to/disk.qcow2")
+                .desired_width(330.0),
+        )
+        .labelled_by(label.id);
+        if ui
+            .add_enabled(!picking, egui::Button::new("Browse…"))
+            .clicked()
+        {
+            start_file_picker(s, PickTarget::DiskImage, ui.ctx());
+        }
+    });
+    match (&errors.disk, s.disk_image_info()) {
+        (Some(_), _) => field_error(ui, &errors.disk),
+        (None, Ok(info)) => {
+            ui.label(disk_info_text(&info));
+        }
+        (None, Err(_)) => {}
+    }
+    ui.weak(format!(
+        "Used where it is (not copied) as the first disk; it boots with the default kit's \
+         kernel and \"{DISK_ROOT_ARGS}\" (change that under Resources → Advanced)."
+    ));
+    field_error(ui, &errors.kernel);
+}
+
 /// A warning (not an error: the definition is still useful elsewhere) when
 /// this host cannot start the Linux kernel chosen.
 fn linux_on_this_host(s: &WizardState, world: &WizardContext<'_>) -> Option<String> {
     let is_linux = match s.source {
-        OsSource::DefaultLinux => true,
+        OsSource::DefaultLinux | OsSource::Template | OsSource::DiskImage => true,
         OsSource::KernelFiles => {
             detect_kernel_kind(Path::new(s.kernel.trim())).is_ok_and(KernelKind::is_linux)
         }
@@ -538,6 +901,18 @@ fn resources_page_ui(
             }
         }
     });
+    if s.source == OsSource::Template {
+        ui.add_space(8.0);
+        let label = ui.label("Disk size");
+        ui.add(egui::DragValue::new(&mut s.disk_size_gib).suffix(" GiB"))
+            .labelled_by(label.id);
+        field_error(ui, &errors.disk_size);
+    }
+    ui.add_space(8.0);
+    if network_form_ui(ui, &mut s.network) {
+        s.network_edited = true;
+    }
+    field_error(ui, &errors.network);
     ui.add_space(8.0);
     egui::CollapsingHeader::new("Advanced")
         .default_open(false)
@@ -573,12 +948,40 @@ fn summary_page_ui(
     world: &WizardContext<'_>,
     errors: &WizardErrors,
 ) {
-    let Some(c) = config_of(s, world.kit) else {
-        ui.colored_label(
-            ui.visuals().error_fg_color,
-            "The default guest kit is not installed.",
-        );
+    let config = match (s.source, s.template(), world.kit) {
+        (OsSource::Template, Some(t), Some(kit)) => Some(templates::vm_config(
+            t,
+            kit,
+            s.name.trim(),
+            s.vcpus,
+            s.memory_mib,
+            PathBuf::new(),
+            s.network.config().ok().flatten(),
+        )),
+        (OsSource::Template, _, _) => None,
+        _ => config_of(s, world.kit),
+    };
+    let Some(mut c) = config else {
+        // Only a missing kit, template or image gets here; its field says which.
+        let why = [&errors.kernel, &errors.disk]
+            .into_iter()
+            .find_map(Option::as_deref)
+            .unwrap_or("The default guest kit is not installed.");
+        ui.colored_label(ui.visuals().error_fg_color, why);
         return;
+    };
+    if s.source == OsSource::Template {
+        c.cmdline = s.cmdline.trim().to_string();
+    }
+    let disk = match (s.source, s.template()) {
+        (OsSource::Template, Some(t)) => format!(
+            "{} GiB, raw: a copy of the {} disk in Hangar's data folder",
+            s.disk_size_gib, t.title
+        ),
+        _ => match c.disks.first() {
+            Some(d) => format!("{} ({}, used in place)", d.path.display(), d.format),
+            None => "none".into(),
+        },
     };
     egui::Grid::new("wizard_summary")
         .num_columns(2)
@@ -588,6 +991,14 @@ fn summary_page_ui(
                 "Name",
                 egui::RichText::new(&c.name).strong().into(),
                 &errors.name,
+            );
+            let disk_error = errors.disk.clone().or(errors.disk_size.clone());
+            summary_row(ui, "Disk", disk.into(), &disk_error);
+            summary_row(
+                ui,
+                "Network",
+                network_text(c.network.as_ref()).into(),
+                &errors.network,
             );
             summary_row(
                 ui,
@@ -623,6 +1034,7 @@ fn summary_page_ui(
     if let Some(why) = linux_on_this_host(s, world) {
         ui.colored_label(ui.visuals().warn_fg_color, why);
     }
+    field_error(ui, &errors.create);
 }
 
 #[cfg(test)]
@@ -641,6 +1053,8 @@ mod tests {
             machines,
             kit: None,
             host: cap,
+            data_dir: None,
+            copying: None,
         }
     }
 
@@ -650,7 +1064,7 @@ mod tests {
         let cap = HostCapability::NoKvm {
             reason: "test".into(),
         };
-        let s = WizardState::new(None);
+        let s = WizardState::new(None, Vec::new());
         assert_eq!(s.source, OsSource::KernelFiles);
         let e = validate(&s, &world(&machines, &cap), host());
         assert!(e.name.is_some());
@@ -664,7 +1078,7 @@ mod tests {
         let cap = HostCapability::NoKvm {
             reason: "test".into(),
         };
-        let mut s = WizardState::new(None);
+        let mut s = WizardState::new(None, Vec::new());
         s.memory_mib = 1 << 30;
         s.vcpus = 200;
         s.cmdline = "x".repeat(MAX_CMDLINE_LEN);
@@ -687,7 +1101,7 @@ mod tests {
         let cap = HostCapability::NoKvm {
             reason: "test".into(),
         };
-        let mut s = WizardState::new(None);
+        let mut s = WizardState::new(None, Vec::new());
         s.source = OsSource::DefaultLinux;
         s.name = "x".into();
         let e = validate(&s, &world(&machines, &cap), host());

@@ -41,6 +41,12 @@ impl ConfigDir {
         self.dir.as_path()
     }
 
+    /// A private Hangar data directory inside it (templates, the disks
+    /// Hangar makes for machines); created on first use by the app.
+    pub fn data(&self) -> PathBuf {
+        self.path().join("data")
+    }
+
     /// Where machine definitions live.
     pub fn machines(&self) -> PathBuf {
         self.path().join("machines")
@@ -207,6 +213,7 @@ impl Default for DataDir {
 pub fn gui(config_dir: &ConfigDir) -> Gui {
     gui_with(AppEnv {
         config_dir: config_dir.path().to_path_buf(),
+        data_dir: Some(config_dir.data()),
         kit: None,
         containers: no_containers(),
     })
@@ -216,6 +223,7 @@ pub fn gui(config_dir: &ConfigDir) -> Gui {
 pub fn gui_with_containers(config_dir: &ConfigDir, data_dir: &DataDir) -> Gui {
     gui_with(AppEnv {
         config_dir: config_dir.path().to_path_buf(),
+        data_dir: Some(config_dir.data()),
         kit: None,
         containers: Ok(data_dir.setup()),
     })
