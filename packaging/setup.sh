@@ -6,16 +6,22 @@
 #   .../hangar/images-src/default/
 # and the Debian container image (debootstrap minbase of this host's suite,
 # from this host's apt mirror) into .../hangar/images-src/debian/, its plain
-# root tree kept in .../hangar/rootfs/debian-SUITE/.
+# root tree kept in .../hangar/rootfs/debian-SUITE/, and the "Debian 12" VM
+# template (a bookworm system with systemd, the kit kernel's modules and an
+# autologin root console, as a 4 GiB sparse ext4 disk image) into
+# .../hangar/templates/debian-12/disk.raw, its tree kept in
+# .../hangar/rootfs/debian-bookworm-vm/. The kit boots it with root=/dev/vda.
 #
 # Idempotent: a re-run checks installed packages with dpkg-query, the kit
 # against a stamp of the package versions it was built from and the Debian
-# root against a stamp of its recipe, suite and mirror, and does nothing
-# (needing no network) when all are current.
+# root and VM template against stamps of their recipes, suite and mirror,
+# and does nothing (needing no network) when all are current.
 #
-# Usage: packaging/setup.sh [--force-kit] [--force-debian] [--skip-packages] [--quiet]
+# Usage: packaging/setup.sh [--force-kit] [--force-debian] [--force-template]
+#                           [--skip-packages] [--quiet]
 #   --force-kit      rebuild the kit even if it is current
 #   --force-debian   debootstrap the Debian root (and its image) again
+#   --force-template debootstrap the Debian 12 VM template (and its disk) again
 #   --skip-packages  do not check or install apt packages
 #   --quiet          print only the summary line and errors
 #
@@ -37,6 +43,7 @@ log() {
 
 force_kit=0
 force_debian=0
+force_template=0
 skip_packages=0
 quiet=0
 orig_args=("$@")
@@ -44,10 +51,11 @@ while [[ $# -gt 0 ]]; do
     case $1 in
     --force-kit) force_kit=1 ;;
     --force-debian) force_debian=1 ;;
+    --force-template) force_template=1 ;;
     --skip-packages) skip_packages=1 ;;
     --quiet | -q) quiet=1 ;;
     -h | --help)
-        sed -n '2,25s/^# \{0,1\}//p' "$0"
+        sed -n '2,/^set -e/s/^# \{0,1\}//p' "$0"
         exit 0
         ;;
     *) die "unknown option '$1' (try --help)" ;;
@@ -211,6 +219,40 @@ kit_current() {
     [[ $(cat "$kit_dir/.stamp") == "$wanted_stamp" && $(cat "$kit_dir/VERSION") == "${kpkg#linux-image-}" ]]
 }
 
+# fetch_deb PACKAGE VERSION: prints the path of that exact .deb in the cache
+# (the kit and the VM template use the same kernel package), downloading it
+# when it is not there.
+fetch_deb() {
+    local pkg=$1 ver=$2 f
+    for f in "$deb_dir/${pkg}"_*.deb; do
+        [[ -f $f ]] || continue
+        if [[ $(dpkg-deb -f "$f" Package 2>/dev/null) == "$pkg" &&
+            $(dpkg-deb -f "$f" Version 2>/dev/null) == "$ver" ]]; then
+            echo "$f"
+            return 0
+        fi
+    done
+    log "downloading $pkg $ver"
+    mkdir -p "$deb_dir"
+    local dl
+    dl=$(mktemp -d "$deb_dir/download.XXXXXX")
+    local sandbox=()
+    # As root, apt drops to the _apt user, which cannot write a private
+    # home directory; download as root instead (as the user would).
+    [[ $EUID -ne 0 ]] || sandbox=(-o APT::Sandbox::User=root)
+    if ! (cd "$dl" && apt-get -qq "${sandbox[@]}" download "$pkg=$ver") >&2; then
+        rm -rf "$dl"
+        die "apt-get download $pkg=$ver failed (network to the package mirror? apt-get update?)"
+    fi
+    f=$(ls "$dl/${pkg}"_*.deb 2>/dev/null | head -n1 || true)
+    [[ -n $f ]] || { rm -rf "$dl"; die "apt-get download $pkg produced no .deb"; }
+    # Drop older versions of this package from the cache.
+    rm -f "$deb_dir/${pkg}"_*.deb
+    mv "$f" "$deb_dir/"
+    rm -rf "$dl"
+    echo "$deb_dir/$(basename "$f")"
+}
+
 kit_note=""
 if [[ $force_kit == 0 ]] && kit_current; then
     kit_note="up to date"
@@ -224,33 +266,6 @@ else
     build=$(mktemp -d "$data_dir/cache/build.XXXXXX")
     trap 'rm -rf "$build"' EXIT
 
-    # Find a cached .deb of the exact version, else download it.
-    fetch_deb() { # package version -> prints path
-        local pkg=$1 ver=$2 f
-        for f in "$deb_dir/${pkg}"_*.deb; do
-            [[ -f $f ]] || continue
-            if [[ $(dpkg-deb -f "$f" Package 2>/dev/null) == "$pkg" &&
-                $(dpkg-deb -f "$f" Version 2>/dev/null) == "$ver" ]]; then
-                echo "$f"
-                return 0
-            fi
-        done
-        log "downloading $pkg $ver"
-        local dl=$build/download
-        mkdir -p "$dl"
-        local sandbox=()
-        # As root, apt drops to the _apt user, which cannot write a private
-        # home directory; download as root instead (as the user would).
-        [[ $EUID -ne 0 ]] || sandbox=(-o APT::Sandbox::User=root)
-        (cd "$dl" && apt-get -qq "${sandbox[@]}" download "$pkg=$ver") >&2 ||
-            die "apt-get download $pkg=$ver failed (network to the package mirror? apt-get update?)"
-        f=$(ls "$dl/${pkg}"_*.deb 2>/dev/null | head -n1 || true)
-        [[ -n $f ]] || die "apt-get download $pkg produced no .deb"
-        # Drop older versions of this package from the cache.
-        rm -f "$deb_dir/${pkg}"_*.deb
-        mv "$f" "$deb_dir/"
-        echo "$deb_dir/$(basename "$f")"
-    }
     kdeb=$(fetch_deb "$kpkg" "$kpkg_ver")
     bbdeb=$(fetch_deb busybox-static "$bb_ver")
 
@@ -283,16 +298,22 @@ else
     done < <("$busybox" --list-full)
     [[ -L $root/sbin/init && -L $root/bin/cttyhack && -L $root/bin/sh && -L $root/sbin/modprobe ]] ||
         die "busybox-static lacks init, cttyhack, sh or modprobe"
-    # The kernel runs /init from an initramfs: busybox init, by its name.
-    ln -s /bin/busybox "$root/init"
+    # The kernel runs /init from an initramfs: a script that boots the disk
+    # named by root=, or else hands over to busybox init (written below).
 
     # Kernel modules the kit loads, with their dependencies, decompressed.
-    KIT_MODULES=(virtio_pci virtio_blk virtio_net virtio_console virtio_rng)
+    # virtio_mmio: QEMU microvm (the disk bench's peer) puts its disks there.
+    KIT_MODULES=(virtio_pci virtio_mmio virtio_blk virtio_net virtio_console virtio_rng)
+    # And those it loads only to boot from a disk (root=): ext4 (a module in
+    # Debian's kernel) and crc32c, which ext4's metadata checksums ask the
+    # crypto API for at mount time (loaded up front: the kernel's on-demand
+    # request would need modules.alias lookups from busybox's modprobe).
+    ROOT_MODULES=(ext4 crc32c_generic)
     kmods=$root/lib/modules/$kernel_release
     mkdir -p "$kmods"
     declare -A seen=()
     order=()
-    for m in "${KIT_MODULES[@]}"; do
+    for m in "${KIT_MODULES[@]}" "${ROOT_MODULES[@]}"; do
         deps=$(modprobe -d "$build/k" -S "$kernel_release" --show-depends --ignore-install "$m" 2>&1) ||
             die "cannot resolve module $m: $deps"
         while read -r verb path _; do
@@ -319,6 +340,131 @@ else
     # Busybox modprobe reads the text files; the binary indexes are dead weight.
     rm -f "$kmods"/*.bin "$kmods/modules.builtin.modinfo"
     printf '%s\n' "${KIT_MODULES[@]}" >"$root/etc/modules"
+    printf '%s\n' "${ROOT_MODULES[@]}" >"$root/etc/modules-root"
+
+    # /init: without root= it only reads the command line and execs busybox
+    # init, so the kit's own system starts exactly as it always did. With
+    # root=, it boots that disk's system (Debian's initramfs-tools would need
+    # the guest's own kernel package; this is the few lines it takes).
+    cat >"$root/init" <<'EOF'
+#!/bin/sh
+# Hangar guest kit: the kernel's first program. With root= on the kernel
+# command line it mounts that disk and hands the machine to the disk's init;
+# without root=, or when that disk cannot be booted, it starts the kit's own
+# busybox system.
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+
+# The kernel keeps root=, rootfstype=, rootdelay=, ro, rw and init= to itself
+# (they reach no argument or environment variable of ours): read /proc.
+mount -t proc -o nosuid,nodev,noexec proc /proc
+root='' fstype='' mode=ro init=/sbin/init delay=30
+set -f # the words are not file patterns
+for arg in $(cat /proc/cmdline); do
+    case $arg in
+    root=*) root=${arg#root=} ;;
+    rootfstype=*) fstype=${arg#rootfstype=} ;;
+    rootdelay=*) delay=${arg#rootdelay=} ;;
+    ro) mode=ro ;;
+    rw) mode=rw ;;
+    init=*) init=${arg#init=} ;;
+    esac
+done
+set +f
+if [ -z "$root" ]; then
+    umount /proc
+    exec /sbin/init "$@"
+fi
+# The kernel's words for init ("single", ...), for kit_system: plain words,
+# the kernel splits its command line at spaces.
+init_args=$*
+
+# kit_system REASON: says why the disk cannot be booted and starts the kit's
+# own system instead (a shell to look around, never a kernel panic: PID 1
+# must not exit).
+kit_system() {
+    echo "hangar: cannot boot from root=$root: $*"
+    echo "hangar: starting the kit's own system instead"
+    umount /newroot 2>/dev/null
+    umount /sys 2>/dev/null
+    umount /proc 2>/dev/null
+    # Last, and not through /dev/null: that open file would keep /dev busy.
+    umount /dev 2>&-
+    # shellcheck disable=SC2086 # words, split as the kernel split them
+    exec /sbin/init $init_args
+}
+
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+# Init marker for the VMM, as the kit's rcS writes it: byte 1 to 0x402.
+printf '\001' | dd of=/dev/port bs=1 seek=1026 count=1 conv=notrunc 2>/dev/null
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+failed=''
+for m in $(cat /etc/modules /etc/modules-root); do
+    modprobe "$m" 2>/dev/null || failed="$failed $m"
+done
+[ -z "$failed" ] || echo "hangar: modules that failed to load:$failed"
+
+# The disk appears once its driver has probed the device: poll for it.
+case $delay in '' | *[!0-9]*) delay=30 ;; esac
+tries=$((delay * 10)) dev=''
+while :; do
+    case $root in
+    /dev/*) [ ! -b "$root" ] || dev=$root ;;
+    LABEL=* | UUID=*) dev=$(findfs "$root" 2>/dev/null) || dev='' ;;
+    *) kit_system "root= must be /dev/NAME, LABEL=... or UUID=..." ;;
+    esac
+    [ -z "$dev" ] || break
+    [ "$tries" -gt 0 ] || kit_system "no such disk after $delay s (is a disk attached?)"
+    [ "$tries" -ne $((delay * 10)) ] || echo "hangar: waiting up to $delay s for $root"
+    tries=$((tries - 1))
+    sleep 0.1
+done
+
+mkdir -p /newroot
+if [ -n "$fstype" ]; then
+    mount -t "$fstype" -o "$mode" "$dev" /newroot
+else
+    mount -o "$mode" "$dev" /newroot
+fi || kit_system "cannot mount $dev ($mode${fstype:+, $fstype}; see the line above)"
+
+# in_newroot PATH: the path under /newroot that PATH names inside the disk's
+# system, following symbolic links as that system sees them (/sbin/init is
+# usually a link, absolute or through the usr-merge /sbin -> usr/sbin).
+in_newroot() {
+    done_='' rest=${1#/} links=0
+    while [ -n "$rest" ]; do
+        part=${rest%%/*}
+        case $rest in */*) rest=${rest#*/} ;; *) rest='' ;; esac
+        case $part in
+        '' | .) continue ;;
+        ..) done_=${done_%/*}; continue ;;
+        esac
+        if [ -L "/newroot$done_/$part" ]; then
+            links=$((links + 1))
+            [ "$links" -le 40 ] || return 1
+            target=$(readlink "/newroot$done_/$part")
+            case $target in /*) done_='' ;; esac
+            rest=${target#/}${rest:+/$rest}
+        else
+            done_=$done_/$part
+        fi
+    done
+    echo "/newroot$done_"
+}
+target=$(in_newroot "$init") && [ -f "$target" ] && [ -x "$target" ] ||
+    kit_system "$dev has no program $init to start (init= names another)"
+
+# The disk's system finds /dev, /proc and /sys already mounted.
+for d in dev proc sys; do
+    if [ -d "/newroot/$d" ]; then
+        mount --move "/$d" "/newroot/$d"
+    else
+        umount "/$d"
+    fi
+done
+echo "hangar: starting $init from $dev"
+exec switch_root /newroot "$init" "$@"
+EOF
+    chmod 0755 "$root/init"
 
     cat >"$root/etc/inittab" <<'EOF'
 # Hangar guest kit: busybox init.
@@ -796,6 +942,293 @@ build_debian_image() {
 }
 build_debian_image
 
+# ------------------------------------------------------ Debian 12 VM template --
+# The VM template `debian-12`: a bookworm system (systemd, udev, networkd)
+# that the kit's kernel boots with root=/dev/vda, as a sparse ext4 image of
+# the whole disk (no partition table: the kit mounts /dev/vda itself) in
+#   $data_dir/templates/debian-12/disk.raw
+# Hangar copies it (reflink or sparse copy) for each new VM, never boots it.
+# Two stages, each with its own stamp:
+#  - the tree: debootstrap of bookworm from this host's own mirror into
+#    $data_dir/rootfs/debian-bookworm-vm/ (debootstrap's output, less the
+#    package caches; stamp beside it), redone only when the package list,
+#    the mirror or the debootstrap step changes (or --force-template);
+#  - the disk: a throw-away copy of the tree gets the kit kernel's modules
+#    and the VM's configuration (template_configure), then mkfs.ext4 -d packs
+#    it (no mount, no loop device). Redone when the kit's kernel or the
+#    configuration changes. Configuring a copy keeps the stage repeatable: a
+#    file an older recipe wrote cannot linger in a newer disk.
+# Stamps hash the recipe functions' own text (declare -f), so editing a step
+# rebuilds what it makes, and editing anything else in this script does not.
+template_note=""
+TEMPLATE_ID=debian-12
+TEMPLATE_SUITE=bookworm
+TEMPLATE_SIZE=4G
+# systemd as init with udev (loads the drivers from the modules below), dbus
+# (logind, resolved), networkd's DHCP + resolved for DNS, and the few tools a
+# first login wants. e2fsprogs (resize2fs) is in minbase already.
+TEMPLATE_PACKAGES=(
+    systemd-sysv udev kmod dbus systemd-resolved
+    iproute2 iputils-ping netbase ca-certificates
+    procps less vim-tiny
+)
+# Module trees of hardware a VM does not have (sound, cameras and TV cards,
+# Wi-Fi, Bluetooth, InfiniBand, industrial I/O, the big GPU drivers): 170 of
+# the kernel's 390 MB. virtio, the rest of drm (virtio-gpu, bochs),
+# filesystems, netfilter and wired NICs stay.
+TEMPLATE_MODULES_SKIP=(
+    sound drivers/media drivers/net/wireless net/wireless net/mac80211
+    drivers/bluetooth net/bluetooth drivers/infiniband drivers/staging
+    drivers/iio drivers/comedi drivers/isdn
+    drivers/gpu/drm/amd drivers/gpu/drm/i915 drivers/gpu/drm/nouveau drivers/gpu/drm/radeon
+)
+
+# template_debootstrap TREE MIRROR KEYRING: the tree's first stage, as root.
+template_debootstrap() {
+    local tree=$1 mirror=$2 keyring=$3
+    local opts=(--variant=minbase "--include=$(IFS=,; echo "${TEMPLATE_PACKAGES[*]}")")
+    [[ $keyring == - ]] || opts+=("--keyring=$keyring")
+    debootstrap "${opts[@]}" "$TEMPLATE_SUITE" "$tree" "$mirror" || return 1
+    # No package caches or lists (apt fetches the lists on 'apt-get update');
+    # no copy of this host's resolv.conf.
+    rm -f "$tree"/var/cache/apt/archives/*.deb "$tree"/var/cache/apt/archives/partial/* \
+        "$tree"/var/cache/apt/*.bin "$tree/etc/resolv.conf"
+    rm -rf "$tree"/var/lib/apt/lists/*
+    mkdir -p "$tree/var/lib/apt/lists/partial"
+    [[ -x $tree/lib/systemd/systemd && -x $tree/sbin/resize2fs ]] ||
+        { echo "debootstrap left no systemd or resize2fs in $tree" >&2; return 1; }
+}
+
+# template_configure TREE RELEASE: makes the tree (a copy, with the kernel's
+# modules under lib/modules/RELEASE) a Hangar VM's system, as root.
+template_configure() {
+    set -euo pipefail
+    local t=$1 release=$2
+    cd "$t"
+    depmod -b . "$release"
+
+    echo debian >etc/hostname
+    printf '127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n' >etc/hosts
+    # The whole disk is the root file system: no partition table.
+    printf '# Hangar VM: the whole first disk is the root file system.\n/dev/vda\t/\text4\trw,relatime,errors=remount-ro\t0\t1\n' >etc/fstab
+    # Each VM made from the template gets its own machine id at its first
+    # boot (networkd's DHCP client id and the journal come from it).
+    : >etc/machine-id
+    rm -f var/lib/dbus/machine-id
+    ln -s /etc/machine-id var/lib/dbus/machine-id
+
+    # root is logged in on the serial console and the screen's first
+    # terminal; its password stays locked (no password logins at all until
+    # the owner sets one). The -o options are Debian's with -f (no password).
+    mkdir -p etc/systemd/system/serial-getty@ttyS0.service.d etc/systemd/system/getty@tty1.service.d
+    cat >etc/systemd/system/serial-getty@ttyS0.service.d/hangar-autologin.conf <<'EOF'
+# Hangar VM: root logged in on the serial console (the console is the owner's).
+[Service]
+ExecStart=
+ExecStart=-/sbin/agetty -o '-p -f -- \\u' --keep-baud --autologin root 115200,57600,38400,9600 - $TERM
+EOF
+    cat >etc/systemd/system/getty@tty1.service.d/hangar-autologin.conf <<'EOF'
+# Hangar VM: root logged in on the screen's first terminal.
+[Service]
+ExecStart=
+ExecStart=-/sbin/agetty -o '-p -f -- \\u' --noclear --autologin root - $TERM
+EOF
+    cat >>etc/motd <<'EOF'
+
+Hangar: root is logged in on the consoles without a password, and root's
+password is locked. Set one with 'passwd' before allowing remote logins.
+EOF
+
+    # DHCP on the (virtio) ethernet; resolved serves DNS from what DHCP gave
+    # through its stub. Without a network nothing waits: wait-online is
+    # masked, so boot never stalls on DHCP.
+    mkdir -p etc/systemd/network
+    cat >etc/systemd/network/20-hangar-dhcp.network <<'EOF'
+# Hangar VM: the ethernet (Hangar's user-mode network answers DHCP).
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+EOF
+    ln -sf ../run/systemd/resolve/stub-resolv.conf etc/resolv.conf
+
+    # C.UTF-8 is built into glibc (no locales package); without the file,
+    # pam_env logs an error at every login.
+    echo LANG=C.UTF-8 >etc/default/locale
+
+    # Errors (the level the kernel's `quiet` shows) from services go to the
+    # console too, where the VM's owner looks.
+    mkdir -p etc/systemd/journald.conf.d
+    cat >etc/systemd/journald.conf.d/hangar-console.conf <<'EOF'
+[Journal]
+ForwardToConsole=yes
+MaxLevelConsole=err
+EOF
+
+    # Hangar makes a VM's disk larger than the template: grow the file
+    # system to the disk on boot (a no-op once it fits, so a disk grown
+    # later is picked up too).
+    cat >etc/systemd/system/hangar-grow-root.service <<'EOF'
+[Unit]
+Description=Grow the root file system to the size of its disk
+After=systemd-remount-fs.service
+ConditionPathIsReadWrite=/
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'exec /sbin/resize2fs "$$(findmnt -n -o SOURCE /)"'
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+    # Power-off: Hangar's machines have no ACPI; the last step of systemd's
+    # shutdown writes the exit status to Hangar's exit port 0x403 (= 1027)
+    # instead. Elsewhere (QEMU) the write goes nowhere and the normal
+    # power-off follows.
+    mkdir -p usr/lib/systemd/system-shutdown
+    cat >usr/lib/systemd/system-shutdown/hangar-exit <<'EOF'
+#!/bin/sh
+# Hangar VM: stop the machine through Hangar's exit port on power-off.
+[ "$1" = poweroff ] || [ "$1" = halt ] || exit 0
+printf '\000' | dd of=/dev/port bs=1 seek=1027 count=1 conv=notrunc 2>/dev/null
+exit 0
+EOF
+    chmod 0755 usr/lib/systemd/system-shutdown/hangar-exit
+
+    chroot . systemctl enable --quiet systemd-networkd.service systemd-resolved.service \
+        hangar-grow-root.service serial-getty@ttyS0.service getty@tty1.service
+    # firstboot would ask for a locale, time zone and root password on the
+    # console at the first boot (the empty machine id makes it one).
+    chroot . systemctl mask --quiet systemd-networkd-wait-online.service systemd-firstboot.service
+}
+
+build_debian_template() {
+    local template_dir=$data_dir/templates/$TEMPLATE_ID
+    local image=$template_dir/disk.raw
+    if [[ $EUID -ne 0 ]] && ! command -v sudo >/dev/null; then
+        die "debootstrap needs root and sudo is not installed: run this script as root"
+    fi
+    command -v mkfs.ext4 >/dev/null || die "'mkfs.ext4' not found: run without --skip-packages to install it"
+
+    # The same mirror as the Debian image: bookworm is this host's suite, or
+    # another suite of the same (Debian) mirror.
+    host_debian_source
+    local keyring=$deb_keyring
+    if [[ $deb_suite != "$TEMPLATE_SUITE" ]]; then
+        local os_id
+        # shellcheck source=/dev/null
+        os_id=$(. /etc/os-release 2>/dev/null && echo "${ID:-}") || os_id=""
+        if [[ $os_id != debian ]]; then
+            template_note="skipped (the Debian 12 template is debootstrapped from a Debian mirror; this host's apt sources name $deb_suite)"
+            return 0
+        fi
+        keyring=- # debootstrap's own Debian keyring
+    fi
+
+    # The kernel whose modules go in: the one the kit was built from.
+    local kstamp kernel_pkg kernel_ver
+    kstamp=$(tr ' ' '\n' <"$kit_dir/.stamp" | sed -n 's/^kernel=//p')
+    kernel_pkg=${kstamp%%=*} kernel_ver=${kstamp#*=}
+    [[ -n $kernel_pkg && -n $kernel_ver && $kernel_pkg != "$kstamp" ]] ||
+        die "cannot read the kit's kernel from $kit_dir/.stamp: run with --force-kit"
+    local release=${kernel_pkg#linux-image-}
+
+    local tree=$data_dir/rootfs/debian-$TEMPLATE_SUITE-vm
+    local tree_stamp=$tree.stamp
+    local tree_recipe
+    tree_recipe=$( { declare -p TEMPLATE_SUITE TEMPLATE_PACKAGES; declare -f template_debootstrap; } |
+        sha256sum | cut -c1-16)
+    local tree_wanted="recipe=$tree_recipe suite=$TEMPLATE_SUITE mirror=$deb_mirror"
+    local tree_note=""
+    if [[ $force_template == 1 || ! -d $tree || ! -s $tree_stamp || $(head -n1 "$tree_stamp") != "$tree_wanted" ]]; then
+        mkdir -p "$data_dir/rootfs"
+        local new=$tree.new log=$tree.log
+        remove_tree "$new"
+        log "debootstrap --variant=minbase $TEMPLATE_SUITE with systemd for the VM template, from the host's mirror (a few minutes; log in $log)"
+        local t0 t1
+        t0=$(date +%s)
+        # shellcheck disable=SC2016 # $1.. are the inner shell's
+        if ! as_root env PATH="/usr/sbin:/sbin:$PATH" bash -c "$(declare -p TEMPLATE_SUITE TEMPLATE_PACKAGES; declare -f template_debootstrap)"'
+            template_debootstrap "$@"' bash "$new" "$deb_mirror" "$keyring" >"$log" 2>&1; then
+            tail -n 15 "$log" >&2
+            [[ ! -f $new/debootstrap/debootstrap.log ]] || as_root tail -n 15 "$new/debootstrap/debootstrap.log" >&2 || true
+            remove_tree "$new"
+            die "debootstrap of $TEMPLATE_SUITE from $deb_mirror failed (network to the package mirror? see the lines above and $log)"
+        fi
+        t1=$(date +%s)
+        umount_below "$new"
+        local old=$tree.old
+        remove_tree "$old"
+        rm -f "$tree_stamp"
+        [[ ! -e $tree ]] || mv "$tree" "$old"
+        mv "$new" "$tree"
+        remove_tree "$old"
+        printf '%s\nbuilt=%s\n' "$tree_wanted" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$tree_stamp"
+        tree_note=" debootstrapped in $((t1 - t0)) s,"
+    fi
+
+    local disk_recipe
+    disk_recipe=$( { declare -p TEMPLATE_SIZE TEMPLATE_MODULES_SKIP; declare -f template_configure; } |
+        sha256sum | cut -c1-16)
+    local disk_wanted
+    disk_wanted="disk-recipe=$disk_recipe kernel=$kernel_pkg=$kernel_ver $(paste -sd' ' "$tree_stamp")"
+    if [[ -s $image && -s $template_dir/.stamp && $(cat "$template_dir/.stamp") == "$disk_wanted" ]]; then
+        template_note="$TEMPLATE_SUITE$tree_note up to date"
+        return 0
+    fi
+
+    log "making the Debian 12 disk: the tree, $release's modules and the VM's configuration"
+    local t0 t1
+    t0=$(date +%s%N)
+    local kdeb
+    kdeb=$(fetch_deb "$kernel_pkg" "$kernel_ver")
+    mkdir -p "$data_dir/cache" "$template_dir"
+    # A copy that an interrupted run left behind goes first (root-owned:
+    # remove_tree), then this run's is made.
+    local work
+    for work in "$data_dir"/cache/template.*; do
+        [[ ! -d $work ]] || remove_tree "$work"
+    done
+    work=$(mktemp -d "$data_dir/cache/template.XXXXXX")
+    as_root cp -a --reflink=auto "$tree" "$work/root" || die "cannot copy $tree"
+    # The modules from the kernel package: only lib/modules, through the
+    # tree's usr-merge lib -> usr/lib link, without the skipped trees.
+    local excludes=() d
+    for d in "${TEMPLATE_MODULES_SKIP[@]}"; do
+        excludes+=("--exclude=./lib/modules/$release/kernel/$d")
+    done
+    dpkg-deb --fsys-tarfile "$kdeb" |
+        as_root tar -x -C "$work/root" --keep-directory-symlink --anchored "${excludes[@]}" \
+            "./lib/modules/$release" || die "cannot unpack the modules of $kdeb"
+    # shellcheck disable=SC2016 # $1.. are the inner shell's
+    as_root env PATH="/usr/sbin:/sbin:$PATH" bash -c "$(declare -f template_configure)"'
+        template_configure "$@"' bash "$work/root" "$release" ||
+        die "cannot configure the VM template in $work/root"
+
+    # The image: sparse, its size fixed; mkfs -d copies the tree with its
+    # owners, modes, device nodes, hard links and extended attributes.
+    local new_image=$image.new
+    as_root rm -f "$new_image"
+    # (-q still says "Creating regular file" on stdout.)
+    as_root mkfs.ext4 -q -F -L hangar-root -d "$work/root" "$new_image" "$TEMPLATE_SIZE" >/dev/null ||
+        die "mkfs.ext4 -d could not pack $work/root into $new_image"
+    [[ $EUID -eq 0 ]] || as_root chown "$(id -u):$(id -g)" "$new_image"
+    chmod 0644 "$new_image"
+    remove_tree "$work"
+    rm -f "$template_dir/.stamp"
+    mv "$new_image" "$image"
+    printf 'Debian 12 (%s %s), kernel %s\n' "$TEMPLATE_SUITE" \
+        "$(cat "$tree/etc/debian_version" 2>/dev/null || echo '?')" "$release" >"$template_dir/VERSION"
+    echo "$disk_wanted" >"$template_dir/.stamp"
+    t1=$(date +%s%N)
+    local used_kib
+    used_kib=$(du -k "$image" | cut -f1)
+    template_note="$TEMPLATE_SUITE$tree_note disk made in $(((t1 - t0) / 1000000000)).$((((t1 - t0) / 100000000) % 10)) s ($TEMPLATE_SIZE, $((used_kib / 1024)) MiB allocated)"
+}
+build_debian_template
+
 # ---------------------------------------------------------- rootless cgroup --
 # A normal user's containers need a cgroup of their own on hosts whose
 # controllers are cgroup v1 (on v2 systemd delegates one). Root needs none.
@@ -811,4 +1244,4 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 elapsed_ms=$((($(date +%s%N) - start_s) / 1000000))
-echo "$prog: ready in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000)) | cut -c1) s: $pkg_note; kit $(cat "$kit_dir/VERSION") $kit_note in $kit_dir; image default $image_note; image debian $debian_note; rootless containers: $cgroup_note"
+echo "$prog: ready in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000)) | cut -c1) s: $pkg_note; kit $(cat "$kit_dir/VERSION") $kit_note in $kit_dir; image default $image_note; image debian $debian_note; template debian-12 $template_note; rootless containers: $cgroup_note"
