@@ -37,7 +37,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::{
     ActivateError, ActiveQueue, QueueInterrupt, VirtioDevice, VirtioDeviceState, VIRTIO_ID_NET,
 };
-use super::worker::{IoWorker, WorkerLoop, WorkerPoll};
+use super::worker::{IoWorker, StuckRing, WorkerLoop, WorkerPoll};
 use super::IoCounters;
 use crate::devices::bus::lock;
 
@@ -590,6 +590,7 @@ impl NetLoop {
             return;
         }
         let mut used_any = false;
+        let mut tx_stuck = StuckRing::default();
         let result = loop {
             if let Err(e) = self.tx.disable_notification(&*self.memory) {
                 break Err(e);
@@ -605,6 +606,7 @@ impl NetLoop {
                 let Some(chain) = self.tx.pop_descriptor_chain(&*memory) else {
                     break;
                 };
+                tx_stuck.popped();
                 let head = chain.head_index();
                 self.send_frame(backend, chain);
                 // The device writes nothing into a transmit chain.
@@ -631,7 +633,11 @@ impl NetLoop {
             }
             // True when the driver added more while notifications were off.
             match self.tx.enable_notification(&*self.memory) {
-                Ok(true) => continue,
+                Ok(true) => {
+                    if let Err(e) = tx_stuck.check(&self.tx, &self.memory) {
+                        break Err(e);
+                    }
+                }
                 Ok(false) => break Ok(()),
                 Err(e) => break Err(e),
             }
@@ -716,6 +722,7 @@ impl NetLoop {
     fn process_rx(&mut self, backend: &mut Backend) {
         let mut used_any = false;
         let mut notifications_off = false;
+        let mut rx_stuck = StuckRing::default();
         loop {
             match backend.next_frame() {
                 RxFrame::Corrupt(len) => {
@@ -751,7 +758,12 @@ impl NetLoop {
                     let Some(chain) = self.rx.pop_descriptor_chain(&*memory) else {
                         match self.rx.enable_notification(&*self.memory) {
                             // Buffers came while notifications were off.
-                            Ok(true) => continue,
+                            Ok(true) => {
+                                if let Err(e) = rx_stuck.check(&self.rx, &self.memory) {
+                                    self.rx_ring_broken(e);
+                                }
+                                continue;
+                            }
                             Ok(false) => {
                                 self.waiting_for_rx_buffers = true;
                                 break;
@@ -762,6 +774,7 @@ impl NetLoop {
                             }
                         }
                     };
+                    rx_stuck.popped();
                     let head = chain.head_index();
                     let used = match self.write_frame(chain, &backend.rx[start..start + len]) {
                         RxOutcome::Delivered(n) => {

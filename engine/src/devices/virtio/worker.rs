@@ -136,9 +136,11 @@ pub fn drain_queue(
     mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
 ) -> Result<bool, virtio_queue::Error> {
     let mut used_any = false;
+    let mut stuck = StuckRing::default();
     loop {
         queue.disable_notification(memory)?;
         while let Some(chain) = queue.pop_descriptor_chain(memory) {
+            stuck.popped();
             let head = chain.head_index();
             let used = serve(chain);
             queue.add_used(memory, head, used)?;
@@ -148,12 +150,39 @@ pub fn drain_queue(
         if !queue.enable_notification(memory)? {
             break;
         }
-        // An avail index further ahead than the ring is long pops nothing
-        // yet always says "more": the ring is corrupt, not busy.
-        let ahead = queue.avail_idx(memory, Ordering::Acquire)? - Wrapping(queue.next_avail());
-        if ahead.0 > queue.size() {
-            return Err(virtio_queue::Error::InvalidAvailRingIndex);
-        }
+        stuck.check(queue, memory)?;
     }
     Ok(used_any && queue.needs_notification(memory)?)
+}
+
+/// Tells a ring that keeps saying "more" with nothing to pop (an avail
+/// index further ahead than the ring is long, or a head the queue refuses)
+/// from a busy one: the first would spin an I/O thread forever.
+#[derive(Default)]
+pub(crate) struct StuckRing {
+    /// "More" answers since the last chain popped.
+    idle: u32,
+}
+
+impl StuckRing {
+    /// A chain was popped.
+    pub(crate) fn popped(&mut self) {
+        self.idle = 0;
+    }
+
+    /// `enable_notification` said more is there: an error once that is
+    /// plainly false. One empty round is allowed (a driver publishing just
+    /// after our last pop; the next round pops it).
+    pub(crate) fn check(
+        &mut self,
+        queue: &Queue,
+        memory: &GuestMemoryMmap,
+    ) -> Result<(), virtio_queue::Error> {
+        self.idle += 1;
+        let ahead = queue.avail_idx(memory, Ordering::Acquire)? - Wrapping(queue.next_avail());
+        if ahead.0 > queue.size() || self.idle > 2 {
+            return Err(virtio_queue::Error::InvalidAvailRingIndex);
+        }
+        Ok(())
+    }
 }
