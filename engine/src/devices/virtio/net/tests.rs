@@ -549,3 +549,29 @@ fn slow_backend_leaves_transmit_chains_in_the_ring() {
     h.tx.wait_used(N);
     assert_eq!(h.dev.tx_dropped(), 0);
 }
+
+/// A transmit ring whose avail index runs further ahead than the ring is
+/// long pops nothing yet always says "more": the card gives that ring up
+/// instead of spinning, and still receives.
+#[test]
+fn avail_index_far_ahead_breaks_the_ring_without_spinning() {
+    let mem = memory();
+    let mut h = harness_named(&mem, "net-stuck-ring");
+    h.tx.q.avail().idx().store(QSIZE * 3);
+    h.tx.kick();
+    std::thread::sleep(Duration::from_millis(50));
+    let before = worker_cpu_ticks("net-stuck-ring");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        worker_cpu_ticks("net-stuck-ring") - before <= 3,
+        "the I/O thread spins on a corrupt ring"
+    );
+    assert_eq!(h.tx.used_idx(), 0);
+    // The receive side is a different ring and goes on working.
+    let f = frame(80, 9);
+    h.rx.post(&[(BUF, 1526, WRITE)]);
+    h.rx.kick();
+    h.backend_send(&f);
+    h.rx.wait_used(1);
+    h.assert_received(BUF, &f);
+}
