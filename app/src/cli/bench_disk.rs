@@ -72,7 +72,7 @@ pub fn disk(args: DiskBenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the hangar binary")?;
     let timeout = Duration::from_secs(args.timeout);
     let script = format!(
-        "mkdir -p /mnt; for d in /dev/vda /dev/vdb; do mount -o ro $d /mnt 2>/dev/null && t=$d && break; done; \
+        "modprobe ext4; mkdir -p /mnt; for d in /dev/vda /dev/vdb; do mount -o ro $d /mnt 2>/dev/null && t=$d && break; done; \
          for d in /dev/vda /dev/vdb; do [ $d = \"$t\" ] || data=$d; done; \
          /mnt/diskbench $data {}; echo bench-end-$((6*7))",
         args.ops
