@@ -352,8 +352,8 @@ fn measure(mut cmd: Command, memory_mib: u32, timeout: Duration) -> anyhow::Resu
     Ok(s)
 }
 
-/// Kills the child however `measure` returns.
-struct KillOnDrop(Child);
+/// Kills the child however a measurement ends.
+pub(super) struct KillOnDrop(pub(super) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -12,14 +12,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hangar_engine::{DefaultKit, HostProbe};
 
-use super::bench::median;
+use super::bench::{median, KillOnDrop};
 
 /// The kit's shell prompt on the serial console.
 const PROMPT: &str = "hangar:~#";
@@ -174,16 +174,6 @@ fn boots(
     match first_error {
         Some(e) if samples.is_empty() => Err(e.context(format!("every {name} run failed"))),
         _ => Ok(samples),
-    }
-}
-
-/// Kills the child however the boot ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
