@@ -74,6 +74,12 @@ pub enum DiskError {
         /// The size asked for.
         requested: u64,
     },
+    /// Another running machine has the disk open.
+    #[error(
+        "{0} is in use by another running machine; stop it first \
+         (two machines writing one disk would corrupt it)"
+    )]
+    InUse(PathBuf),
     /// An overlay smaller than the disk it is built on.
     #[error(
         "the new disk ({size} bytes) cannot be smaller than the disk it is based on \
@@ -231,6 +237,8 @@ pub fn create_overlay(
 /// if it must be bigger).
 pub fn grow(path: &Path, format: DiskFormat, new_size: u64) -> Result<(), DiskError> {
     check_size(new_size)?;
+    // Not under a running machine's feet.
+    let _lock = lock(path, true)?;
     match format {
         DiskFormat::Raw => {
             let file = OpenOptions::new()
@@ -252,6 +260,42 @@ pub fn grow(path: &Path, format: DiskFormat, new_size: u64) -> Result<(), DiskEr
             Ok(qcow2::grow_image(path, new_size)?)
         }
     }
+}
+
+/// A machine's claim on a disk image: an advisory `flock` held for as long
+/// as this lives. Writers hold it exclusively, readers shared, so two
+/// machines (in this process or in two Hangar processes) never write one
+/// image at once, and nobody grows a disk a machine is using.
+#[derive(Debug)]
+pub struct DiskLock {
+    _file: File,
+}
+
+/// Claim `path`: exclusively to write it, shared to only read it.
+/// [`DiskError::InUse`] when a machine holds a conflicting claim.
+pub fn lock(path: &Path, exclusive: bool) -> Result<DiskLock, DiskError> {
+    use std::os::unix::io::AsRawFd;
+    let file = File::open(path).map_err(io_error(path))?;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
+    // SAFETY: flock on a descriptor we own; it touches no memory of ours.
+    // flock locks belong to this open file description, so a second open
+    // in the same process conflicts with the first, as wanted.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            DiskError::InUse(path.to_owned())
+        } else {
+            DiskError::Io {
+                path: path.to_owned(),
+                source: e,
+            }
+        });
+    }
+    Ok(DiskLock { _file: file })
 }
 
 /// Open a VM's disk for its virtio-blk device, in the format its definition
@@ -454,6 +498,30 @@ mod tests {
         let plain = dir.join("plain.img");
         create(&plain, DiskFormat::Raw, 1 << 20).unwrap();
         assert!(inspect_as(&plain, DiskFormat::Qcow2).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn test_a_disk_has_one_writer_or_many_readers() {
+        let dir = temp_dir("lock");
+        let path = dir.join("d.img");
+        create(&path, DiskFormat::Raw, 1 << 20).unwrap();
+        let writer = lock(&path, true).unwrap();
+        assert!(matches!(lock(&path, true), Err(DiskError::InUse(_))));
+        assert!(matches!(lock(&path, false), Err(DiskError::InUse(_))));
+        // Nor can it grow under the machine using it.
+        assert!(matches!(
+            grow(&path, DiskFormat::Raw, 2 << 20),
+            Err(DiskError::InUse(_))
+        ));
+        drop(writer);
+        let r1 = lock(&path, false).unwrap();
+        let _r2 = lock(&path, false).unwrap();
+        assert!(matches!(lock(&path, true), Err(DiskError::InUse(_))));
+        drop(r1);
+        drop(_r2);
+        grow(&path, DiskFormat::Raw, 2 << 20).unwrap();
+        assert!(lock(&path, true).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -24,7 +24,7 @@ pub use config::{
 };
 pub use devices::i8042::MouseButtons;
 pub use devices::keymap::GuestKey;
-pub use disks::{DiskError, DiskInfo};
+pub use disks::{DiskError, DiskInfo, DiskLock};
 pub use display::{DirtyRect, Display, DisplayError, Frame};
 pub use engine::{
     Command, Engine, EngineError, Event, ExitReason, VcpuStats, VmId, VmState, VmStats,

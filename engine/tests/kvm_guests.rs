@@ -1007,3 +1007,49 @@ fn network_port_in_use_is_a_clear_error() {
         "{message}"
     );
 }
+
+/// Two running machines never write one disk: the second one's start
+/// fails and says the disk is in use; once the first has stopped, the
+/// disk is free again.
+#[test]
+fn a_disk_in_use_by_a_running_machine_cannot_be_started_twice() {
+    require_kvm!();
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hangar-disk-lock-").unwrap();
+    let image = dir.as_path().join("shared.raw");
+    std::fs::write(&image, vec![0u8; 64 * 512]).unwrap();
+    let with_disk = |name: &str| VmConfig {
+        name: name.into(),
+        vcpus: 1,
+        memory_mib: 64,
+        kernel: guest("echo"),
+        initrd: None,
+        cmdline: String::new(),
+        display: None,
+        disks: vec![DiskConfig {
+            path: image.clone(),
+            format: DiskFormat::Raw,
+            read_only: false,
+        }],
+        network: None,
+    };
+    let mut h = Harness::new();
+    let first = h.start_config(VmId("first".into()), with_disk("first"));
+    h.wait_serial(&first, "ready\n");
+    let second = h.start_config(VmId("second".into()), with_disk("second"));
+    let reason = h.wait_exit(&second);
+    let ExitReason::Failed(message) = reason else {
+        panic!("the second machine started on a disk in use: {reason:?}");
+    };
+    assert!(message.contains("in use"), "{message}");
+    h.type_in(&first, "q");
+    assert_eq!(h.wait_exit(&first), ExitReason::GuestExit(7));
+    let third = h.start_config(VmId("third".into()), with_disk("third"));
+    h.wait_serial(&third, "ready\n");
+    h.type_in(&third, "q");
+    assert_eq!(
+        h.wait_exit(&third),
+        ExitReason::GuestExit(7),
+        "{}",
+        h.history()
+    );
+}

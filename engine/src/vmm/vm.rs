@@ -230,6 +230,8 @@ struct Machine {
     framebuffer: Option<GuestFramebuffer>,
     /// The network backend, stopped after the devices.
     passt: Option<Passt>,
+    /// The claims on the disk images, released when the machine goes.
+    _disk_locks: Vec<crate::disks::DiskLock>,
     devices: DeviceManager,
     serial_out: Arc<Mutex<Vec<u8>>>,
     vcpus: Vec<VcpuThread>,
@@ -567,7 +569,15 @@ fn build(
     )?;
     let vm = Arc::new(vm);
     let routing: Arc<dyn MsiRouting> = Arc::new(KvmMsiRouting::new(vm.clone()));
+    let mut disk_locks = Vec::with_capacity(config.disks.len());
     for (i, disk) in config.disks.iter().enumerate() {
+        // Claimed before opening: another running machine may be writing it.
+        disk_locks.push(
+            crate::disks::lock(&disk.path, !disk.read_only).map_err(|e| VmError::Disk {
+                path: disk.path.clone(),
+                reason: error_chain(&e),
+            })?,
+        );
         let backend = open_disk(disk)?;
         let name = format!("virtio-blk{i}");
         // The serial shows in the guest's /dev/disk/by-id.
@@ -660,6 +670,7 @@ fn build(
         memory,
         framebuffer,
         passt,
+        _disk_locks: disk_locks,
         devices,
         serial_out,
         vcpus,
