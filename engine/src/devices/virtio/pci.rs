@@ -170,6 +170,8 @@ pub struct VirtioPciState {
     pub queues: Vec<QueueRegisters>,
     /// ISR status bits.
     pub isr: u8,
+    /// The device's own state (a disk's or a network card's).
+    pub device: super::device::VirtioDeviceState,
 }
 
 /// MSI-X state shared by the transport (guest writes) and the device's
@@ -434,6 +436,7 @@ impl VirtioPciDevice {
             config_vector: v.config_vector,
             queues: self.queues.clone(),
             isr: self.interrupts.isr.load(Ordering::Acquire),
+            device: self.device.state(),
         }
     }
 

@@ -602,6 +602,13 @@ fn test_accepted_subset_keeps_features_ok_and_reaches_the_device() {
     assert_eq!(read_driver_features(&mut r.dev), want);
     // The device-specific part reached the disk.
     assert_eq!(blk_state(&r.dev).acked_features & F_FLUSH, F_FLUSH);
+    // And the transport's snapshot carries it, through serde and back.
+    let state = r.dev.state();
+    assert_eq!(state.driver_features, want);
+    assert_eq!(state.device, VirtioDeviceState::Blk(blk_state(&r.dev)));
+    let json = serde_json::to_string(&state).unwrap();
+    let back: crate::devices::virtio::VirtioPciState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, state);
 
     // Everything offered is a subset too.
     let s = negotiate(&mut r.dev, offered);
