@@ -206,10 +206,24 @@ fn runs(
     timeout: Duration,
     command: impl Fn() -> Command,
 ) -> anyhow::Result<Vec<Sample>> {
+    repeat(name, count, command, |cmd| {
+        measure(cmd, memory_mib, timeout)
+    })
+}
+
+/// Run `measure` on `count` fresh commands; each result is printed as
+/// `NAME run I: …` (the nested lane shows these as progress). A failed run
+/// is reported and left out, unless every run fails.
+pub(super) fn repeat<S: std::fmt::Debug>(
+    name: &str,
+    count: usize,
+    command: impl Fn() -> Command,
+    measure: impl Fn(Command) -> anyhow::Result<S>,
+) -> anyhow::Result<Vec<S>> {
     let mut samples = Vec::new();
     let mut first_error = None;
     for i in 1..=count {
-        match measure(command(), memory_mib, timeout) {
+        match measure(command()) {
             Ok(s) => {
                 eprintln!("{name} run {i}: {s:?}");
                 samples.push(s);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use hangar_engine::{DefaultKit, HostProbe};
 
-use super::bench::{median, KillOnDrop};
+use super::bench::{median, repeat, KillOnDrop};
 
 /// The kit's shell prompt on the serial console.
 const PROMPT: &str = "hangar:~#";
@@ -157,24 +157,7 @@ fn boots(
     script: &str,
     command: impl Fn() -> Command,
 ) -> anyhow::Result<Vec<Sample>> {
-    let mut samples = Vec::new();
-    let mut first_error = None;
-    for i in 1..=count {
-        match one_boot(command(), timeout, script) {
-            Ok(s) => {
-                eprintln!("{name} run {i}: {s:?} ms");
-                samples.push(s);
-            }
-            Err(e) => {
-                eprintln!("{name} run {i}: failed: {e:#}");
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    match first_error {
-        Some(e) if samples.is_empty() => Err(e.context(format!("every {name} run failed"))),
-        _ => Ok(samples),
-    }
+    repeat(name, count, command, |cmd| one_boot(cmd, timeout, script))
 }
 
 fn one_boot(mut cmd: Command, timeout: Duration, script: &str) -> anyhow::Result<Sample> {
