@@ -150,35 +150,8 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         let theirs = runs("qemu", args.runs, args.memory, timeout, || {
-            let mut cmd = Command::new("qemu-system-x86_64");
-            cmd.args([
-                "-M",
-                "microvm",
-                "-accel",
-                "kvm",
-                "-cpu",
-                "host",
-                "-smp",
-                "1",
-                "-nodefaults",
-                "-no-user-config",
-                "-nographic",
-                "-serial",
-                "stdio",
-                "-no-reboot",
-            ])
-            .args(QEMU_INIT_MARKER_ARGS)
-            .args([
-                "-m",
-                &args.memory.to_string(),
-                "-append",
-                &cmdline,
-                "-kernel",
-            ])
-            .arg(&kernel);
-            if let Some(i) = &initrd {
-                cmd.arg("-initrd").arg(i);
-            }
+            let mut cmd = qemu_microvm(args.memory, &kernel, initrd.as_deref(), &cmdline);
+            cmd.args(QEMU_INIT_MARKER_ARGS);
             cmd
         })?;
         report("qemu -M microvm", &theirs, args.runs);
@@ -240,7 +213,44 @@ pub(super) fn repeat<S: std::fmt::Debug>(
     }
 }
 
-fn qemu_can_run(cap: &hangar_engine::HostCapability) -> bool {
+/// QEMU's microvm with KVM, one vCPU, serial on stdio, no devices but what
+/// the caller adds: the peer both benches measure Hangar against.
+pub(super) fn qemu_microvm(
+    memory_mib: u32,
+    kernel: &std::path::Path,
+    initrd: Option<&std::path::Path>,
+    cmdline: &str,
+) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-M",
+        "microvm",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-m",
+    ])
+    .arg(memory_mib.to_string())
+    .args(["-append", cmdline])
+    .arg("-kernel")
+    .arg(kernel);
+    if let Some(i) = initrd {
+        cmd.arg("-initrd").arg(i);
+    }
+    cmd
+}
+
+/// Whether the QEMU peer can run here: Linux guests and a QEMU binary.
+pub(super) fn qemu_can_run(cap: &hangar_engine::HostCapability) -> bool {
     cap.can_run_linux()
         && Command::new("qemu-system-x86_64")
             .arg("--version")
@@ -484,6 +494,32 @@ mod tests {
                 Line::Err(s, _) => format!("err {s:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn test_qemu_microvm_command_line() {
+        let args = |c: &Command| -> Vec<String> {
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let with = args(&qemu_microvm(
+            512,
+            std::path::Path::new("/k"),
+            Some(std::path::Path::new("/i")),
+            "console=ttyS0",
+        ));
+        let joined = with.join(" ");
+        assert!(
+            joined.starts_with("-M microvm -accel kvm -cpu host -smp 1"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-m 512 -append console=ttyS0 -kernel /k -initrd /i"),
+            "{joined}"
+        );
+        let without = args(&qemu_microvm(64, std::path::Path::new("/k"), None, ""));
+        assert!(!without.iter().any(|a| a == "-initrd"), "{without:?}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use hangar_engine::{DefaultKit, HostProbe};
 
-use super::bench::{median, repeat, KillOnDrop};
+use super::bench::{median, qemu_can_run, qemu_microvm, repeat, KillOnDrop};
 
 /// The kit's shell prompt on the serial console.
 const PROMPT: &str = "hangar:~#";
@@ -93,47 +93,29 @@ pub fn disk(args: DiskBenchArgs) -> anyhow::Result<ExitCode> {
     if args.no_qemu {
         return Ok(ExitCode::SUCCESS);
     }
-    if !cap.can_run_linux() {
+    if !qemu_can_run(&cap) {
         println!("qemu microvm: not run (needs hardware KVM, which this host lacks)");
         return Ok(ExitCode::SUCCESS);
     }
     let theirs = boots("qemu", args.runs, timeout, &script, || {
-        let mut c = Command::new("qemu-system-x86_64");
-        c.args([
-            "-M",
-            "microvm",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-smp",
-            "1",
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-m",
-        ])
-        .arg(args.memory.to_string())
-        .arg("-kernel")
-        .arg(&kit.kernel)
-        .arg("-initrd")
-        .arg(&kit.initrd)
-        .args(["-append", hangar_engine::kit::DEFAULT_CMDLINE])
-        .arg("-drive")
-        .arg(format!(
-            "id=tools,file={},format=raw,if=none,readonly=on",
-            args.tools.display()
-        ))
-        .args(["-device", "virtio-blk-device,drive=tools"])
-        .arg("-drive")
-        .arg(format!(
-            "id=data,file={},format=raw,if=none",
-            args.data.display()
-        ))
-        .args(["-device", "virtio-blk-device,drive=data"]);
+        let mut c = qemu_microvm(
+            args.memory,
+            &kit.kernel,
+            Some(&kit.initrd),
+            hangar_engine::kit::DEFAULT_CMDLINE,
+        );
+        c.arg("-drive")
+            .arg(format!(
+                "id=tools,file={},format=raw,if=none,readonly=on",
+                args.tools.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=tools"])
+            .arg("-drive")
+            .arg(format!(
+                "id=data,file={},format=raw,if=none",
+                args.data.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=data"]);
         c
     })?;
     report("qemu -M microvm", &theirs);
