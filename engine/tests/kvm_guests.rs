@@ -110,6 +110,36 @@ fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// A 64 MiB, 1-vCPU machine running test guest `guest_name`, without a
+/// screen, with these disks and network.
+fn guest_config(
+    name: &str,
+    guest_name: &str,
+    disks: Vec<DiskConfig>,
+    network: Option<NetworkConfig>,
+) -> VmConfig {
+    VmConfig {
+        name: name.into(),
+        vcpus: 1,
+        memory_mib: 64,
+        kernel: guest(guest_name),
+        initrd: None,
+        cmdline: String::new(),
+        display: None,
+        disks,
+        network,
+    }
+}
+
+/// A writable raw disk.
+fn raw_disk(path: &std::path::Path) -> DiskConfig {
+    DiskConfig {
+        path: path.to_path_buf(),
+        format: DiskFormat::Raw,
+        read_only: false,
+    }
+}
+
 /// One engine, its events so far, and helpers to wait on them.
 struct Harness {
     engine: Engine,
@@ -889,21 +919,12 @@ fn virtio_blk_guest_writes_the_image_through_pci_and_msix() {
     content[512..516].copy_from_slice(b"OLD!");
     std::fs::write(&image, &content).unwrap();
     let mut h = Harness::new();
-    let config = VmConfig {
-        name: "virtio-blk test".into(),
-        vcpus: 1,
-        memory_mib: 64,
-        kernel: guest("virtio-blk"),
-        initrd: None,
-        cmdline: String::new(),
-        display: None,
-        disks: vec![DiskConfig {
-            path: image.clone(),
-            format: DiskFormat::Raw,
-            read_only: false,
-        }],
-        network: None,
-    };
+    let config = guest_config(
+        "virtio-blk test",
+        "virtio-blk",
+        vec![raw_disk(&image)],
+        None,
+    );
     let vm = h.start_config(VmId("vblk".into()), config);
     let reason = h.wait_exit(&vm);
     let out = h.serial(&vm);
@@ -926,19 +947,10 @@ fn virtio_blk_guest_writes_the_image_through_pci_and_msix() {
 }
 
 fn echo_with_network(forwards: Vec<PortForward>) -> VmConfig {
-    VmConfig {
-        name: "network test".into(),
-        vcpus: 1,
-        memory_mib: 64,
-        kernel: guest("echo"),
-        initrd: None,
-        cmdline: String::new(),
-        display: None,
-        disks: Vec::new(),
-        network: Some(NetworkConfig {
-            port_forwards: forwards,
-        }),
-    }
+    let network = NetworkConfig {
+        port_forwards: forwards,
+    };
+    guest_config("network test", "echo", Vec::new(), Some(network))
 }
 
 /// A free port on 127.0.0.1 (bound, then released).
@@ -1017,21 +1029,7 @@ fn a_disk_in_use_by_a_running_machine_cannot_be_started_twice() {
     let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hangar-disk-lock-").unwrap();
     let image = dir.as_path().join("shared.raw");
     std::fs::write(&image, vec![0u8; 64 * 512]).unwrap();
-    let with_disk = |name: &str| VmConfig {
-        name: name.into(),
-        vcpus: 1,
-        memory_mib: 64,
-        kernel: guest("echo"),
-        initrd: None,
-        cmdline: String::new(),
-        display: None,
-        disks: vec![DiskConfig {
-            path: image.clone(),
-            format: DiskFormat::Raw,
-            read_only: false,
-        }],
-        network: None,
-    };
+    let with_disk = |name: &str| guest_config(name, "echo", vec![raw_disk(&image)], None);
     let mut h = Harness::new();
     let first = h.start_config(VmId("first".into()), with_disk("first"));
     h.wait_serial(&first, "ready\n");
