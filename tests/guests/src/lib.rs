@@ -76,6 +76,62 @@ macro_rules! entry {
     };
 }
 
+/// Define an interrupt entry stub `$entry` (for [`idt::set`]) that saves
+/// the caller-saved registers, calls `extern "C" fn $handler()` and irets.
+/// On entry RSP is 16-byte aligned minus 40 bytes (the CPU's frame); nine
+/// pushes re-align it for the call. The target is soft-float: there are no
+/// vector registers to save.
+#[macro_export]
+macro_rules! interrupt_entry {
+    ($entry:ident, $handler:path) => {
+        core::arch::global_asm!(
+            concat!(".section .text.", stringify!($entry), ", \"ax\""),
+            concat!(".global ", stringify!($entry)),
+            concat!(stringify!($entry), ":"),
+            "push rax",
+            "push rcx",
+            "push rdx",
+            "push rsi",
+            "push rdi",
+            "push r8",
+            "push r9",
+            "push r10",
+            "push r11",
+            "cld",
+            "call {handler}",
+            "pop r11",
+            "pop r10",
+            "pop r9",
+            "pop r8",
+            "pop rdi",
+            "pop rsi",
+            "pop rdx",
+            "pop rcx",
+            "pop rax",
+            "iretq",
+            handler = sym $handler,
+        );
+        extern "C" {
+            fn $entry();
+        }
+    };
+}
+
+// For the local APIC's spurious vector: nothing to do, no EOI.
+global_asm!(
+    r#"
+    .section .text.spurious_interrupt_entry, "ax"
+    .global spurious_interrupt_entry
+spurious_interrupt_entry:
+    iretq
+    "#
+);
+
+extern "C" {
+    /// An entry stub that only returns: for the spurious vector.
+    pub fn spurious_interrupt_entry();
+}
+
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     puts("guest panic\n");

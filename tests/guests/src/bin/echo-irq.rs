@@ -7,7 +7,6 @@
 #![no_std]
 #![no_main]
 
-use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use guest::{idt, ioapic, lapic};
@@ -23,49 +22,9 @@ const SERIAL_IOAPIC_PIN: u8 = 4;
 /// Set by the handler when `q` arrives.
 static QUIT: AtomicBool = AtomicBool::new(false);
 
-// Interrupt entry stubs. On entry RSP is 16-byte aligned minus 40 bytes (the
-// CPU's frame); nine pushes re-align it for the call. The target is
-// soft-float: there are no vector registers to save.
-global_asm!(
-    r#"
-    .section .text.serial_irq, "ax"
-    .global serial_irq_entry
-serial_irq_entry:
-    push rax
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push r8
-    push r9
-    push r10
-    push r11
-    cld
-    call serial_irq
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rax
-    iretq
-
-    .global spurious_irq_entry
-spurious_irq_entry:
-    iretq
-    "#
-);
-
-extern "C" {
-    fn serial_irq_entry();
-    fn spurious_irq_entry();
-}
+guest::interrupt_entry!(serial_irq_entry, serial_irq);
 
 /// Drain the receiver, echo, and acknowledge the interrupt.
-#[unsafe(no_mangle)]
 extern "C" fn serial_irq() {
     drain();
     lapic::eoi();
@@ -85,7 +44,7 @@ fn main() -> ! {
     // SAFETY: interrupts are off (`_start` cleared IF) while the IDT is built.
     unsafe {
         idt::set(SERIAL_VECTOR, serial_irq_entry);
-        idt::set(SPURIOUS_VECTOR, spurious_irq_entry);
+        idt::set(SPURIOUS_VECTOR, guest::spurious_interrupt_entry);
     }
     idt::load();
     lapic::enable(SPURIOUS_VECTOR);

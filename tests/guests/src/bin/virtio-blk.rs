@@ -14,7 +14,6 @@
 #![no_std]
 #![no_main]
 
-use core::arch::global_asm;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 
@@ -28,45 +27,8 @@ const QSIZE: usize = 8;
 
 static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
 
-global_asm!(
-    r#"
-    .section .text.virtio_irq, "ax"
-    .global virtio_irq_entry
-virtio_irq_entry:
-    push rax
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push r8
-    push r9
-    push r10
-    push r11
-    cld
-    call virtio_irq
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rax
-    iretq
+guest::interrupt_entry!(virtio_irq_entry, virtio_irq);
 
-    .global spurious_entry
-spurious_entry:
-    iretq
-    "#
-);
-
-extern "C" {
-    fn virtio_irq_entry();
-    fn spurious_entry();
-}
-
-#[unsafe(no_mangle)]
 extern "C" fn virtio_irq() {
     INTERRUPTS.fetch_add(1, Ordering::SeqCst);
     lapic::eoi();
@@ -265,7 +227,7 @@ fn main() -> ! {
     // SAFETY: interrupts are off; the entries are set before they are used.
     unsafe {
         idt::set(QUEUE_VECTOR, virtio_irq_entry);
-        idt::set(SPURIOUS_VECTOR, spurious_entry);
+        idt::set(SPURIOUS_VECTOR, guest::spurious_interrupt_entry);
     }
     idt::load();
     lapic::enable(SPURIOUS_VECTOR);
