@@ -119,7 +119,9 @@ fn pci_write32(dev: u8, reg: u8, value: u32) {
 
 fn outl(port: u16, value: u32) {
     // SAFETY: port I/O to the PCI configuration ports.
-    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) }
+    unsafe {
+        core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack))
+    }
 }
 
 fn inl(port: u16) -> u32 {
@@ -348,7 +350,13 @@ fn main() -> ! {
 /// One request of `kind` at `sector` with the 512-byte data buffer (read
 /// into when `device_writes`, written from `out` otherwise; no data for
 /// flush). Waits for its interrupt; returns the status byte.
-fn request(doorbell: usize, kind: u32, sector: u64, out: Option<&[u8; 512]>, device_writes: bool) -> u8 {
+fn request(
+    doorbell: usize,
+    kind: u32,
+    sector: u64,
+    out: Option<&[u8; 512]>,
+    device_writes: bool,
+) -> u8 {
     // SAFETY: the device only touches these between the doorbell and the
     // used-ring update we wait for.
     unsafe {
@@ -384,7 +392,10 @@ fn request(doorbell: usize, kind: u32, sector: u64, out: Option<&[u8; 512]>, dev
             next: 0,
         };
         let idx = read_volatile(addr_of!((*rings).avail.idx));
-        write_volatile(addr_of_mut!((*rings).avail.ring[usize::from(idx) % QSIZE]), 0);
+        write_volatile(
+            addr_of_mut!((*rings).avail.ring[usize::from(idx) % QSIZE]),
+            0,
+        );
         fence(Ordering::SeqCst);
         write_volatile(addr_of_mut!((*rings).avail.idx), idx.wrapping_add(1));
         fence(Ordering::SeqCst);
