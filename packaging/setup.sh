@@ -133,6 +133,24 @@ if [[ $skip_packages == 0 ]]; then
         fi
         rm -f "$apt_log"
         pkg_note="installed ${#missing[@]} packages"
+        # apt may remove a package of the list to make room for another (a
+        # machine with a backported qemu-utils loses it to bookworm's
+        # qemu-system-x86): install what went missing once more, from the
+        # same release as the rest.
+        mapfile -t missing < <(missing_packages "${PACKAGES[@]}")
+        if [[ ${#missing[@]} -gt 0 ]]; then
+            log "installing again (apt removed them): ${missing[*]}"
+            apt_log=$(mktemp)
+            if ! apt_install; then
+                tail -n 20 "$apt_log" >&2
+                rm -f "$apt_log"
+                die "apt-get install ${missing[*]} failed (see the lines above)"
+            fi
+            rm -f "$apt_log"
+            mapfile -t missing < <(missing_packages "${PACKAGES[@]}")
+            [[ ${#missing[@]} -eq 0 ]] ||
+                die "apt-get installed, yet these are not installed: ${missing[*]}"
+        fi
     else
         pkg_note="${#PACKAGES[@]} packages present"
     fi
