@@ -2,6 +2,7 @@
 //! control thread. Only [`crate::engine`] uses this module directly.
 
 pub mod boot;
+pub(crate) mod exit_history;
 pub(crate) mod framebuffer;
 pub(crate) mod irq_routing;
 pub(crate) mod passt;

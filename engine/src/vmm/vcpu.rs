@@ -15,10 +15,11 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kvm_bindings::kvm_run;
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::exit_history::{ExitHistory, ExitKind, ExitRecord};
 use crate::devices::{Bus, GuestRequest};
 use crate::engine::RegisterDump;
 
@@ -112,14 +113,20 @@ pub(crate) struct VcpuThread {
 }
 
 impl VcpuThread {
-    /// Start the thread; it runs the guest at once.
+    /// Start the thread; it runs the guest at once. `sync_regs`: KVM
+    /// offers `KVM_CAP_SYNC_REGS`, so every exit records the registers.
     pub(crate) fn spawn(
         index: u8,
-        vcpu: VcpuFd,
+        mut vcpu: VcpuFd,
         io_bus: Bus,
         mmio_bus: Bus,
         reports: ReportFn,
+        sync_regs: bool,
     ) -> std::io::Result<Self> {
+        if sync_regs {
+            vcpu.set_sync_valid_reg(SyncReg::Register);
+            vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let exits = Arc::new(AtomicU64::new(0));
         let exit_counter = exits.clone();
@@ -135,6 +142,8 @@ impl VcpuThread {
                     commands: rx,
                     mmio_reports: 0,
                     exits: exit_counter,
+                    history: ExitHistory::default(),
+                    sync_regs,
                 };
                 let outcome = runner.run();
                 (runner.reports)(VcpuReport::Exited(index, outcome));
@@ -215,6 +224,10 @@ struct VcpuRunner {
     commands: Receiver<VcpuCommand>,
     mmio_reports: u32,
     exits: Arc<AtomicU64>,
+    /// The last exits, for the report of a fatal one.
+    history: ExitHistory,
+    /// KVM copies the registers into kvm_run at every exit.
+    sync_regs: bool,
 }
 
 /// Clears the TLS pointer on every way out of the loop.
@@ -273,33 +286,53 @@ impl VcpuRunner {
 
     /// One `KVM_RUN` and its exit. Returns an outcome when the loop must end.
     fn run_once(&mut self) -> Option<VcpuOutcome> {
+        let number = self.exits.load(Ordering::Relaxed);
         let exit = match self.vcpu.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.vcpu.set_kvm_immediate_exit(0);
+                self.history
+                    .push(ExitRecord::plain(number, ExitKind::Interrupted));
+                self.sync_history_regs();
                 return None;
             }
-            Err(e) => return Some(self.fault(format!("KVM_RUN failed: {e}"))),
+            Err(e) => return Some(self.fatal(&format!("KVM_RUN failed: {e}"))),
         };
         self.exits.fetch_add(1, Ordering::Relaxed);
         // Copy what we need out of the exit: it borrows the vCPU.
-        match exit {
+        let outcome = match exit {
             VcpuExit::IoIn(port, data) => {
+                self.history.push(ExitRecord::access(
+                    number,
+                    ExitKind::PortIn,
+                    u64::from(port),
+                    data,
+                ));
                 if self.io_bus.read(u64::from(port), data).is_err() {
                     // Like an empty ISA bus: floating lines read all-ones.
                     data.fill(0xff);
                 }
                 None
             }
-            VcpuExit::IoOut(port, data) => match self.io_bus.write(u64::from(port), data) {
-                Ok(Some(req)) => self.guest_request(req),
-                Ok(None) => None,
-                Err(_) => {
-                    log::trace!("vcpu{}: write to unmapped port {port:#x}", self.index);
-                    None
+            VcpuExit::IoOut(port, data) => {
+                self.history.push(ExitRecord::access(
+                    number,
+                    ExitKind::PortOut,
+                    u64::from(port),
+                    data,
+                ));
+                match self.io_bus.write(u64::from(port), data) {
+                    Ok(Some(req)) => self.guest_request(req),
+                    Ok(None) => None,
+                    Err(_) => {
+                        log::trace!("vcpu{}: write to unmapped port {port:#x}", self.index);
+                        None
+                    }
                 }
-            },
+            }
             VcpuExit::MmioRead(addr, data) => {
+                self.history
+                    .push(ExitRecord::access(number, ExitKind::MmioRead, addr, data));
                 if self.mmio_bus.read(addr, data).is_err() {
                     data.fill(0xff);
                     let len = data.len();
@@ -308,23 +341,30 @@ impl VcpuRunner {
                 None
             }
             VcpuExit::MmioWrite(addr, data) => {
-                let what = format!("write of {} bytes to {addr:#x}", data.len());
+                self.history
+                    .push(ExitRecord::access(number, ExitKind::MmioWrite, addr, data));
+                let len = data.len();
                 match self.mmio_bus.write(addr, data) {
                     Ok(Some(req)) => self.guest_request(req),
                     Ok(None) => None,
                     Err(_) => {
-                        self.unknown_mmio(what);
+                        self.unknown_mmio(format!("write of {len} bytes to {addr:#x}"));
                         None
                     }
                 }
             }
-            VcpuExit::Intr => None,
+            VcpuExit::Intr => {
+                self.history
+                    .push(ExitRecord::plain(number, ExitKind::Interrupted));
+                None
+            }
             // With the in-kernel LAPIC, HLT waits in the kernel; an exit here
             // only means the kernel let go early. Just run again.
-            VcpuExit::Hlt => None,
-            VcpuExit::Shutdown => {
-                Some(self.fault("the guest triple-faulted (CPU shutdown)".to_string()))
+            VcpuExit::Hlt => {
+                self.history.push(ExitRecord::plain(number, ExitKind::Halt));
+                None
             }
+            VcpuExit::Shutdown => Some(self.fatal("the guest triple-faulted (CPU shutdown)")),
             VcpuExit::InternalError => {
                 let run = self.vcpu.get_kvm_run();
                 // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the
@@ -337,20 +377,59 @@ impl VcpuRunner {
                     3 => "KVM could not deliver an event",
                     _ => "KVM reported an internal error",
                 };
-                Some(self.fault(format!("{why} (internal error, suberror {suberror})")))
+                Some(self.fatal(&format!("{why} (internal error, suberror {suberror})")))
             }
-            VcpuExit::FailEntry(reason, cpu) => Some(self.fault(format!(
+            VcpuExit::FailEntry(reason, cpu) => Some(self.fatal(&format!(
                 "the CPU refused to enter the guest (hardware reason {reason:#x}, host cpu {cpu})"
             ))),
             VcpuExit::SystemEvent(kind, _) => match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => Some(VcpuOutcome::Reset),
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Some(VcpuOutcome::PowerOff(0)),
-                _ => Some(self.fault(format!("the guest crashed (system event {kind})"))),
+                _ => Some(self.fatal(&format!("the guest crashed (system event {kind})"))),
             },
             other => {
                 let what = format!("{other:?}");
-                Some(self.fault(format!("unexpected vCPU exit {what}")))
+                Some(self.fatal(&format!("unexpected vCPU exit {what}")))
             }
+        };
+        if outcome.is_none() {
+            self.sync_history_regs();
+        }
+        outcome
+    }
+
+    /// The registers KVM synced at this exit, for the history.
+    fn sync_history_regs(&mut self) {
+        if self.sync_regs {
+            let synced = self.vcpu.sync_regs();
+            self.history.set_regs(synced.regs, synced.sregs);
+        }
+    }
+
+    /// A fault that ends the VM, reported with the exits before it and the
+    /// registers at the last of them. The registers KVM holds after a
+    /// shutdown are the reset state on AMD, so those of the previous exit
+    /// are the last true picture; the message gives both.
+    fn fatal(&mut self, what: &str) -> VcpuOutcome {
+        let now = self.registers();
+        let exits = self.exits.load(Ordering::Relaxed);
+        let mut message = format!("{what} after {exits} exits");
+        if self.history.records().next().is_some() {
+            message.push_str(&format!(
+                "; the last ones, oldest first: {}",
+                self.history.summary()
+            ));
+        }
+        let at_last_exit = self
+            .history
+            .regs()
+            .map(|(regs, sregs)| register_dump(self.index, regs, sregs));
+        if let (Some(now), Some(_)) = (&now, &at_last_exit) {
+            message.push_str(&format!("; registers after it: {now}"));
+        }
+        VcpuOutcome::Fault {
+            message,
+            registers: at_last_exit.or(now),
         }
     }
 
@@ -379,27 +458,24 @@ impl VcpuRunner {
         (self.reports)(VcpuReport::GuestError { message, registers });
     }
 
-    fn fault(&mut self, message: String) -> VcpuOutcome {
-        VcpuOutcome::Fault {
-            message,
-            registers: self.registers(),
-        }
-    }
-
     fn registers(&self) -> Option<RegisterDump> {
         let regs = self.vcpu.get_regs().ok()?;
         let sregs = self.vcpu.get_sregs().ok()?;
-        Some(RegisterDump {
-            vcpu: self.index,
-            rip: regs.rip,
-            rsp: regs.rsp,
-            rflags: regs.rflags,
-            gprs: [
-                regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp,
-            ],
-            cr: [sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4],
-            efer: sregs.efer,
-            cs: sregs.cs.selector,
-        })
+        Some(register_dump(self.index, &regs, &sregs))
+    }
+}
+
+fn register_dump(vcpu: u8, regs: &kvm_regs, sregs: &kvm_sregs) -> RegisterDump {
+    RegisterDump {
+        vcpu,
+        rip: regs.rip,
+        rsp: regs.rsp,
+        rflags: regs.rflags,
+        gprs: [
+            regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp,
+        ],
+        cr: [sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4],
+        efer: sregs.efer,
+        cs: sregs.cs.selector,
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::boot::{self, BootError, BootSpec};
@@ -637,6 +637,9 @@ fn build(
         fds.push(fd);
     }
 
+    // Every exit then records the registers, for a useful report of a
+    // fatal one (see exit_history.rs).
+    let sync_regs = vm.check_extension(Cap::SyncRegs);
     install_kick_handler()
         .map_err(|e| VmError::Spawn(std::io::Error::from_raw_os_error(e.errno())))?;
     let mut vcpus = Vec::with_capacity(fds.len());
@@ -651,6 +654,7 @@ fn build(
             devices.io_bus().clone(),
             devices.mmio_bus().clone(),
             report,
+            sync_regs,
         );
         match thread {
             Ok(t) => vcpus.push(t),
