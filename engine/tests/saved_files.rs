@@ -1,0 +1,186 @@
+//! Files an earlier release saved still load: the machine definitions and
+//! container records in `tests/fixtures/saved-*/`, written by that release's
+//! app (`tests/fixtures/make-saved`), never edited by hand.
+
+// Test code: a failed step should panic with its error.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use hangar_engine::config::{DiskFormat, PortForward};
+use hangar_engine::containers::{
+    ContainerRuntime, ContainerState, HelperCommand, NetworkMode, RuntimePaths,
+};
+use hangar_engine::{MachineStore, StoredMachine, VmConfig};
+
+fn fixture(release: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(format!("saved-{release}"))
+}
+
+/// A copy of a fixture tree: loading may write (a record of a container
+/// that ended with the app is brought up to date), the fixture never.
+struct Copy(PathBuf);
+
+impl Copy {
+    fn of(src: &Path) -> Self {
+        let dst = std::env::temp_dir().join(format!("hangar-saved-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dst);
+        copy_tree(src, &dst);
+        Copy(dst)
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+fn machine<'a>(all: &'a [StoredMachine], id: &str) -> &'a VmConfig {
+    all.iter()
+        .find_map(|m| match m {
+            StoredMachine::Valid(d) if d.id == id => Some(&d.config),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no valid machine '{id}' in {all:?}"))
+}
+
+#[test]
+fn machine_definitions_of_release_0_1_load() {
+    let copy = Copy::of(&fixture("0.1"));
+    let all = MachineStore::open(&copy.0.join("config"))
+        .unwrap()
+        .load_all()
+        .unwrap();
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert!(
+        all.iter().all(|m| matches!(m, StoredMachine::Valid(_))),
+        "{all:?}"
+    );
+
+    // Disks added in the app: a qcow2 and a raw one.
+    let echo = machine(&all, "echo");
+    let disks: Vec<_> = echo.disks.iter().map(|d| (d.format, d.read_only)).collect();
+    assert_eq!(
+        disks,
+        [(DiskFormat::Qcow2, false), (DiskFormat::Raw, false)]
+    );
+    assert!(echo.disks[0].path.ends_with("machines/echo/disk-1.qcow2"));
+    assert_eq!(echo.display.map(|d| (d.width, d.height)), Some((1024, 768)));
+    assert_eq!(echo.network, None);
+
+    // Networking set in the app.
+    let chatter = machine(&all, "chatter");
+    let ports = &chatter.network.as_ref().unwrap().port_forwards;
+    assert_eq!(
+        ports,
+        &[PortForward {
+            host_port: 18082,
+            guest_port: 22
+        }]
+    );
+
+    // Created with no screen and two vCPUs.
+    let screenless = machine(&all, "fixture-screenless-cc7a94f4");
+    assert_eq!((screenless.vcpus, screenless.memory_mib), (2, 256));
+    assert_eq!(screenless.display, None);
+    assert_eq!(screenless.cmdline, "console=ttyS0 quiet");
+
+    // Created with everything: initrd, a read-only disk, a small screen, a port.
+    let full = machine(&all, "fixture-full-169d94b2");
+    assert!(full
+        .initrd
+        .as_ref()
+        .unwrap()
+        .ends_with("kit/initramfs.cpio.gz"));
+    assert!(full.disks[0].read_only);
+    assert_eq!(full.display.map(|d| (d.width, d.height)), Some((800, 600)));
+    assert_eq!(
+        full.network.as_ref().unwrap().port_forwards[0],
+        PortForward {
+            host_port: 18080,
+            guest_port: 80
+        }
+    );
+
+    // Cloned from the Debian 12 template.
+    let debian = machine(&all, "fixture-debian-bab93b57");
+    assert_eq!((debian.vcpus, debian.memory_mib), (2, 1024));
+    assert!(
+        debian.cmdline.contains("root=/dev/vda rw"),
+        "{}",
+        debian.cmdline
+    );
+    assert!(debian.disks[0]
+        .path
+        .ends_with("machines/fixture-debian-bab93b57/disk.raw"));
+    assert_eq!(debian.network.as_ref().unwrap().port_forwards, []);
+}
+
+#[test]
+fn container_records_of_release_0_1_load() {
+    let copy = Copy::of(&fixture("0.1"));
+    let data = copy.0.join("data");
+    let paths = RuntimePaths {
+        data_dir: data.clone(),
+        run_dir: data.join("run"),
+    };
+    let helper = HelperCommand {
+        program: env!("CARGO_BIN_EXE_hangar-container-helper").into(),
+        args: vec![],
+    };
+    let (rt, _events) = ContainerRuntime::new(paths, helper, || {}).unwrap();
+    let records = rt.previous_containers();
+    let ids: Vec<&str> = records.iter().map(|r| r.id.0.as_str()).collect();
+    assert_eq!(ids, ["419ab81b0142", "8d374ac1dd29"]);
+
+    // Exited by itself with code 3, pipes, limits and a read-only volume.
+    let exited = &records[0];
+    assert_eq!(rt.state(&exited.id), Some(ContainerState::Exited));
+    let exit = exited.exit.as_ref().unwrap();
+    assert_eq!(
+        (exit.code, exit.signal, exit.ended_with_app),
+        (3, None, false)
+    );
+    assert_eq!(exited.config.command, ["sh", "-c", "echo fixture; exit 3"]);
+    assert_eq!(exited.config.env, ["FIXTURE=1"]);
+    assert_eq!(exited.config.workdir.as_deref(), Some("/tmp"));
+    assert_eq!(exited.config.user.as_deref(), Some("0:0"));
+    assert_eq!(exited.config.limits.memory_mib, Some(64));
+    assert_eq!(exited.config.limits.cpus, Some(0.5));
+    assert_eq!(exited.config.limits.pids, Some(32));
+    assert_eq!(exited.config.network, NetworkMode::None);
+    assert!(!exited.config.terminal);
+    let vol = &exited.config.volumes[0];
+    assert_eq!((vol.target.as_str(), vol.read_only), ("/data", true));
+
+    // Still running when the app quit: killed with it, on a terminal, with
+    // user networking and a port.
+    let killed = &records[1];
+    assert_eq!(rt.state(&killed.id), Some(ContainerState::Exited));
+    let exit = killed.exit.as_ref().unwrap();
+    assert_eq!(
+        (exit.code, exit.signal, exit.ended_with_app),
+        (137, Some(9), true)
+    );
+    assert!(killed.config.terminal);
+    assert_eq!(killed.config.network, NetworkMode::User);
+    let port = killed.config.ports[0];
+    assert_eq!((port.host_port, port.container_port), (18081, 80));
+    assert_eq!(killed.error, None);
+}
