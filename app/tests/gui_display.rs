@@ -27,7 +27,7 @@ use hangar::gui::command::UiCommand;
 use hangar::gui::display_tab::{ZoomMode, HINT_GRABBED, HINT_UNGRABBED, SCREEN_LABEL};
 use hangar::gui::model::{RunStatus, Severity};
 use hangar::gui::tabs::{visible_panes, Pane, PaneKind};
-use hangar_engine::{DisplayConfig, ExitReason, VmConfig};
+use hangar_engine::{DisplayConfig, VmConfig, VmExit};
 
 use common::{click, machine, machine_id, wait_until, ConfigDir, Gui, GUEST_TIMEOUT};
 
@@ -609,7 +609,7 @@ fn display_grab_sends_keys_and_mouse_to_the_guest() {
     });
     assert_eq!(
         machine(&h, "Keys").last_exit,
-        Some(ExitReason::GuestExit(0)),
+        Some(VmExit::GuestExit(0)),
         "{}",
         common::log_text(h.state())
     );

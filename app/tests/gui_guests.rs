@@ -12,7 +12,7 @@ use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use hangar::gui::app::STOP_TIMEOUT;
 use hangar::gui::model::{RunStatus, Severity};
 use hangar::gui::tabs::{visible_panes, Pane, PaneKind};
-use hangar_engine::ExitReason;
+use hangar_engine::VmExit;
 
 use common::{
     click, gui, library_state, machine, machine_id, select, wait_until, ConfigDir, Gui,
@@ -115,10 +115,7 @@ fn console_shows_output_and_sends_keys() {
         matches!(machine(h, "Echo").status, RunStatus::Stopped)
             && machine(h, "Echo").last_exit.is_some()
     });
-    assert_eq!(
-        machine(&h, "Echo").last_exit,
-        Some(ExitReason::GuestExit(7))
-    );
+    assert_eq!(machine(&h, "Echo").last_exit, Some(VmExit::GuestExit(7)));
     common::settle(&mut h);
     assert_eq!(library_state(&h, "Echo"), "stopped");
     h.get_by_label("Serial console · stopped");
@@ -296,7 +293,7 @@ fn stop_force_stop_pause_and_resume() {
     );
     assert_eq!(
         machine(&h, "Spinner").last_exit,
-        Some(ExitReason::Stopped { forced: true })
+        Some(VmExit::Stopped { forced: true })
     );
     common::settle(&mut h);
     assert_eq!(library_state(&h, "Spinner"), "stopped");
@@ -319,7 +316,7 @@ fn stop_force_stop_pause_and_resume() {
     );
     assert_eq!(
         machine(&h, "Spinner").last_exit,
-        Some(ExitReason::Stopped { forced: true })
+        Some(VmExit::Stopped { forced: true })
     );
     common::settle(&mut h);
     assert_eq!(library_state(&h, "Spinner"), "stopped");
@@ -349,10 +346,7 @@ fn wizard_create_and_start_runs_the_guest() {
     wait_until(&mut h, "Hello to print and power off", GUEST_TIMEOUT, |h| {
         machine(h, "Hello").last_exit.is_some()
     });
-    assert_eq!(
-        machine(&h, "Hello").last_exit,
-        Some(ExitReason::GuestExit(0))
-    );
+    assert_eq!(machine(&h, "Hello").last_exit, Some(VmExit::GuestExit(0)));
     common::settle(&mut h);
     assert!(
         console_text(&h).contains("hello from guest"),

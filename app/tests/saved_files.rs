@@ -5,19 +5,12 @@
 // Test code: a failed step should panic with its error.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-
 use egui_tiles::Tile;
 use hangar::gui::automation::{parse_script, Step};
 use hangar::gui::command::UiCommand;
 use hangar::gui::tabs::PaneKind;
 use hangar::gui::ui_state::{ui_state_path, UiState};
-
-fn fixture(release: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(format!("saved-{release}"))
-}
+use hangar_testkit::saved_fixture as fixture;
 
 #[test]
 fn ui_state_of_release_0_1_loads() {

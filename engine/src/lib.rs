@@ -1,23 +1,31 @@
-//! Hangar's engine: KVM guests, their devices and the host checks, behind a
-//! plain-data API. Commands go in through [`Engine::execute`]; events come out
-//! of a channel, and a waker callback tells the caller (the GUI's repaint, the
+//! Hangar's engine: virtual machines (KVM guests and their devices) and
+//! containers, side by side behind one plain-data API. Commands for every
+//! kind of workload go in through [`Engine::execute`]; events come out of one
+//! channel, and a waker callback tells the caller (the GUI's repaint, the
 //! CLI's loop) that there is something to drain. No KVM or guest-memory type
 //! crosses this API.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod config;
 pub mod containers;
 pub mod devices;
 pub mod disks;
 pub mod display;
-pub mod engine;
 pub mod host;
 pub mod images;
+pub(crate) mod kinds;
 pub mod kit;
 pub mod store;
 pub mod templates;
 pub(crate) mod vmm;
 
+pub use api::{
+    Command, ContainerCommand, ContainerEvent, ContainerSetup, ContainerStats,
+    ContainersUnavailable, DeviceIo, Engine, EngineError, EngineOptions, Event, Exit, ExitDetail,
+    OutputStream, RegisterDump, Stats, StatsDetail, VcpuStats, VmCommand, VmEvent, VmExit, VmStats,
+    WorkloadConfig, WorkloadId, WorkloadKind, WorkloadState, MARKER_INIT_REACHED,
+};
 pub use config::{
     ConfigError, DiskConfig, DiskFormat, DisplayConfig, KernelKind, NetworkConfig, PortForward,
     VmConfig,
@@ -26,10 +34,8 @@ pub use devices::i8042::MouseButtons;
 pub use devices::keymap::GuestKey;
 pub use disks::{DiskError, DiskInfo, DiskLock};
 pub use display::{DirtyRect, Display, DisplayError, Frame};
-pub use engine::{
-    Command, Engine, EngineError, Event, ExitReason, VcpuStats, VmId, VmState, VmStats,
-};
 pub use host::{HostCapability, HostProbe};
+pub use kinds::vm::VmError;
 pub use kit::{DefaultKit, KitError};
 pub use store::{MachineDefinition, MachineStore, StoredMachine};
 pub use templates::{Template, TemplateError, TemplateStatus};

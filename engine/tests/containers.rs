@@ -17,19 +17,17 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use hangar_engine::containers::{
-    ContainerCommand, ContainerConfig, ContainerEvent, ContainerExit, ContainerId,
-    ContainerRuntime, ContainerState, ContainerStats, HelperCommand, OutputStream, RuntimePaths,
-    Volume,
+    ContainerConfig, ContainerExit, HelperCommand, RuntimePaths, Volume,
 };
 use hangar_engine::images::ImageStore;
+use hangar_engine::{
+    Command, ContainerCommand, ContainerEvent, ContainerSetup, Engine, EngineOptions, Event,
+    OutputStream, Stats, WorkloadConfig, WorkloadId, WorkloadState,
+};
+use hangar_testkit::{is_root, skipped, TempDir};
 
 /// Set by the root run for its unprivileged re-run of this suite.
 const ROOTLESS_ENV: &str = "HANGAR_ROOTLESS_TESTS";
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// Root, or the unprivileged re-run that root prepared (delegated cgroup,
 /// /dev/net/tun).
@@ -37,11 +35,7 @@ fn may_run() -> bool {
     if is_root() || rootless() {
         return true;
     }
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    let _ = writeln!(
-        std::io::stderr(),
-        "*** SKIPPED: not root: {test} did not run (root runs it, and again as an unprivileged user) ***"
-    );
+    skipped("not root (root runs it, and again as an unprivileged user)");
     false
 }
 
@@ -55,26 +49,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-/// A temporary directory removed at drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("hangar-ct-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The set-up script's OCI layout of a built-in image.
@@ -96,8 +70,8 @@ fn default_image_source() -> PathBuf {
 }
 
 struct Harness {
-    rt: ContainerRuntime,
-    events: Receiver<ContainerEvent>,
+    engine: Engine,
+    events: Receiver<Event>,
     data: TempDir,
 }
 
@@ -106,14 +80,14 @@ fn data_with_default_image() -> TempDir {
     let data = TempDir::new("data");
     // Import explicitly (the runtime would too, from the real data dir's
     // images-src, which this temp data dir does not have).
-    ImageStore::open(&data.0)
+    ImageStore::open(data.path())
         .unwrap()
         .import(&default_image_source(), Some("default"), &mut |_| {})
         .unwrap();
     data
 }
 
-fn runtime_on(data: &Path) -> (ContainerRuntime, Receiver<ContainerEvent>) {
+fn engine_on(data: &Path) -> (Engine, Receiver<Event>) {
     let paths = RuntimePaths {
         data_dir: data.to_path_buf(),
         run_dir: data.join("run"),
@@ -122,7 +96,16 @@ fn runtime_on(data: &Path) -> (ContainerRuntime, Receiver<ContainerEvent>) {
         program: env!("CARGO_BIN_EXE_hangar-container-helper").into(),
         args: vec![],
     };
-    ContainerRuntime::new(paths, helper, || {}).unwrap()
+    let (engine, events) = Engine::new(
+        EngineOptions {
+            containers: Ok(ContainerSetup { paths, helper }),
+        },
+        || {},
+    );
+    if let Some(why) = engine.containers_unavailable() {
+        panic!("the engine runs no containers: {why}");
+    }
+    (engine, events)
 }
 
 impl Harness {
@@ -131,16 +114,20 @@ impl Harness {
     }
 
     fn on(data: TempDir) -> Self {
-        let (rt, events) = runtime_on(&data.0);
-        Harness { rt, events, data }
+        let (engine, events) = engine_on(data.path());
+        Harness {
+            engine,
+            events,
+            data,
+        }
     }
 
-    fn start(&self, config: ContainerConfig) -> ContainerId {
-        let id = ContainerRuntime::new_id();
-        self.rt
-            .execute(ContainerCommand::Run {
+    fn start(&self, config: ContainerConfig) -> WorkloadId {
+        let id = Engine::new_container_id();
+        self.engine
+            .execute(Command::Start {
                 id: id.clone(),
-                config,
+                config: WorkloadConfig::Container(config),
             })
             .unwrap();
         id
@@ -150,9 +137,9 @@ impl Harness {
     /// collected; `on_event` may act on each one.
     fn wait_exit(
         &self,
-        id: &ContainerId,
+        id: &WorkloadId,
         deadline: Duration,
-        mut on_event: impl FnMut(&ContainerEvent),
+        mut on_event: impl FnMut(&Event),
     ) -> Outcome {
         let until = Instant::now() + deadline;
         let mut out = Outcome::default();
@@ -168,23 +155,23 @@ impl Harness {
             };
             on_event(&e);
             match e {
-                ContainerEvent::Output {
+                Event::Output {
                     id: i,
                     stream,
-                    data,
+                    bytes: data,
                 } if &i == id => match stream {
                     OutputStream::Stderr => out.stderr.extend(data),
                     _ => out.stdout.extend(data),
                 },
-                ContainerEvent::Started { id: i, .. } if &i == id => out.started = true,
-                ContainerEvent::Stats { id: i, stats } if &i == id => out.stats.push(stats),
-                ContainerEvent::Error { id: i, message } if &i == id => out.errors.push(message),
-                ContainerEvent::StateChanged {
+                Event::Started { id: i, .. } if &i == id => out.started = true,
+                Event::Stats { id: i, stats } if &i == id => out.stats.push(stats),
+                Event::Error { id: i, message, .. } if &i == id => out.errors.push(message),
+                Event::StateChanged {
                     id: i,
-                    state: ContainerState::Failed,
+                    state: WorkloadState::Failed,
                 } if &i == id => panic!("container failed: {:?}", out.errors),
-                ContainerEvent::Exited { id: i, exit } if &i == id => {
-                    out.exit = exit;
+                Event::Exited { id: i, exit } if &i == id => {
+                    out.exit = exit.as_container().cloned().expect("a container's exit");
                     return out;
                 }
                 _ => {}
@@ -193,9 +180,9 @@ impl Harness {
     }
 
     /// Removes the container and checks nothing of it is left.
-    fn remove(&self, id: &ContainerId) {
-        self.rt
-            .execute(ContainerCommand::Remove {
+    fn remove(&self, id: &WorkloadId) {
+        self.engine
+            .execute(Command::Remove {
                 id: id.clone(),
                 force: false,
             })
@@ -204,17 +191,20 @@ impl Harness {
         loop {
             let left = until.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(ContainerEvent::Removed(i)) if &i == id => break,
-                Ok(ContainerEvent::Error { id: i, message }) if &i == id => {
+                Ok(Event::Removed(i)) if &i == id => break,
+                Ok(Event::Error { id: i, message, .. }) if &i == id => {
                     panic!("removing {id}: {message}")
                 }
                 Ok(_) => {}
                 Err(_) => panic!("container {id} was not removed in 20 s"),
             }
         }
-        assert!(!self.rt.container_dir(id).exists(), "container dir left");
         assert!(
-            !self.data.0.join("run").join(&id.0).exists(),
+            !self.engine.container_dir(id).unwrap().exists(),
+            "container dir left"
+        );
+        assert!(
+            !self.data.path().join("run").join(&id.0).exists(),
             "runtime state left"
         );
         // SAFETY: geteuid has no preconditions.
@@ -236,7 +226,7 @@ impl Harness {
     }
 
     /// Runs to completion, keeping the container.
-    fn run_kept(&self, config: ContainerConfig) -> ContainerId {
+    fn run_kept(&self, config: ContainerConfig) -> WorkloadId {
         let id = self.start(config);
         self.wait_exit(&id, Duration::from_secs(60), |_| {});
         id
@@ -256,11 +246,11 @@ impl Harness {
 
 #[derive(Default, Debug)]
 struct Outcome {
-    id: Option<ContainerId>,
+    id: Option<WorkloadId>,
     started: bool,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
-    stats: Vec<ContainerStats>,
+    stats: Vec<Stats>,
     errors: Vec<String>,
     exit: ContainerExit,
 }
@@ -321,12 +311,13 @@ fn exit_codes_and_signals() {
     c.command = vec!["sleep".into(), "1000".into()];
     let id = h.start(c);
     let out = h.wait_exit(&id, Duration::from_secs(30), |e| {
-        if let ContainerEvent::Started { id: i, .. } = e {
-            h.rt.execute(ContainerCommand::Kill {
-                id: i.clone(),
-                signal: libc::SIGKILL,
-            })
-            .unwrap();
+        if let Event::Started { id: i, .. } = e {
+            h.engine
+                .execute(Command::Container {
+                    id: i.clone(),
+                    command: ContainerCommand::Signal(libc::SIGKILL),
+                })
+                .unwrap();
         }
     });
     assert_eq!(out.exit.signal, Some(libc::SIGKILL), "{:?}", out.exit);
@@ -345,12 +336,12 @@ fn exit_codes_and_signals() {
             .recv_timeout(until - Instant::now())
             .expect("no outcome")
         {
-            ContainerEvent::StateChanged {
+            Event::StateChanged {
                 id: i,
-                state: ContainerState::Failed,
+                state: WorkloadState::Failed,
             } if i == id => break,
-            ContainerEvent::Exited { id: i, exit } if i == id => {
-                assert_ne!(exit.code, 0);
+            Event::Exited { id: i, exit } if i == id => {
+                assert_ne!(exit.as_container().map(|e| e.code), Some(0));
                 break;
             }
             _ => {}
@@ -368,14 +359,19 @@ fn stdin_reaches_the_process() {
     let id = h.start(c);
     let mut sent = false;
     let out = h.wait_exit(&id, Duration::from_secs(30), |e| {
-        if !sent && matches!(e, ContainerEvent::Started { .. }) {
+        if !sent && matches!(e, Event::Started { .. }) {
             sent = true;
-            h.rt.execute(ContainerCommand::Input {
-                id: id.clone(),
-                bytes: b"shout\n".to_vec(),
-            })
-            .unwrap();
-            h.rt.execute(ContainerCommand::CloseInput(id.clone()))
+            h.engine
+                .execute(Command::Input {
+                    id: id.clone(),
+                    bytes: b"shout\n".to_vec(),
+                })
+                .unwrap();
+            h.engine
+                .execute(Command::Container {
+                    id: id.clone(),
+                    command: ContainerCommand::CloseInput,
+                })
                 .unwrap();
         }
     });
@@ -392,14 +388,15 @@ fn terminal_mode_gives_a_tty() {
     let id = h.start(c);
     let mut resized = false;
     let out = h.wait_exit(&id, Duration::from_secs(30), |e| {
-        if !resized && matches!(e, ContainerEvent::Started { .. }) {
+        if !resized && matches!(e, Event::Started { .. }) {
             resized = true;
-            h.rt.execute(ContainerCommand::Resize {
-                id: id.clone(),
-                cols: 100,
-                rows: 30,
-            })
-            .unwrap();
+            h.engine
+                .execute(Command::Resize {
+                    id: id.clone(),
+                    cols: 100,
+                    rows: 30,
+                })
+                .unwrap();
         }
     });
     let text = out.stdout();
@@ -414,7 +411,7 @@ fn terminal_mode_gives_a_tty() {
 fn host_is_invisible() {
     require_root!();
     let h = Harness::new();
-    let marker = h.data.0.join("host-secret");
+    let marker = h.data.path().join("host-secret");
     std::fs::write(&marker, "secret").unwrap();
     let script = format!(
         "ls /proc | grep -c '^[0-9]'; test -e {m} && echo SEEN || echo unseen; ls /sys/class/net; \
@@ -443,8 +440,8 @@ fn host_is_invisible() {
 fn writes_do_not_change_the_image() {
     require_root!();
     let h = Harness::new();
-    let image = h.rt.images().get("default").unwrap();
-    let roots = h.rt.images().layer_roots(&image).unwrap();
+    let image = h.engine.images().unwrap().get("default").unwrap();
+    let roots = h.engine.images().unwrap().layer_roots(&image).unwrap();
     let busybox_before = std::fs::metadata(roots[0].join("bin/busybox"))
         .unwrap()
         .len();
@@ -474,16 +471,16 @@ fn volumes_read_only_and_read_write() {
     let h = Harness::new();
     let ro = TempDir::new("ro");
     let rw = TempDir::new("rw");
-    std::fs::write(ro.0.join("in.txt"), "from host").unwrap();
+    std::fs::write(ro.join("in.txt"), "from host").unwrap();
     let mut c = sh("cat /ro/in.txt; echo; echo x > /ro/w 2>/dev/null && echo RO-WRITABLE || echo ro-refused; echo out > /rw/out.txt");
     c.volumes = vec![
         Volume {
-            source: ro.0.clone(),
+            source: ro.path().to_path_buf(),
             target: "/ro".into(),
             read_only: true,
         },
         Volume {
-            source: rw.0.clone(),
+            source: rw.path().to_path_buf(),
             target: "/rw".into(),
             read_only: false,
         },
@@ -492,10 +489,10 @@ fn volumes_read_only_and_read_write() {
     let out = h.run(c);
     assert_eq!(out.stdout(), "from host\nro-refused\n", "{}", out.stderr());
     assert_eq!(
-        std::fs::read_to_string(rw.0.join("out.txt")).unwrap(),
+        std::fs::read_to_string(rw.join("out.txt")).unwrap(),
         "out\n"
     );
-    assert!(!ro.0.join("w").exists());
+    assert!(!ro.join("w").exists());
 }
 
 #[test]
@@ -514,10 +511,10 @@ fn env_workdir_and_user() {
         loop {
             let left = until.saturating_duration_since(Instant::now());
             match h.events.recv_timeout(left).unwrap() {
-                ContainerEvent::Error { id: i, message } if i == id => errors.push(message),
-                ContainerEvent::StateChanged {
+                Event::Error { id: i, message, .. } if i == id => errors.push(message),
+                Event::StateChanged {
                     id: i,
-                    state: ContainerState::Failed,
+                    state: WorkloadState::Failed,
                 } if i == id => break,
                 _ => {}
             }
@@ -608,14 +605,15 @@ fn stop_terminates_then_kills() {
     ));
     let mut asked = false;
     let out = h.wait_exit(&id, Duration::from_secs(30), |e| {
-        if !asked && matches!(e, ContainerEvent::Started { .. }) {
+        if !asked && matches!(e, Event::Started { .. }) {
             asked = true;
             std::thread::sleep(Duration::from_millis(300));
-            h.rt.execute(ContainerCommand::Stop {
-                id: id.clone(),
-                grace: Duration::from_secs(20),
-            })
-            .unwrap();
+            h.engine
+                .execute(Command::Stop {
+                    id: id.clone(),
+                    grace: Duration::from_secs(20),
+                })
+                .unwrap();
         }
     });
     assert_eq!(out.exit.code, 3, "{:?}", out.exit);
@@ -630,17 +628,136 @@ fn stop_terminates_then_kills() {
     let mut asked = false;
     let t0 = Instant::now();
     let out = h.wait_exit(&id, Duration::from_secs(30), |e| {
-        if !asked && matches!(e, ContainerEvent::Started { .. }) {
+        if !asked && matches!(e, Event::Started { .. }) {
             asked = true;
-            h.rt.execute(ContainerCommand::Stop {
-                id: id.clone(),
-                grace: Duration::from_millis(500),
-            })
-            .unwrap();
+            h.engine
+                .execute(Command::Stop {
+                    id: id.clone(),
+                    grace: Duration::from_millis(500),
+                })
+                .unwrap();
         }
     });
     assert_eq!(out.exit.signal, Some(libc::SIGKILL), "{:?}", out.exit);
     assert!(t0.elapsed() >= Duration::from_millis(500));
+    h.remove(&id);
+}
+
+/// Waits for `id`'s next event that `want` accepts; its output meanwhile is
+/// appended to `out`.
+fn next_event(
+    h: &Harness,
+    id: &WorkloadId,
+    out: &mut Vec<u8>,
+    want: impl Fn(&Event) -> bool,
+) -> Event {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let e = h
+            .events
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no awaited event from {id}; output: {out:?}"));
+        if e.id() != id {
+            continue;
+        }
+        if let Event::Output { bytes, .. } = &e {
+            out.extend_from_slice(bytes);
+        }
+        if let Event::Error { message, .. } = &e {
+            panic!("{id}: {message}");
+        }
+        if want(&e) {
+            return e;
+        }
+    }
+}
+
+#[test]
+fn pause_freezes_every_process_and_stop_reaches_a_paused_one() {
+    require_root!();
+    let h = Harness::new();
+    let id = h.start(sh(
+        "trap 'echo bye; exit 3' TERM; i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.05; done",
+    ));
+    let mut out = Vec::new();
+    next_event(
+        &h,
+        &id,
+        &mut out,
+        |e| matches!(e, Event::Output { bytes, .. } if String::from_utf8_lossy(bytes).contains("tick3")),
+    );
+    h.engine.execute(Command::Pause(id.clone())).unwrap();
+    next_event(&h, &id, &mut out, |e| {
+        matches!(
+            e,
+            Event::StateChanged {
+                state: WorkloadState::Paused,
+                ..
+            }
+        )
+    });
+    assert_eq!(h.engine.state(&id), Some(WorkloadState::Paused));
+    // What was written before the freeze may still be on its way; after
+    // that, a frozen shell prints nothing.
+    std::thread::sleep(Duration::from_millis(300));
+    while let Ok(e) = h.events.try_recv() {
+        if let Event::Output { bytes, .. } = e {
+            out.extend_from_slice(&bytes);
+        }
+    }
+    let frozen_at = out.len();
+    let until = Instant::now() + Duration::from_secs(1);
+    while let Ok(e) = h
+        .events
+        .recv_timeout(until.saturating_duration_since(Instant::now()))
+    {
+        assert!(
+            !matches!(e, Event::Output { .. }),
+            "a paused container printed: {e:?}"
+        );
+    }
+    assert_eq!(out.len(), frozen_at);
+
+    h.engine.execute(Command::Resume(id.clone())).unwrap();
+    next_event(&h, &id, &mut out, |e| {
+        matches!(
+            e,
+            Event::StateChanged {
+                state: WorkloadState::Running,
+                ..
+            }
+        )
+    });
+    next_event(&h, &id, &mut out, |e| matches!(e, Event::Output { .. }));
+    assert!(out.len() > frozen_at, "it runs again after Resume");
+
+    // Stop while paused: the container is thawed so that its TERM handler
+    // runs, rather than waiting for the kill.
+    h.engine.execute(Command::Pause(id.clone())).unwrap();
+    next_event(&h, &id, &mut out, |e| {
+        matches!(
+            e,
+            Event::StateChanged {
+                state: WorkloadState::Paused,
+                ..
+            }
+        )
+    });
+    h.engine
+        .execute(Command::Stop {
+            id: id.clone(),
+            grace: Duration::from_secs(20),
+        })
+        .unwrap();
+    let Event::Exited { exit, .. } =
+        next_event(&h, &id, &mut out, |e| matches!(e, Event::Exited { .. }))
+    else {
+        unreachable!("waited for Exited");
+    };
+    let exit = exit.as_container().cloned().expect("a container's exit");
+    assert_eq!(exit.code, 3, "the TERM handler ran: {exit:?}");
+    assert!(String::from_utf8_lossy(&out).contains("bye"));
     h.remove(&id);
 }
 
@@ -652,7 +769,7 @@ fn running_container_cannot_be_removed_unless_forced() {
     c.command = vec!["sleep".into(), "1000".into()];
     let id = h.start(c);
     loop {
-        if let ContainerEvent::Started { id: i, .. } =
+        if let Event::Started { id: i, .. } =
             h.events.recv_timeout(Duration::from_secs(30)).unwrap()
         {
             if i == id {
@@ -661,30 +778,34 @@ fn running_container_cannot_be_removed_unless_forced() {
         }
     }
     assert!(h
-        .rt
-        .execute(ContainerCommand::Remove {
+        .engine
+        .execute(Command::Remove {
             id: id.clone(),
             force: false
         })
         .is_err());
-    h.rt.execute(ContainerCommand::Remove {
-        id: id.clone(),
-        force: true,
-    })
-    .unwrap();
+    h.engine
+        .execute(Command::Remove {
+            id: id.clone(),
+            force: true,
+        })
+        .unwrap();
     let mut exited = false;
     loop {
         match h.events.recv_timeout(Duration::from_secs(30)).unwrap() {
-            ContainerEvent::Exited { id: i, exit } if i == id => {
-                assert_eq!(exit.signal, Some(libc::SIGKILL));
+            Event::Exited { id: i, exit } if i == id => {
+                assert_eq!(
+                    exit.as_container().and_then(|e| e.signal),
+                    Some(libc::SIGKILL)
+                );
                 exited = true;
             }
-            ContainerEvent::Removed(i) if i == id => break,
+            Event::Removed(i) if i == id => break,
             _ => {}
         }
     }
     assert!(exited);
-    assert!(!h.rt.container_dir(&id).exists());
+    assert!(!h.engine.container_dir(&id).unwrap().exists());
 }
 
 #[test]
@@ -694,22 +815,22 @@ fn bad_settings_are_refused_before_anything_runs() {
     let mut c = ContainerConfig::new("default");
     c.limits.memory_mib = Some(0);
     assert!(h
-        .rt
-        .execute(ContainerCommand::Run {
-            id: ContainerRuntime::new_id(),
-            config: c
+        .engine
+        .execute(Command::Start {
+            id: Engine::new_container_id(),
+            config: WorkloadConfig::Container(c)
         })
         .is_err());
     // A missing image fails in the supervisor with a clear message.
     let id = h.start(ContainerConfig::new("no-such-image"));
     loop {
         match h.events.recv_timeout(Duration::from_secs(30)).unwrap() {
-            ContainerEvent::Error { id: i, message } if i == id => {
+            Event::Error { id: i, message, .. } if i == id => {
                 assert!(message.contains("no-such-image"), "{message}");
             }
-            ContainerEvent::StateChanged {
+            Event::StateChanged {
                 id: i,
-                state: ContainerState::Failed,
+                state: WorkloadState::Failed,
             } if i == id => break,
             _ => {}
         }
@@ -718,7 +839,7 @@ fn bad_settings_are_refused_before_anything_runs() {
 }
 
 /// Waits for exec `n` of `id` to end; its output and exit.
-fn wait_exec(h: &Harness, id: &ContainerId, n: u32) -> (String, ContainerExit) {
+fn wait_exec(h: &Harness, id: &WorkloadId, n: u32) -> (String, ContainerExit) {
     let mut out = Vec::new();
     let until = Instant::now() + Duration::from_secs(30);
     loop {
@@ -728,13 +849,17 @@ fn wait_exec(h: &Harness, id: &ContainerId, n: u32) -> (String, ContainerExit) {
             .recv_timeout(left)
             .expect("exec did not end in 30 s")
         {
-            ContainerEvent::ExecOutput {
-                id: i, exec, data, ..
+            Event::Container {
+                id: i,
+                event: ContainerEvent::ExecOutput { exec, data, .. },
             } if &i == id && exec == n => out.extend(data),
-            ContainerEvent::ExecExited { id: i, exec, exit } if &i == id && exec == n => {
+            Event::Container {
+                id: i,
+                event: ContainerEvent::ExecExited { exec, exit },
+            } if &i == id && exec == n => {
                 return (String::from_utf8_lossy(&out).into_owned(), exit);
             }
-            ContainerEvent::Error { id: i, message } if &i == id => panic!("{message}"),
+            Event::Error { id: i, message, .. } if &i == id => panic!("{message}"),
             _ => {}
         }
     }
@@ -753,7 +878,7 @@ fn exec_runs_a_second_process_in_the_running_container() {
     c.env = vec!["FROM_INIT=yes".into()];
     let id = h.start(c);
     loop {
-        if let ContainerEvent::Started { id: i, .. } =
+        if let Event::Started { id: i, .. } =
             h.events.recv_timeout(Duration::from_secs(30)).unwrap()
         {
             if i == id {
@@ -763,16 +888,11 @@ fn exec_runs_a_second_process_in_the_running_container() {
     }
     std::thread::sleep(Duration::from_millis(200));
     // Pipes: sees the init's files, pid namespace and environment.
-    h.rt.execute(ContainerCommand::Exec {
-        id: id.clone(),
-        exec: 1,
-        command: vec![
+    h.engine.execute(Command::Container { id: id.clone(), command: ContainerCommand::Exec { exec: 1, command: vec![
             "sh".into(),
             "-c".into(),
             "cat /tmp/m; echo $FROM_INIT; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 4".into(),
-        ],
-        terminal: false,
-    })
+        ], terminal: false } })
     .unwrap();
     let (text, exit) = wait_exec(&h, &id, 1);
     let lines: Vec<&str> = text.lines().collect();
@@ -784,37 +904,47 @@ fn exec_runs_a_second_process_in_the_running_container() {
     assert_eq!(lines[3].trim(), "sleep 1000", "{text}");
 
     // A terminal, driven by input: an interactive shell.
-    h.rt.execute(ContainerCommand::Exec {
-        id: id.clone(),
-        exec: 2,
-        command: vec!["sh".into()],
-        terminal: true,
-    })
-    .unwrap();
+    h.engine
+        .execute(Command::Container {
+            id: id.clone(),
+            command: ContainerCommand::Exec {
+                exec: 2,
+                command: vec!["sh".into()],
+                terminal: true,
+            },
+        })
+        .unwrap();
     loop {
         match h.events.recv_timeout(Duration::from_secs(30)).unwrap() {
-            ContainerEvent::ExecStarted { id: i, exec: 2, .. } if i == id => break,
-            ContainerEvent::Error { message, .. } => panic!("{message}"),
+            Event::Container {
+                id: i,
+                event: ContainerEvent::ExecStarted { exec: 2, .. },
+            } if i == id => break,
+            Event::Error { message, .. } => panic!("{message}"),
             _ => {}
         }
     }
-    h.rt.execute(ContainerCommand::ExecInput {
-        id: id.clone(),
-        exec: 2,
-        bytes: b"tty; exit 6\n".to_vec(),
-    })
-    .unwrap();
+    h.engine
+        .execute(Command::Container {
+            id: id.clone(),
+            command: ContainerCommand::ExecInput {
+                exec: 2,
+                bytes: b"tty; exit 6\n".to_vec(),
+            },
+        })
+        .unwrap();
     let (text, exit) = wait_exec(&h, &id, 2);
     assert_eq!(exit.code, 6, "{text}");
     assert!(text.contains("/dev/pts/"), "{text}");
 
     // The container itself runs on, and stops as usual.
-    assert_eq!(h.rt.state(&id), Some(ContainerState::Running));
-    h.rt.execute(ContainerCommand::Kill {
-        id: id.clone(),
-        signal: libc::SIGKILL,
-    })
-    .unwrap();
+    assert_eq!(h.engine.state(&id), Some(WorkloadState::Running));
+    h.engine
+        .execute(Command::Container {
+            id: id.clone(),
+            command: ContainerCommand::Signal(libc::SIGKILL),
+        })
+        .unwrap();
     let out = h.wait_exit(&id, Duration::from_secs(30), |_| {});
     assert_eq!(out.exit.signal, Some(libc::SIGKILL));
     h.remove(&id);
@@ -830,24 +960,34 @@ fn exec_processes_end_with_their_container() {
     let mut asked = false;
     let mut exec_exit = None;
     let out = h.wait_exit(&id, Duration::from_secs(30), |e| match e {
-        ContainerEvent::Started { .. } if !asked => {
+        Event::Started { .. } if !asked => {
             asked = true;
-            h.rt.execute(ContainerCommand::Exec {
-                id: id.clone(),
-                exec: 7,
-                command: vec!["sleep".into(), "1000".into()],
-                terminal: false,
-            })
-            .unwrap();
+            h.engine
+                .execute(Command::Container {
+                    id: id.clone(),
+                    command: ContainerCommand::Exec {
+                        exec: 7,
+                        command: vec!["sleep".into(), "1000".into()],
+                        terminal: false,
+                    },
+                })
+                .unwrap();
         }
-        ContainerEvent::ExecStarted { exec: 7, .. } => {
-            h.rt.execute(ContainerCommand::Kill {
-                id: id.clone(),
-                signal: libc::SIGKILL,
-            })
-            .unwrap();
+        Event::Container {
+            event: ContainerEvent::ExecStarted { exec: 7, .. },
+            ..
+        } => {
+            h.engine
+                .execute(Command::Container {
+                    id: id.clone(),
+                    command: ContainerCommand::Signal(libc::SIGKILL),
+                })
+                .unwrap();
         }
-        ContainerEvent::ExecExited { exec: 7, exit, .. } => exec_exit = Some(exit.clone()),
+        Event::Container {
+            event: ContainerEvent::ExecExited { exec: 7, exit, .. },
+            ..
+        } => exec_exit = Some(exit.clone()),
         _ => {}
     });
     assert_eq!(out.exit.signal, Some(libc::SIGKILL));
@@ -893,7 +1033,7 @@ fn user_network_reaches_host_loopback_and_forwards_a_port() {
     let id = h.start(c);
     let mut fetched = String::new();
     let out = h.wait_exit(&id, Duration::from_secs(60), |e| {
-        if let ContainerEvent::Output { data, .. } = e {
+        if let Event::Output { bytes: data, .. } = e {
             if String::from_utf8_lossy(data).contains("hello-from-host") && fetched.is_empty() {
                 // The container's server: through the forward on 127.0.0.1.
                 let until = Instant::now() + Duration::from_secs(10);
@@ -909,11 +1049,12 @@ fn user_network_reaches_host_loopback_and_forwards_a_port() {
                     assert!(Instant::now() < until, "the forward never answered");
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                h.rt.execute(ContainerCommand::Kill {
-                    id: id.clone(),
-                    signal: libc::SIGKILL,
-                })
-                .unwrap();
+                h.engine
+                    .execute(Command::Container {
+                        id: id.clone(),
+                        command: ContainerCommand::Signal(libc::SIGKILL),
+                    })
+                    .unwrap();
             }
         }
     });
@@ -947,7 +1088,7 @@ fn an_image_in_use_cannot_be_removed() {
     c.command = vec!["sleep".into(), "1000".into()];
     let id = h.start(c);
     loop {
-        if let ContainerEvent::Started { id: i, .. } =
+        if let Event::Started { id: i, .. } =
             h.events.recv_timeout(Duration::from_secs(30)).unwrap()
         {
             if i == id {
@@ -955,23 +1096,23 @@ fn an_image_in_use_cannot_be_removed() {
             }
         }
     }
-    let err = h.rt.images().remove("default").unwrap_err();
+    let err = h.engine.images().unwrap().remove("default").unwrap_err();
     assert!(err.to_string().contains(&id.0), "{err}");
-    h.rt.execute(ContainerCommand::Remove {
-        id: id.clone(),
-        force: true,
-    })
-    .unwrap();
+    h.engine
+        .execute(Command::Remove {
+            id: id.clone(),
+            force: true,
+        })
+        .unwrap();
     loop {
-        if let ContainerEvent::Removed(i) = h.events.recv_timeout(Duration::from_secs(30)).unwrap()
-        {
+        if let Event::Removed(i) = h.events.recv_timeout(Duration::from_secs(30)).unwrap() {
             if i == id {
                 break;
             }
         }
     }
-    h.rt.images().remove("default").unwrap();
-    assert!(h.rt.images().list().unwrap().is_empty());
+    h.engine.images().unwrap().remove("default").unwrap();
+    assert!(h.engine.images().unwrap().list().unwrap().is_empty());
 }
 
 /// The unprivileged user the suite runs as the second time.
@@ -1004,7 +1145,7 @@ fn whole_suite_again_as_an_unprivileged_user() {
     let home = TempDir::new("rootless-home");
     for name in hangar_engine::containers::BUILT_IN_IMAGES {
         let src = built_in_image_source(name);
-        let dst = home.0.join("data/hangar/images-src").join(name);
+        let dst = home.join("data/hangar/images-src").join(name);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         let st = std::process::Command::new("cp")
             .args(["-a", "--no-preserve=ownership"])
@@ -1014,14 +1155,14 @@ fn whole_suite_again_as_an_unprivileged_user() {
             .unwrap();
         assert!(st.success());
     }
-    std::fs::create_dir_all(home.0.join("run")).unwrap();
+    std::fs::create_dir_all(home.join("run")).unwrap();
     let chown = std::process::Command::new("chown")
         .args(["-R", &format!("{}:{}", UNPRIVILEGED.0, UNPRIVILEGED.1)])
-        .arg(&home.0)
+        .arg(home.path())
         .status()
         .unwrap();
     assert!(chown.success());
-    std::fs::set_permissions(&home.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--skip",
@@ -1029,11 +1170,11 @@ fn whole_suite_again_as_an_unprivileged_user() {
             "--test-threads=2",
         ])
         .env(ROOTLESS_ENV, "1")
-        .env("HOME", &home.0)
-        .env("XDG_DATA_HOME", home.0.join("data"))
-        .env("XDG_RUNTIME_DIR", home.0.join("run"))
-        .env("TMPDIR", &home.0)
-        .current_dir(&home.0)
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_RUNTIME_DIR", home.join("run"))
+        .env("TMPDIR", home.path())
+        .current_dir(home.path())
         .uid(UNPRIVILEGED.0)
         .gid(UNPRIVILEGED.1)
         .output()
@@ -1124,9 +1265,11 @@ fn upper_layer_whiteouts_hide_lower_files() {
     require_root!();
     let h = Harness::new();
     let archive = TempDir::new("wh-archive");
-    whiteout_archive(&archive.0);
-    h.rt.images()
-        .import(&archive.0, Some("wh"), &mut |_| {})
+    whiteout_archive(archive.path());
+    h.engine
+        .images()
+        .unwrap()
+        .import(archive.path(), Some("wh"), &mut |_| {})
         .unwrap();
     let mut c = sh("test -e /etc/hostname && echo HOSTNAME-SEEN; ls /etc | grep -c hostname; ls -A /var; cat /var/new");
     c.image = "wh".into();
@@ -1143,11 +1286,11 @@ fn container_root_is_the_invoking_user_on_the_host() {
     c.command = vec!["sleep".into(), "1000".into()];
     let id = h.start(c);
     let pid = loop {
-        if let ContainerEvent::Started { id: i, pid, .. } =
+        if let Event::Started { id: i, pid, .. } =
             h.events.recv_timeout(Duration::from_secs(30)).unwrap()
         {
             if i == id {
-                break pid;
+                break pid.expect("a container's init has a host pid");
             }
         }
     };
@@ -1169,13 +1312,14 @@ fn container_root_is_the_invoking_user_on_the_host() {
     } else {
         assert_eq!(map, ["0", "0", "4294967295"], "{uid_map}");
     }
-    h.rt.execute(ContainerCommand::Remove {
-        id: id.clone(),
-        force: true,
-    })
-    .unwrap();
+    h.engine
+        .execute(Command::Remove {
+            id: id.clone(),
+            force: true,
+        })
+        .unwrap();
     let until = Instant::now() + Duration::from_secs(20);
-    while !matches!(h.events.recv_timeout(until.saturating_duration_since(Instant::now())), Ok(ContainerEvent::Removed(ref i)) if *i == id)
+    while !matches!(h.events.recv_timeout(until.saturating_duration_since(Instant::now())), Ok(Event::Removed(ref i)) if *i == id)
     {
         assert!(Instant::now() < until, "not removed");
     }
@@ -1192,7 +1336,7 @@ fn crashing_app() {
     let Some(data) = std::env::var_os(CRASH_ENV) else {
         panic!("{CRASH_ENV} is not set: this runs as another test's child process");
     };
-    let (rt, events) = runtime_on(Path::new(&data));
+    let (engine, events) = engine_on(Path::new(&data));
     let port: u16 = std::env::var("HANGAR_TEST_CRASH_PORT")
         .unwrap()
         .parse()
@@ -1203,16 +1347,17 @@ fn crashing_app() {
         host_port: port,
         container_port: 8080,
     }];
-    let id = ContainerRuntime::new_id();
-    rt.execute(ContainerCommand::Run {
-        id: id.clone(),
-        config: c,
-    })
-    .unwrap();
+    let id = Engine::new_container_id();
+    engine
+        .execute(Command::Start {
+            id: id.clone(),
+            config: WorkloadConfig::Container(c),
+        })
+        .unwrap();
     loop {
         match events.recv_timeout(Duration::from_secs(30)).unwrap() {
-            ContainerEvent::Output { data, .. } if data.starts_with(b"up") => break,
-            ContainerEvent::Error { message, .. } => panic!("{message}"),
+            Event::Output { bytes: data, .. } if data.starts_with(b"up") => break,
+            Event::Error { message, .. } => panic!("{message}"),
             _ => {}
         }
     }
@@ -1233,7 +1378,7 @@ fn containers_of_a_crashed_app_are_cleaned_up_and_listed() {
         .port();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "crashing_app", "--nocapture"])
-        .env(CRASH_ENV, &data.0)
+        .env(CRASH_ENV, data.path())
         .env("HANGAR_TEST_CRASH_PORT", port.to_string())
         .output()
         .unwrap();
@@ -1264,7 +1409,7 @@ fn containers_of_a_crashed_app_are_cleaned_up_and_listed() {
     }
     // The next run cleans up what the engine had made and lists it.
     let h = Harness::on(data);
-    let previous = h.rt.previous_containers();
+    let previous = h.engine.previous_containers();
     assert_eq!(previous.len(), 1, "{previous:?}");
     let rec = &previous[0];
     assert_eq!(rec.id.0, id);
@@ -1275,8 +1420,8 @@ fn containers_of_a_crashed_app_are_cleaned_up_and_listed() {
             .contains("stopped when Hangar ended"),
         "{exit:?}"
     );
-    let cid = ContainerId(id.clone());
-    assert_eq!(h.rt.state(&cid), Some(ContainerState::Exited));
+    let cid = WorkloadId(id.clone());
+    assert_eq!(h.engine.state(&cid), Some(WorkloadState::Stopped));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&id), "the root of {id} is still mounted");
     assert!(!Path::new("/run/netns")
@@ -1288,10 +1433,11 @@ fn containers_of_a_crashed_app_are_cleaned_up_and_listed() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Its log is kept until it is removed.
-    let log = std::fs::read_to_string(h.rt.container_dir(&cid).join("console.log")).unwrap();
+    let log =
+        std::fs::read_to_string(h.engine.container_dir(&cid).unwrap().join("console.log")).unwrap();
     assert!(log.contains("up"), "{log}");
     h.remove(&cid);
-    assert!(h.rt.previous_containers().is_empty());
+    assert!(h.engine.previous_containers().is_empty());
 }
 
 #[test]
@@ -1303,22 +1449,24 @@ fn containers_stay_listed_after_the_runtime_ends() {
     c.command = vec!["sleep".into(), "1000".into()];
     let running = h.start(c);
     loop {
-        if let ContainerEvent::Started { id, .. } =
-            h.events.recv_timeout(Duration::from_secs(30)).unwrap()
-        {
+        if let Event::Started { id, .. } = h.events.recv_timeout(Duration::from_secs(30)).unwrap() {
             if id == running {
                 break;
             }
         }
     }
-    let Harness { rt, events, data } = h;
-    drop(rt);
+    let Harness {
+        engine,
+        events,
+        data,
+    } = h;
+    drop(engine);
     drop(events);
     let h = Harness::on(data);
-    let previous = h.rt.previous_containers();
+    let previous = h.engine.previous_containers();
     let ids: Vec<&str> = previous.iter().map(|r| r.id.0.as_str()).collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
-    let find = |id: &ContainerId| previous.iter().find(|r| &r.id == id).unwrap();
+    let find = |id: &WorkloadId| previous.iter().find(|r| &r.id == id).unwrap();
     assert_eq!(find(&done).exit.as_ref().unwrap().code, 3);
     let killed = find(&running).exit.clone().unwrap();
     assert!(
@@ -1326,10 +1474,11 @@ fn containers_stay_listed_after_the_runtime_ends() {
         "{killed:?}"
     );
     // A new container cannot take a kept one's id; both can be removed.
-    let err =
-        h.rt.execute(ContainerCommand::Run {
+    let err = h
+        .engine
+        .execute(Command::Start {
             id: done.clone(),
-            config: sh("true"),
+            config: WorkloadConfig::Container(sh("true")),
         })
         .unwrap_err();
     assert!(err.to_string().contains(&done.0), "{err}");
@@ -1353,14 +1502,16 @@ fn debian_image_runs_bash_and_dpkg() {
     let host_version = std::fs::read_to_string("/etc/debian_version")
         .expect("this host has no /etc/debian_version (the image is built from its Debian suite)");
     let h = Harness::new();
-    let image =
-        h.rt.images()
-            .import(
-                &built_in_image_source("debian"),
-                Some("debian"),
-                &mut |_| {},
-            )
-            .unwrap();
+    let image = h
+        .engine
+        .images()
+        .unwrap()
+        .import(
+            &built_in_image_source("debian"),
+            Some("debian"),
+            &mut |_| {},
+        )
+        .unwrap();
     assert_eq!(
         image.config.config.cmd.as_deref(),
         Some(&["/bin/bash".to_string()][..])

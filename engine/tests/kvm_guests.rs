@@ -8,17 +8,15 @@
 //! failure. Every wait has a deadline: on kvm_pvm each guest instruction runs
 //! through KVM's emulator, so the deadlines are generous, but a hang fails.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hangar_engine::engine::RegisterDump;
 use hangar_engine::{
-    Command, DiskConfig, DiskFormat, DisplayConfig, Engine, Event, ExitReason, GuestKey,
-    NetworkConfig, PortForward, VmConfig, VmId, VmState,
+    Command, DiskConfig, DiskFormat, DisplayConfig, Engine, EngineOptions, Event, GuestKey,
+    NetworkConfig, PortForward, RegisterDump, StatsDetail, VmCommand, VmConfig, VmEvent, VmExit,
+    WorkloadConfig, WorkloadId, WorkloadState,
 };
+use hangar_testkit::{guest, require_kvm};
 
 /// Longest wait for anything a guest should do.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,89 +24,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const MARKER_HELLO: u8 = 1;
 /// Marker the `spin` guest writes about every 50 ms while it runs.
 const MARKER_PROGRESS: u8 = 2;
-
-/// True if the test may use KVM; otherwise says so loudly (the test then
-/// returns and counts as passed, so the message is the only trace).
-fn kvm_available() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            // Straight to the stderr handle: the test harness captures
-            // `eprintln!` of passing tests, and a skip must be seen.
-            let test = std::thread::current().name().unwrap_or("?").to_string();
-            let _ = writeln!(
-                std::io::stderr(),
-                "*** SKIPPED: /dev/kvm absent ({e}): {test} did not run ***"
-            );
-            false
-        }
-    }
-}
-
-macro_rules! require_kvm {
-    () => {
-        if !kvm_available() {
-            return;
-        }
-    };
-}
-
-/// Build the guests once; the directory holding their ELF files.
-fn guests_dir() -> &'static Path {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match DIR.get_or_init(build_guests) {
-        Ok(dir) => dir,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_guests() -> Result<PathBuf, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("the engine crate has no parent directory")?
-        .to_path_buf();
-    let guests = root.join("tests/guests");
-    let target_dir = root.join("target/guests");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let started = Instant::now();
-    // Run inside tests/guests so its .cargo/config.toml applies, and drop the
-    // outer build's flags (coverage, target-cpu=native...), which are meant
-    // for the host, not for a bare-metal guest.
-    let output = std::process::Command::new(&cargo)
-        .current_dir(&guests)
-        .args(["build", "--release", "--target", "x86_64-unknown-none"])
-        .arg("--manifest-path")
-        .arg(guests.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "building the test guests failed ({}); is the x86_64-unknown-none target installed \
-             (rustup target add x86_64-unknown-none)?\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    eprintln!("test guests built in {:?}", started.elapsed());
-    Ok(target_dir.join("x86_64-unknown-none/release"))
-}
-
-fn guest(name: &str) -> PathBuf {
-    let path = guests_dir().join(name);
-    assert!(path.is_file(), "guest {} was not built", path.display());
-    path
-}
 
 /// A 64 MiB, 1-vCPU machine running test guest `guest_name`, without a
 /// screen, with these disks and network.
@@ -149,7 +64,10 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let (engine, rx) = Engine::new(|| {});
+        let options = EngineOptions {
+            containers: Err("these tests run VMs only".into()),
+        };
+        let (engine, rx) = Engine::new(options, || {});
         Self {
             engine,
             rx,
@@ -157,7 +75,7 @@ impl Harness {
         }
     }
 
-    fn start(&mut self, id: &str, guest_name: &str, vcpus: u8) -> VmId {
+    fn start(&mut self, id: &str, guest_name: &str, vcpus: u8) -> WorkloadId {
         self.start_with_display(id, guest_name, vcpus, None)
     }
 
@@ -167,7 +85,7 @@ impl Harness {
         guest_name: &str,
         vcpus: u8,
         display: Option<DisplayConfig>,
-    ) -> VmId {
+    ) -> WorkloadId {
         self.start_with(id, guest_name, vcpus, display, "")
     }
 
@@ -178,8 +96,8 @@ impl Harness {
         vcpus: u8,
         display: Option<DisplayConfig>,
         cmdline: &str,
-    ) -> VmId {
-        let id = VmId(id.to_string());
+    ) -> WorkloadId {
+        let id = WorkloadId(id.to_string());
         let config = VmConfig {
             name: format!("test {guest_name}"),
             vcpus,
@@ -194,12 +112,12 @@ impl Harness {
         self.start_config(id, config)
     }
 
-    fn start_config(&mut self, id: VmId, config: VmConfig) -> VmId {
+    fn start_config(&mut self, id: WorkloadId, config: VmConfig) -> WorkloadId {
         let name = config.name.clone();
         self.engine
             .execute(Command::Start {
                 id: id.clone(),
-                config,
+                config: WorkloadConfig::Vm(config),
             })
             .unwrap_or_else(|e| panic!("starting {name} was refused: {e}"));
         id
@@ -212,8 +130,8 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{what} was refused: {e}"));
     }
 
-    fn type_in(&mut self, id: &VmId, text: &str) {
-        self.execute(Command::SerialInput {
+    fn type_in(&mut self, id: &WorkloadId, text: &str) {
+        self.execute(Command::Input {
             id: id.clone(),
             bytes: text.as_bytes().to_vec(),
         });
@@ -265,7 +183,7 @@ impl Harness {
     }
 
     /// Wait until the VM's console shows `text`; fails at once if it exits first.
-    fn wait_serial(&mut self, id: &VmId, text: &str) {
+    fn wait_serial(&mut self, id: &WorkloadId, text: &str) {
         let what = format!("{id} to print {text:?}");
         self.wait(&what, |h| {
             if h.serial(id).contains(text) {
@@ -282,54 +200,54 @@ impl Harness {
     }
 
     /// Wait for the VM's `Exited` event and return its reason.
-    fn wait_exit(&mut self, id: &VmId) -> ExitReason {
+    fn wait_exit(&mut self, id: &WorkloadId) -> VmExit {
         let what = format!("{id} to exit");
         self.wait(&what, |h| h.exit_reason(id).is_some());
         self.exit_reason(id).cloned().expect("just waited for it")
     }
 
-    fn for_vm(&self, id: &VmId) -> impl Iterator<Item = &Event> + '_ {
+    fn for_vm(&self, id: &WorkloadId) -> impl Iterator<Item = &Event> + '_ {
         let id = id.clone();
-        self.events.iter().filter(move |e| *event_vm(e) == id)
+        self.events.iter().filter(move |e| *e.id() == id)
     }
 
-    fn serial(&self, id: &VmId) -> String {
+    fn serial(&self, id: &WorkloadId) -> String {
         let mut bytes = Vec::new();
         for e in self.for_vm(id) {
-            if let Event::SerialOutput { bytes: b, .. } = e {
+            if let Event::Output { bytes: b, .. } = e {
                 bytes.extend_from_slice(b);
             }
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    fn exit_reason(&self, id: &VmId) -> Option<&ExitReason> {
+    fn exit_reason(&self, id: &WorkloadId) -> Option<&VmExit> {
         self.for_vm(id).find_map(|e| match e {
-            Event::Exited { reason, .. } => Some(reason),
+            Event::Exited { exit, .. } => exit.as_vm(),
             _ => None,
         })
     }
 
     /// Positions (in `events`) of this VM's markers with this value.
-    fn marker_positions(&self, id: &VmId, value: u8) -> Vec<usize> {
+    fn marker_positions(&self, id: &WorkloadId, value: u8) -> Vec<usize> {
         self.events
             .iter()
             .enumerate()
             .filter(|(_, e)| {
-                matches!(e, Event::BootMarker { id: i, value: v, .. } if i == id && *v == value)
+                matches!(e, Event::Vm { id: i, event: VmEvent::BootMarker { value: v, .. } } if i == id && *v == value)
             })
             .map(|(n, _)| n)
             .collect()
     }
 
     /// Position of this VM's last change to `state`.
-    fn last_state(&self, id: &VmId, state: VmState) -> Option<usize> {
+    fn last_state(&self, id: &WorkloadId, state: WorkloadState) -> Option<usize> {
         self.events.iter().rposition(
             |e| matches!(e, Event::StateChanged { id: i, state: s } if i == id && *s == state),
         )
     }
 
-    fn errors(&self, id: &VmId) -> Vec<(&str, Option<&RegisterDump>)> {
+    fn errors(&self, id: &WorkloadId) -> Vec<(&str, Option<&RegisterDump>)> {
         self.for_vm(id)
             .filter_map(|e| match e {
                 Event::Error {
@@ -344,7 +262,7 @@ impl Harness {
         let mut s = String::from("events so far:\n");
         for e in &self.events {
             match e {
-                Event::SerialOutput { id, bytes } => s.push_str(&format!(
+                Event::Output { id, bytes, .. } => s.push_str(&format!(
                     "  {id}: serial {:?}\n",
                     String::from_utf8_lossy(bytes)
                 )),
@@ -355,7 +273,7 @@ impl Harness {
     }
 
     /// Checks that hold for every VM that ran to its end.
-    fn assert_clean_end(&self, id: &VmId) {
+    fn assert_clean_end(&self, id: &WorkloadId) {
         let mine: Vec<&Event> = self.for_vm(id).collect();
         assert!(
             matches!(mine.last(), Some(Event::Exited { .. })),
@@ -366,7 +284,7 @@ impl Harness {
             mine.iter().any(|e| matches!(
                 e,
                 Event::StateChanged {
-                    state: VmState::Running,
+                    state: WorkloadState::Running,
                     ..
                 }
             )),
@@ -377,7 +295,7 @@ impl Harness {
             mine.iter().any(|e| matches!(
                 e,
                 Event::StateChanged {
-                    state: VmState::Stopped,
+                    state: WorkloadState::Stopped,
                     ..
                 }
             )),
@@ -387,26 +305,13 @@ impl Harness {
     }
 }
 
-fn event_vm(e: &Event) -> &VmId {
-    match e {
-        Event::StateChanged { id, .. }
-        | Event::Started { id, .. }
-        | Event::SerialOutput { id, .. }
-        | Event::Stats { id, .. }
-        | Event::BootMarker { id, .. }
-        | Event::Error { id, .. }
-        | Event::DisplayUpdated { id }
-        | Event::Exited { id, .. } => id,
-    }
-}
-
 #[test]
 fn hello_prints_marks_and_exits_zero() {
     require_kvm!();
     let mut h = Harness::new();
     let vm = h.start("hello", "hello", 1);
     let reason = h.wait_exit(&vm);
-    assert_eq!(reason, ExitReason::GuestExit(0), "{}", h.history());
+    assert_eq!(reason, VmExit::GuestExit(0), "{}", h.history());
     assert_eq!(h.serial(&vm), "hello from guest\n", "{}", h.history());
     assert_eq!(
         h.marker_positions(&vm, MARKER_HELLO).len(),
@@ -433,7 +338,7 @@ fn typed_input_is_echoed_uppercase_and_q_exits_seven() {
     h.wait_serial(&vm, "HELLO, HANGAR 42!");
     h.type_in(&vm, "ok q");
     let reason = h.wait_exit(&vm);
-    assert_eq!(reason, ExitReason::GuestExit(7), "{}", h.history());
+    assert_eq!(reason, VmExit::GuestExit(7), "{}", h.history());
     assert_eq!(
         h.serial(&vm),
         "ready\nHELLO, HANGAR 42!OK ",
@@ -457,7 +362,7 @@ fn serial_interrupt_reaches_a_halted_guest() {
     h.wait_serial(&vm, "ABCXYZ");
     h.type_in(&vm, "q");
     let reason = h.wait_exit(&vm);
-    assert_eq!(reason, ExitReason::GuestExit(7), "{}", h.history());
+    assert_eq!(reason, VmExit::GuestExit(7), "{}", h.history());
     assert_eq!(h.serial(&vm), "ready\nABCXYZ", "{}", h.history());
     h.assert_clean_end(&vm);
 }
@@ -467,7 +372,7 @@ fn smp_brings_up(vcpus: u8) {
     let vm = h.start(&format!("smp{vcpus}"), "smp", vcpus);
     let reason = h.wait_exit(&vm);
     let out = h.serial(&vm);
-    assert_eq!(reason, ExitReason::GuestExit(0), "{out}\n{}", h.history());
+    assert_eq!(reason, VmExit::GuestExit(0), "{out}\n{}", h.history());
     for cpu in 0..vcpus {
         assert!(
             out.contains(&format!("cpu {cpu} up\n")),
@@ -504,9 +409,11 @@ fn pause_freezes_the_guest_and_resume_lets_it_go_on() {
 
     h.execute(Command::Pause(vm.clone()));
     h.wait("the Paused state", |h| {
-        h.last_state(&vm, VmState::Paused).is_some()
+        h.last_state(&vm, WorkloadState::Paused).is_some()
     });
-    let paused_at = h.last_state(&vm, VmState::Paused).expect("waited for it");
+    let paused_at = h
+        .last_state(&vm, WorkloadState::Paused)
+        .expect("waited for it");
     // Markers are reported by the vCPU before it acknowledges the pause, so
     // none may follow the Paused event. The guest writes one every ~50 ms.
     h.collect_for(Duration::from_millis(800));
@@ -521,7 +428,7 @@ fn pause_freezes_the_guest_and_resume_lets_it_go_on() {
     h.execute(Command::Resume(vm.clone()));
     h.wait("progress after resume", |h| {
         let resumed = h
-            .last_state(&vm, VmState::Running)
+            .last_state(&vm, WorkloadState::Running)
             .filter(|&r| r > paused_at);
         resumed.is_some_and(|r| {
             h.marker_positions(&vm, MARKER_PROGRESS)
@@ -532,11 +439,11 @@ fn pause_freezes_the_guest_and_resume_lets_it_go_on() {
 
     h.execute(Command::Stop {
         id: vm.clone(),
-        timeout: Duration::ZERO,
+        grace: Duration::ZERO,
     });
     assert_eq!(
         h.wait_exit(&vm),
-        ExitReason::Stopped { forced: true },
+        VmExit::Stopped { forced: true },
         "{}",
         h.history()
     );
@@ -551,11 +458,11 @@ fn stop_with_zero_timeout_forces() {
     h.wait_serial(&vm, "spinning\n");
     h.execute(Command::Stop {
         id: vm.clone(),
-        timeout: Duration::ZERO,
+        grace: Duration::ZERO,
     });
     assert_eq!(
         h.wait_exit(&vm),
-        ExitReason::Stopped { forced: true },
+        VmExit::Stopped { forced: true },
         "{}",
         h.history()
     );
@@ -571,12 +478,12 @@ fn stop_ignored_by_the_guest_is_forced_after_the_timeout() {
     let asked = Instant::now();
     h.execute(Command::Stop {
         id: vm.clone(),
-        timeout: Duration::from_secs(1),
+        grace: Duration::from_secs(1),
     });
     // `spin` never reads its keyboard, so Ctrl+Alt+Del goes unanswered.
     assert_eq!(
         h.wait_exit(&vm),
-        ExitReason::Stopped { forced: true },
+        VmExit::Stopped { forced: true },
         "{}",
         h.history()
     );
@@ -586,7 +493,7 @@ fn stop_ignored_by_the_guest_is_forced_after_the_timeout() {
         asked.elapsed()
     );
     assert!(
-        h.last_state(&vm, VmState::Stopping).is_some(),
+        h.last_state(&vm, WorkloadState::Stopping).is_some(),
         "no Stopping state\n{}",
         h.history()
     );
@@ -603,7 +510,7 @@ fn triple_fault_fails_one_vm_and_spares_its_neighbour() {
 
     let reason = h.wait_exit(&faulty);
     assert!(
-        matches!(&reason, ExitReason::Failed(why) if why.contains("triple")),
+        matches!(&reason, VmExit::Failed(why) if why.contains("triple")),
         "{reason:?}\n{}",
         h.history()
     );
@@ -644,7 +551,7 @@ fn triple_fault_fails_one_vm_and_spares_its_neighbour() {
     h.type_in(&bystander, "still here q");
     assert_eq!(
         h.wait_exit(&bystander),
-        ExitReason::GuestExit(7),
+        VmExit::GuestExit(7),
         "{}",
         h.history()
     );
@@ -663,7 +570,7 @@ fn unknown_mmio_is_reported_and_the_guest_goes_on() {
     let mut h = Harness::new();
     let vm = h.start("mmio", "fault-mmio", 1);
     let reason = h.wait_exit(&vm);
-    assert_eq!(reason, ExitReason::GuestExit(0), "{}", h.history());
+    assert_eq!(reason, VmExit::GuestExit(0), "{}", h.history());
     assert_eq!(h.serial(&vm), "after mmio\n", "{}", h.history());
     let errors = h.errors(&vm);
     assert_eq!(errors.len(), 1, "{}", h.history());
@@ -679,7 +586,7 @@ fn i8042_reset_ends_the_vm_as_guest_reset() {
     let mut h = Harness::new();
     let vm = h.start("reset", "reset", 1);
     let reason = h.wait_exit(&vm);
-    assert_eq!(reason, ExitReason::GuestReset, "{}", h.history());
+    assert_eq!(reason, VmExit::GuestReset, "{}", h.history());
     assert_eq!(h.serial(&vm), "resetting\n", "{}", h.history());
     assert!(h.errors(&vm).is_empty(), "{}", h.history());
     h.assert_clean_end(&vm);
@@ -702,6 +609,10 @@ fn running_vm_reports_stats_per_vcpu() {
             _ => None,
         })
         .unwrap();
+    let resident = stats.memory_bytes;
+    let StatsDetail::Vm(stats) = stats.detail else {
+        panic!("a VM's stats are a VM's: {stats:?}");
+    };
     assert_eq!(stats.vcpus.len(), 2, "{stats:?}");
     assert_eq!(stats.guest_memory_bytes, 64 << 20);
     // The spinner's vCPU 0 has exited to us (serial, markers) and burnt CPU;
@@ -713,17 +624,14 @@ fn running_vm_reports_stats_per_vcpu() {
         "{stats:?}"
     );
     // The guest touched its tables, image and stack, but not all of RAM.
-    assert!(stats.guest_resident_bytes > 0, "{stats:?}");
-    assert!(
-        stats.guest_resident_bytes < stats.guest_memory_bytes,
-        "{stats:?}"
-    );
+    assert!(resident > 0, "{stats:?}");
+    assert!(resident < stats.guest_memory_bytes, "{stats:?}");
     assert!(stats.uptime >= Duration::from_millis(900), "{stats:?}");
     h.execute(Command::Stop {
         id: vm.clone(),
-        timeout: Duration::ZERO,
+        grace: Duration::ZERO,
     });
-    assert_eq!(h.wait_exit(&vm), ExitReason::Stopped { forced: true });
+    assert_eq!(h.wait_exit(&vm), VmExit::Stopped { forced: true });
 }
 
 /// The framebuffer guest's pattern, as `0x00RRGGBB` at (x, y).
@@ -762,8 +670,15 @@ fn framebuffer_reaches_the_display_and_typed_keys_reach_the_guest() {
     });
     // The next screen refresh after the marker carries the whole pattern.
     h.wait("a display update", |h| {
-        h.for_vm(&vm)
-            .any(|e| matches!(e, Event::DisplayUpdated { .. }))
+        h.for_vm(&vm).any(|e| {
+            matches!(
+                e,
+                Event::Vm {
+                    event: VmEvent::DisplayUpdated,
+                    ..
+                }
+            )
+        })
     });
     h.collect_for(Duration::from_millis(100));
     let (pixels_ok, rects) = display.take_changes(|frame, rects| {
@@ -811,8 +726,7 @@ fn framebuffer_reaches_the_display_and_typed_keys_reach_the_guest() {
         "a still screen is not updated"
     );
     // A screenshot is the frame.
-    let dir = std::env::temp_dir().join(format!("hangar-fb-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = hangar_testkit::TempDir::new("fb");
     let png = dir.join("fb.png");
     display.save_png(&png).unwrap();
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
@@ -823,7 +737,7 @@ fn framebuffer_reaches_the_display_and_typed_keys_reach_the_guest() {
     assert_eq!(at(8, 4), &[0xff, 0, 0]);
     assert_eq!(at(100, 60), &[0, 0xff, 0]);
     assert_eq!(at(0, 0), &[0, 0, 0]);
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(dir);
 
     // Typed keys arrive as the scancodes Linux's atkbd reads through the
     // controller's translation (set 1): A, Shift+A, Up (E0-prefixed), and
@@ -841,14 +755,13 @@ fn framebuffer_reaches_the_display_and_typed_keys_reach_the_guest() {
         (GuestKey::Escape, false),
     ];
     for (key, pressed) in keys {
-        h.execute(Command::KeyInput {
+        h.execute(Command::Vm {
             id: vm.clone(),
-            key,
-            pressed,
+            command: VmCommand::Key { key, pressed },
         });
     }
     let reason = h.wait_exit(&vm);
-    assert_eq!(reason, ExitReason::GuestExit(0), "{}", h.history());
+    assert_eq!(reason, VmExit::GuestExit(0), "{}", h.history());
     let serial = h.serial(&vm);
     let typed = serial.lines().nth(1).unwrap_or_default();
     assert_eq!(
@@ -866,7 +779,7 @@ fn a_vm_without_a_screen_has_no_display_and_the_guest_sees_none() {
     let vm = h.start("nofb", "framebuffer", 1);
     assert!(h.engine.display(&vm).is_none());
     let reason = h.wait_exit(&vm);
-    assert_eq!(reason, ExitReason::GuestExit(3), "{}", h.history());
+    assert_eq!(reason, VmExit::GuestExit(3), "{}", h.history());
     assert_eq!(h.serial(&vm), "no fb\n");
 }
 
@@ -912,7 +825,7 @@ fn a_guest_drawing_at_native_speed_updates_the_display_every_refresh() {
         assert!(h.errors(&vm).is_empty(), "{}", h.history());
         h.execute(Command::Stop {
             id: vm.clone(),
-            timeout: Duration::ZERO,
+            grace: Duration::ZERO,
         });
         h.wait_exit(&vm);
     }
@@ -925,8 +838,8 @@ fn a_guest_drawing_at_native_speed_updates_the_display_every_refresh() {
 #[test]
 fn virtio_blk_guest_writes_the_image_through_pci_and_msix() {
     require_kvm!();
-    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hangar-vblk-").unwrap();
-    let image = dir.as_path().join("disk.raw");
+    let dir = hangar_testkit::TempDir::new("vblk");
+    let image = dir.join("disk.raw");
     // 64 sectors; sector 0 and 1 start with a marker the guest overwrites.
     let mut content = vec![0u8; 64 * 512];
     content[512..516].copy_from_slice(b"OLD!");
@@ -938,10 +851,10 @@ fn virtio_blk_guest_writes_the_image_through_pci_and_msix() {
         vec![raw_disk(&image)],
         None,
     );
-    let vm = h.start_config(VmId("vblk".into()), config);
+    let vm = h.start_config(WorkloadId("vblk".into()), config);
     let reason = h.wait_exit(&vm);
     let out = h.serial(&vm);
-    assert_eq!(reason, ExitReason::GuestExit(0), "{out}\n{}", h.history());
+    assert_eq!(reason, VmExit::GuestExit(0), "{out}\n{}", h.history());
     assert!(out.contains("capacity 64\n"), "{out}");
     assert!(out.contains("read back ok\n"), "{out}");
     assert!(out.contains("id hangar-disk0\n"), "{out}");
@@ -983,7 +896,7 @@ fn network_port_forward_lives_and_dies_with_the_vm() {
     let port = free_port();
     let mut h = Harness::new();
     let vm = h.start_config(
-        VmId("net".into()),
+        WorkloadId("net".into()),
         echo_with_network(vec![PortForward {
             host_port: port,
             guest_port: 80,
@@ -994,12 +907,7 @@ fn network_port_forward_lives_and_dies_with_the_vm() {
     std::net::TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("port {port} not forwarded while the VM runs: {e}"));
     h.type_in(&vm, "q");
-    assert_eq!(
-        h.wait_exit(&vm),
-        ExitReason::GuestExit(7),
-        "{}",
-        h.history()
-    );
+    assert_eq!(h.wait_exit(&vm), VmExit::GuestExit(7), "{}", h.history());
     assert!(h.errors(&vm).is_empty(), "{}", h.history());
     // Teardown killed passt before Exited: nobody listens any more.
     assert!(
@@ -1017,14 +925,14 @@ fn network_port_in_use_is_a_clear_error() {
     let port = holder.local_addr().unwrap().port();
     let mut h = Harness::new();
     let vm = h.start_config(
-        VmId("net-busy".into()),
+        WorkloadId("net-busy".into()),
         echo_with_network(vec![PortForward {
             host_port: port,
             guest_port: 80,
         }]),
     );
     let reason = h.wait_exit(&vm);
-    let ExitReason::Failed(message) = reason else {
+    let VmExit::Failed(message) = reason else {
         panic!("expected a failed start, got {reason:?}\n{}", h.history());
     };
     assert!(
@@ -1039,28 +947,23 @@ fn network_port_in_use_is_a_clear_error() {
 #[test]
 fn a_disk_in_use_by_a_running_machine_cannot_be_started_twice() {
     require_kvm!();
-    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hangar-disk-lock-").unwrap();
-    let image = dir.as_path().join("shared.raw");
+    let dir = hangar_testkit::TempDir::new("disk-lock");
+    let image = dir.join("shared.raw");
     std::fs::write(&image, vec![0u8; 64 * 512]).unwrap();
     let with_disk = |name: &str| guest_config(name, "echo", vec![raw_disk(&image)], None);
     let mut h = Harness::new();
-    let first = h.start_config(VmId("first".into()), with_disk("first"));
+    let first = h.start_config(WorkloadId("first".into()), with_disk("first"));
     h.wait_serial(&first, "ready\n");
-    let second = h.start_config(VmId("second".into()), with_disk("second"));
+    let second = h.start_config(WorkloadId("second".into()), with_disk("second"));
     let reason = h.wait_exit(&second);
-    let ExitReason::Failed(message) = reason else {
+    let VmExit::Failed(message) = reason else {
         panic!("the second machine started on a disk in use: {reason:?}");
     };
     assert!(message.contains("in use"), "{message}");
     h.type_in(&first, "q");
-    assert_eq!(h.wait_exit(&first), ExitReason::GuestExit(7));
-    let third = h.start_config(VmId("third".into()), with_disk("third"));
+    assert_eq!(h.wait_exit(&first), VmExit::GuestExit(7));
+    let third = h.start_config(WorkloadId("third".into()), with_disk("third"));
     h.wait_serial(&third, "ready\n");
     h.type_in(&third, "q");
-    assert_eq!(
-        h.wait_exit(&third),
-        ExitReason::GuestExit(7),
-        "{}",
-        h.history()
-    );
+    assert_eq!(h.wait_exit(&third), VmExit::GuestExit(7), "{}", h.history());
 }

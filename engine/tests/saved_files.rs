@@ -5,37 +5,21 @@
 // Test code: a failed step should panic with its error.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hangar_engine::config::{DiskFormat, PortForward};
-use hangar_engine::containers::{
-    ContainerRuntime, ContainerState, HelperCommand, NetworkMode, RuntimePaths,
+use hangar_engine::containers::{HelperCommand, NetworkMode, RuntimePaths};
+use hangar_engine::{
+    ContainerSetup, Engine, EngineOptions, MachineStore, StoredMachine, VmConfig, WorkloadState,
 };
-use hangar_engine::{MachineStore, StoredMachine, VmConfig};
-
-fn fixture(release: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(format!("saved-{release}"))
-}
+use hangar_testkit::{saved_fixture, TempDir};
 
 /// A copy of a fixture tree: loading may write (a record of a container
 /// that ended with the app is brought up to date), the fixture never.
-struct Copy(PathBuf);
-
-impl Copy {
-    fn of(src: &Path) -> Self {
-        let dst = std::env::temp_dir().join(format!("hangar-saved-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dst);
-        copy_tree(src, &dst);
-        Copy(dst)
-    }
-}
-
-impl Drop for Copy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn copy_of(release: &str) -> TempDir {
+    let dir = TempDir::new("saved");
+    copy_tree(&saved_fixture(release), dir.path());
+    dir
 }
 
 fn copy_tree(src: &Path, dst: &Path) {
@@ -62,8 +46,8 @@ fn machine<'a>(all: &'a [StoredMachine], id: &str) -> &'a VmConfig {
 
 #[test]
 fn machine_definitions_of_release_0_1_load() {
-    let copy = Copy::of(&fixture("0.1"));
-    let all = MachineStore::open(&copy.0.join("config"))
+    let copy = copy_of("0.1");
+    let all = MachineStore::open(&copy.join("config"))
         .unwrap()
         .load_all()
         .unwrap();
@@ -134,8 +118,8 @@ fn machine_definitions_of_release_0_1_load() {
 
 #[test]
 fn container_records_of_release_0_1_load() {
-    let copy = Copy::of(&fixture("0.1"));
-    let data = copy.0.join("data");
+    let copy = copy_of("0.1");
+    let data = copy.join("data");
     let paths = RuntimePaths {
         data_dir: data.clone(),
         run_dir: data.join("run"),
@@ -144,14 +128,18 @@ fn container_records_of_release_0_1_load() {
         program: env!("CARGO_BIN_EXE_hangar-container-helper").into(),
         args: vec![],
     };
-    let (rt, _events) = ContainerRuntime::new(paths, helper, || {}).unwrap();
-    let records = rt.previous_containers();
+    let options = EngineOptions {
+        containers: Ok(ContainerSetup { paths, helper }),
+    };
+    let (engine, _events) = Engine::new(options, || {});
+    assert!(engine.containers_unavailable().is_none());
+    let records = engine.previous_containers();
     let ids: Vec<&str> = records.iter().map(|r| r.id.0.as_str()).collect();
     assert_eq!(ids, ["419ab81b0142", "8d374ac1dd29"]);
 
     // Exited by itself with code 3, pipes, limits and a read-only volume.
     let exited = &records[0];
-    assert_eq!(rt.state(&exited.id), Some(ContainerState::Exited));
+    assert_eq!(engine.state(&exited.id), Some(WorkloadState::Stopped));
     let exit = exited.exit.as_ref().unwrap();
     assert_eq!(
         (exit.code, exit.signal, exit.ended_with_app),
@@ -172,7 +160,7 @@ fn container_records_of_release_0_1_load() {
     // Still running when the app quit: killed with it, on a terminal, with
     // user networking and a port.
     let killed = &records[1];
-    assert_eq!(rt.state(&killed.id), Some(ContainerState::Exited));
+    assert_eq!(engine.state(&killed.id), Some(WorkloadState::Stopped));
     let exit = killed.exit.as_ref().unwrap();
     assert_eq!(
         (exit.code, exit.signal, exit.ended_with_app),

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use hangar_engine::engine::MARKER_INIT_REACHED;
+use hangar_engine::MARKER_INIT_REACHED;
 use hangar_engine::{DefaultKit, HostProbe};
 
 /// The default kit's /init prints this once it has loaded its modules: the

@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hangar_engine::containers::{
-    runtime_spec_json, ContainerCommand, ContainerConfig, ContainerEvent, ContainerRuntime,
-    RuntimePaths, SpecInputs, SpecNetwork,
+    runtime_spec_json, ContainerConfig, RuntimePaths, SpecInputs, SpecNetwork,
+};
+use hangar_engine::{
+    Command as EngineCommand, ContainerSetup, Engine, EngineOptions, Event, WorkloadConfig,
 };
 
 use super::bench::median;
@@ -44,19 +46,26 @@ pub fn containers(args: ContainerBenchArgs) -> anyhow::Result<ExitCode> {
     private_mount_namespace()?;
 
     let paths = RuntimePaths::locate().context("cannot set up the container runtime")?;
-    let (runtime, events) =
-        ContainerRuntime::new(paths, super::container::helper_command()?, || {})
-            .context("cannot set up the container runtime")?;
-    let image = runtime
+    let options = EngineOptions {
+        containers: Ok(ContainerSetup {
+            paths,
+            helper: super::container::helper_command()?,
+        }),
+    };
+    let (engine, events) = Engine::new(options, || {});
+    let images = engine
         .images()
+        .context("cannot set up the container runtime")?
+        .clone();
+    let image = images
         .get("default")
         .or_else(|_| {
             // First use: run once so the runtime imports it.
-            one_hangar_run(&runtime, &events).map(|_| ())?;
-            runtime.images().get("default").map_err(anyhow::Error::from)
+            one_hangar_run(&engine, &events).map(|_| ())?;
+            images.get("default").map_err(anyhow::Error::from)
         })
         .context("the default image is missing: run packaging/setup.sh")?;
-    let roots = runtime.images().layer_roots(&image)?;
+    let roots = images.layer_roots(&image)?;
     println!(
         "container: default image ({} layer(s)), /bin/true, {} runs per runtime",
         roots.len(),
@@ -64,7 +73,7 @@ pub fn containers(args: ContainerBenchArgs) -> anyhow::Result<ExitCode> {
     );
 
     let mut results: Vec<(&str, Vec<f64>)> = Vec::new();
-    let ours = sample(args.runs, || one_hangar_run(&runtime, &events))?;
+    let ours = sample(args.runs, || one_hangar_run(&engine, &events))?;
     results.push(("hangar", ours));
 
     if !args.no_peers {
@@ -130,37 +139,34 @@ fn sample(
         .collect()
 }
 
-fn one_hangar_run(
-    runtime: &ContainerRuntime,
-    events: &Receiver<ContainerEvent>,
-) -> anyhow::Result<Duration> {
+fn one_hangar_run(engine: &Engine, events: &Receiver<Event>) -> anyhow::Result<Duration> {
     let config = bench_config();
-    let id = ContainerRuntime::new_id();
+    let id = Engine::new_container_id();
     let t0 = Instant::now();
-    runtime.execute(ContainerCommand::Run {
+    engine.execute(EngineCommand::Start {
         id: id.clone(),
-        config,
+        config: WorkloadConfig::Container(config),
     })?;
     loop {
         match events.recv_timeout(Duration::from_secs(30))? {
-            ContainerEvent::Exited { id: i, exit } if i == id => {
-                if exit.code != 0 {
-                    bail!("/bin/true exited with {}", exit.code);
+            Event::Exited { id: i, exit } if i == id => {
+                if exit.as_container().is_none_or(|e| e.code != 0) {
+                    bail!("/bin/true ended: {}", exit.reason);
                 }
-                runtime.execute(ContainerCommand::Remove {
+                engine.execute(EngineCommand::Remove {
                     id: id.clone(),
                     force: false,
                 })?;
             }
-            ContainerEvent::Error { id: i, message } if i == id => bail!("{message}"),
-            ContainerEvent::Removed(i) if i == id => return Ok(t0.elapsed()),
+            Event::Error { id: i, message, .. } if i == id => bail!("{message}"),
+            Event::Removed(i) if i == id => return Ok(t0.elapsed()),
             _ => {}
         }
     }
 }
 
 fn one_peer_run(runtime: &str, bundle: &Path) -> anyhow::Result<Duration> {
-    let id = format!("hangar-bench-{}", ContainerRuntime::new_id());
+    let id = format!("hangar-bench-{}", Engine::new_container_id());
     let t0 = Instant::now();
     let status = Command::new(runtime)
         .args(["run", "--bundle"])

@@ -15,8 +15,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hangar_engine::containers::{
-    ContainerCommand, ContainerConfig, ContainerEvent, ContainerExit, ContainerLimits,
-    ContainerRuntime, HelperCommand, NetworkMode, OutputStream, PortForward, RuntimePaths, Volume,
+    ContainerConfig, ContainerExit, ContainerLimits, HelperCommand, NetworkMode, PortForward,
+    RuntimePaths, Volume,
+};
+use hangar_engine::{
+    Command, ContainerCommand, ContainerSetup, Engine, EngineOptions, Event, OutputStream,
+    WorkloadConfig, WorkloadState,
 };
 
 use super::run::{on_stop_signal, spawn_stdin_reader, Input, RawTerminal, STOP_SIGNALS};
@@ -180,13 +184,21 @@ fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     let limits = config.limits.clone();
     let paths = RuntimePaths::locate().context("cannot set up the container runtime")?;
-    let (runtime, events) = ContainerRuntime::new(paths, helper_command()?, || {})
-        .context("cannot set up the container runtime")?;
-    let id = ContainerRuntime::new_id();
-    runtime
-        .execute(ContainerCommand::Run {
+    let options = EngineOptions {
+        containers: Ok(ContainerSetup {
+            paths,
+            helper: helper_command()?,
+        }),
+    };
+    let (engine, events) = Engine::new(options, || {});
+    if let Some(why) = engine.containers_unavailable() {
+        return Err(anyhow::Error::new(why.clone()).context("cannot set up the container runtime"));
+    }
+    let id = Engine::new_container_id();
+    engine
+        .execute(Command::Start {
             id: id.clone(),
-            config,
+            config: WorkloadConfig::Container(config),
         })
         .context("cannot run the container")?;
 
@@ -224,14 +236,14 @@ fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
             } else {
                 Duration::ZERO
             };
-            let _ = runtime.execute(ContainerCommand::Stop {
+            let _ = engine.execute(Command::Stop {
                 id: id.clone(),
                 grace,
             });
         }
         if started && args.tty && WINDOW_CHANGED.swap(false, Ordering::SeqCst) {
             if let Some((cols, rows)) = terminal_size() {
-                let _ = runtime.execute(ContainerCommand::Resize {
+                let _ = engine.execute(Command::Resize {
                     id: id.clone(),
                     cols,
                     rows,
@@ -242,24 +254,27 @@ fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
         // our stdin closes its stdin (pipes).
         while started && exit.is_none() {
             let cmd = match input_rx.try_recv() {
-                Ok(Input::Bytes(bytes)) => ContainerCommand::Input {
+                Ok(Input::Bytes(bytes)) => Command::Input {
                     id: id.clone(),
                     bytes,
                 },
-                Ok(Input::Quit) => ContainerCommand::Stop {
+                Ok(Input::Quit) => Command::Stop {
                     id: id.clone(),
                     grace: Duration::from_secs(args.stop_timeout),
                 },
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     if input_open && !args.tty {
-                        let _ = runtime.execute(ContainerCommand::CloseInput(id.clone()));
+                        let _ = engine.execute(Command::Container {
+                            id: id.clone(),
+                            command: ContainerCommand::CloseInput,
+                        });
                     }
                     input_open = false;
                     break;
                 }
             };
-            let _ = runtime.execute(cmd);
+            let _ = engine.execute(cmd);
         }
         let event = match events.recv_timeout(Duration::from_millis(20)) {
             Ok(e) => e,
@@ -267,24 +282,24 @@ fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(RecvTimeoutError::Disconnected) => anyhow::bail!("the container runtime stopped"),
         };
         match event {
-            ContainerEvent::Output { stream, data, .. } => {
+            Event::Output { stream, bytes, .. } => {
                 if stream == OutputStream::Stderr {
-                    let _ = std::io::stderr().write_all(&data);
+                    let _ = std::io::stderr().write_all(&bytes);
                 } else {
-                    stdout.write_all(&data).context("cannot write to stdout")?;
+                    stdout.write_all(&bytes).context("cannot write to stdout")?;
                     stdout.flush().context("cannot write to stdout")?;
                 }
             }
-            ContainerEvent::Started { .. } => started = true,
-            ContainerEvent::Error { message, .. } => {
+            Event::Started { .. } => started = true,
+            Event::Error { message, .. } => {
                 eprint!("hangar: error: {message}{nl}");
                 failure = Some(message);
             }
-            ContainerEvent::StateChanged {
-                state: hangar_engine::containers::ContainerState::Failed,
+            Event::StateChanged {
+                state: WorkloadState::Failed,
                 ..
             } => {
-                let _ = runtime.execute(ContainerCommand::Remove {
+                let _ = engine.execute(Command::Remove {
                     id: id.clone(),
                     force: true,
                 });
@@ -295,20 +310,20 @@ fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
                     });
                 }
             }
-            ContainerEvent::Exited { exit: e, .. } => {
-                let _ = runtime.execute(ContainerCommand::Remove {
+            Event::Exited { exit: e, .. } => {
+                let _ = engine.execute(Command::Remove {
                     id: id.clone(),
                     force: true,
                 });
-                exit = Some(e);
+                exit = e.as_container().cloned();
             }
-            ContainerEvent::Removed(_) => break,
-            // This command starts no other processes in the container.
-            ContainerEvent::StateChanged { .. }
-            | ContainerEvent::Stats { .. }
-            | ContainerEvent::ExecStarted { .. }
-            | ContainerEvent::ExecOutput { .. }
-            | ContainerEvent::ExecExited { .. } => {}
+            Event::Removed(_) => break,
+            // This command starts no other processes in the container,
+            // and runs no VM.
+            Event::StateChanged { .. }
+            | Event::Stats { .. }
+            | Event::Container { .. }
+            | Event::Vm { .. } => {}
         }
     }
     drop(raw);

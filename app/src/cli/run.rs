@@ -16,10 +16,10 @@ use std::time::Duration;
 use anyhow::Context;
 use hangar_engine::config::DisplayConfig;
 use hangar_engine::devices::keymap::keystrokes_for_text;
-use hangar_engine::engine::MARKER_INIT_REACHED;
 use hangar_engine::{
-    Command, DefaultKit, DiskConfig, DiskFormat, Engine, Event, ExitReason, NetworkConfig,
-    PortForward, VmConfig, VmId,
+    Command, DefaultKit, DiskConfig, DiskFormat, Engine, EngineOptions, Event, NetworkConfig,
+    PortForward, VmCommand, VmConfig, VmEvent, VmExit, WorkloadConfig, WorkloadId,
+    MARKER_INIT_REACHED,
 };
 use vmm_sys_util::terminal::Terminal;
 
@@ -346,12 +346,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if (!keystrokes.is_empty() || args.screen_summary) && config.display.is_none() {
         anyhow::bail!("--type and --screen-summary need a screen (not --display none)");
     }
-    let (mut engine, events) = Engine::new(|| {});
-    let id = VmId(config.name.clone());
+    let options = EngineOptions {
+        containers: Err("`hangar run` runs one machine".into()),
+    };
+    let (engine, events) = Engine::new(options, || {});
+    let id = WorkloadId(config.name.clone());
     engine
         .execute(Command::Start {
             id: id.clone(),
-            config,
+            config: WorkloadConfig::Vm(config),
         })
         .context("cannot start the machine")?;
     let display = engine.display(&id);
@@ -382,20 +385,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             };
             if let Err(e) = engine.execute(Command::Stop {
                 id: id.clone(),
-                timeout,
+                grace: timeout,
             }) {
                 log::debug!("{e}");
             }
         }
         while let Ok(input) = input_rx.try_recv() {
             let cmd = match input {
-                Input::Bytes(bytes) => Command::SerialInput {
+                Input::Bytes(bytes) => Command::Input {
                     id: id.clone(),
                     bytes,
                 },
                 Input::Quit => Command::Stop {
                     id: id.clone(),
-                    timeout: Duration::from_secs(args.stop_timeout),
+                    grace: Duration::from_secs(args.stop_timeout),
                 },
             };
             // The VM may have just ended; its Exited event follows.
@@ -409,12 +412,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(RecvTimeoutError::Disconnected) => anyhow::bail!("the engine stopped unexpectedly"),
         };
         match event {
-            Event::SerialOutput { bytes, .. } => {
+            Event::Output { bytes, .. } => {
                 stdout.write_all(&bytes).context("cannot write to stdout")?;
                 stdout.flush().context("cannot write to stdout")?;
             }
-            Event::BootMarker {
-                value, since_start, ..
+            Event::Vm {
+                event: VmEvent::BootMarker { value, since_start },
+                ..
             } => {
                 if value == MARKER_INIT_REACHED {
                     eprint!(
@@ -422,10 +426,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         since_start.as_millis()
                     );
                     for (key, pressed) in keystrokes.drain(..) {
-                        if let Err(e) = engine.execute(Command::KeyInput {
+                        if let Err(e) = engine.execute(Command::Vm {
                             id: id.clone(),
-                            key,
-                            pressed,
+                            command: VmCommand::Key { key, pressed },
                         }) {
                             log::debug!("{e}");
                         }
@@ -451,8 +454,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             // The terminal shows the serial console, not the screen.
-            Event::StateChanged { .. } | Event::Stats { .. } | Event::DisplayUpdated { .. } => {}
-            Event::Exited { reason, .. } => {
+            Event::StateChanged { .. }
+            | Event::Stats { .. }
+            | Event::Vm {
+                event: VmEvent::DisplayUpdated,
+                ..
+            } => {}
+            // Not sent for a VM.
+            Event::Removed(_) | Event::Container { .. } => {}
+            Event::Exited { exit, .. } => {
                 drop(raw);
                 if let (true, Some(d)) = (args.screen_summary, &display) {
                     let (w, h) = d.size();
@@ -461,17 +471,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         "hangar: screen {w}x{h}: {inked} of {bands} bands of {TEXT_BAND_ROWS} rows drawn on"
                     );
                 }
-                eprintln!("hangar: exited: {reason}");
-                return Ok(exit_code(&reason));
+                eprintln!("hangar: exited: {}", exit.reason);
+                return Ok(exit.as_vm().map_or(ExitCode::FAILURE, exit_code));
             }
         }
     }
 }
 
-fn exit_code(reason: &ExitReason) -> ExitCode {
+fn exit_code(reason: &VmExit) -> ExitCode {
     match reason {
-        ExitReason::GuestReset | ExitReason::Stopped { .. } => ExitCode::SUCCESS,
-        ExitReason::GuestExit(code) => ExitCode::from(*code),
-        ExitReason::Failed(_) => ExitCode::FAILURE,
+        VmExit::GuestReset | VmExit::Stopped { .. } => ExitCode::SUCCESS,
+        VmExit::GuestExit(code) => ExitCode::from(*code),
+        VmExit::Failed(_) => ExitCode::FAILURE,
     }
 }

@@ -1,6 +1,6 @@
 //! The Hangar window: library on the left, tabs in the middle, log at the
-//! bottom. Each frame drains engine and container runtime events, draws,
-//! then applies the commands the panels queued.
+//! bottom. Each frame drains the engine's events (machines and containers
+//! alike), draws, then applies the commands the panels queued.
 
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
@@ -8,14 +8,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hangar_engine::containers::{
-    ContainerCommand, ContainerConfig, ContainerEvent, ContainerId, ContainerRuntime,
-    ContainerState, HelperCommand, OutputStream, RuntimePaths,
-};
+use hangar_engine::containers::{ContainerConfig, RuntimePaths};
 use hangar_engine::images::ImageRecord;
 use hangar_engine::{
-    disks, templates, Command, DefaultKit, DiskConfig, Engine, Event, ExitReason, HostCapability,
-    MachineDefinition, MachineStore, NetworkConfig, StoredMachine, TemplateStatus, VmConfig, VmId,
+    disks, templates, Command, ContainerCommand, ContainerSetup, DefaultKit, DiskConfig, Engine,
+    EngineOptions, Event, HostCapability, MachineDefinition, MachineStore, NetworkConfig,
+    OutputStream, StoredMachine, TemplateStatus, VmCommand, VmConfig, VmEvent, VmExit,
+    WorkloadConfig, WorkloadId, WorkloadState, MARKER_INIT_REACHED,
 };
 
 use super::command::{CommandQueue, DiskRequest, UiCommand};
@@ -55,21 +54,11 @@ pub struct AppEnv {
     pub containers: Result<ContainerSetup, String>,
 }
 
-/// What the container runtime needs.
-pub struct ContainerSetup {
-    /// Data directory (images, containers) and run directory.
-    pub paths: RuntimePaths,
-    /// How the runtime starts its per-container helper processes.
-    pub helper: HelperCommand,
-}
-
-impl ContainerSetup {
-    /// The user's data directory; helpers re-execute this binary.
-    pub fn from_system() -> Result<Self, String> {
-        let paths = RuntimePaths::locate().map_err(|e| e.to_string())?;
-        let helper = crate::cli::helper_command().map_err(|e| format!("{e:#}"))?;
-        Ok(Self { paths, helper })
-    }
+/// The user's container directories; helpers re-execute this binary.
+pub fn container_setup_from_system() -> Result<ContainerSetup, String> {
+    let paths = RuntimePaths::locate().map_err(|e| e.to_string())?;
+    let helper = crate::cli::helper_command().map_err(|e| format!("{e:#}"))?;
+    Ok(ContainerSetup { paths, helper })
 }
 
 impl AppEnv {
@@ -80,16 +69,13 @@ impl AppEnv {
                 .context("cannot find Hangar's config directory")?,
             data_dir: hangar_engine::kit::data_dir().ok(),
             kit: DefaultKit::locate().ok(),
-            containers: ContainerSetup::from_system(),
+            containers: container_setup_from_system(),
         })
     }
 }
 
-/// Start the container runtime; its waker repaints like the VM engine's.
-fn start_container_runtime(
-    setup: ContainerSetup,
-    repaint: &Arc<OnceLock<egui::Context>>,
-) -> Result<(ContainerRuntime, Receiver<ContainerEvent>), String> {
+/// The app runs containers as root only (the library says why otherwise).
+fn containers_as_root(setup: ContainerSetup) -> Result<ContainerSetup, String> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
@@ -97,13 +83,7 @@ fn start_container_runtime(
             "containers need root, and Hangar runs as user {euid}"
         ));
     }
-    let waker_ctx = repaint.clone();
-    ContainerRuntime::new(setup.paths, setup.helper, move || {
-        if let Some(ctx) = waker_ctx.get() {
-            ctx.request_repaint();
-        }
-    })
-    .map_err(|e| e.to_string())
+    Ok(setup)
 }
 
 /// egui's default fonts, with its monospace font (Hack) as a fallback of
@@ -145,8 +125,6 @@ pub struct Runtime {
     pub machines: Machines,
     /// Containers the app ran (and whether it can run any).
     pub containers: Containers,
-    container_runtime: Option<ContainerRuntime>,
-    container_events: Option<Receiver<ContainerEvent>>,
     container_dialog: Option<ContainerDialogState>,
     /// The running (or last) image import or pull.
     image_job: Option<ImageJob>,
@@ -170,7 +148,11 @@ impl HangarApp {
     pub fn new(env: AppEnv) -> Self {
         let repaint: Arc<OnceLock<egui::Context>> = Arc::new(OnceLock::new());
         let waker_ctx = repaint.clone();
-        let (engine, events) = Engine::new(move || {
+        let set_up = env.containers.is_ok();
+        let options = EngineOptions {
+            containers: env.containers.and_then(containers_as_root),
+        };
+        let (engine, events) = Engine::new(options, move || {
             if let Some(ctx) = waker_ctx.get() {
                 ctx.request_repaint();
             }
@@ -179,33 +161,32 @@ impl HangarApp {
         let mut log = Log::default();
         log.push(Severity::Info, None, host.summary());
         let mut containers = Containers::default();
-        let (container_runtime, container_events) = match env.containers {
-            Ok(setup) => match start_container_runtime(setup, &repaint) {
-                Ok((rt, events)) => {
-                    // What earlier runs left stays listed until removed.
-                    for record in rt.previous_containers() {
-                        let log_path = rt.container_dir(&record.id).join(CONSOLE_LOG_FILE);
-                        containers
-                            .entries
-                            .push(Container::from_record(record, log_path));
-                    }
-                    (Some(rt), Some(events))
+        match engine.containers_unavailable() {
+            None => {
+                // What earlier runs left stays listed until removed.
+                for record in engine.previous_containers() {
+                    let log_path = engine
+                        .container_dir(&record.id)
+                        .map(|d| d.join(CONSOLE_LOG_FILE))
+                        .unwrap_or_default();
+                    containers
+                        .entries
+                        .push(Container::from_record(record, log_path));
                 }
-                Err(why) => {
+            }
+            Some(why) => {
+                // A set-up that was found but could not start is news; no
+                // set-up at all is only shown in the library.
+                if set_up {
                     log.push(
                         Severity::Info,
                         None,
                         format!("containers are unavailable: {why}"),
                     );
-                    containers.unavailable = Some(why);
-                    (None, None)
                 }
-            },
-            Err(why) => {
-                containers.unavailable = Some(why);
-                (None, None)
+                containers.unavailable = Some(why.to_string());
             }
-        };
+        }
         let ui_state_path = ui_state_path(&env.config_dir);
         let mut ui_state = UiState::load(&ui_state_path);
         let mut machines = Machines::default();
@@ -278,8 +259,6 @@ impl HangarApp {
                 store,
                 machines,
                 containers,
-                container_runtime,
-                container_events,
                 container_dialog: None,
                 image_job: None,
                 clone_job: None,
@@ -371,7 +350,11 @@ impl HangarApp {
 
     fn drain_events(&mut self) {
         while let Ok(event) = self.rt.events.try_recv() {
-            self.on_event(event);
+            if self.rt.containers.get(event.id().as_str()).is_some() {
+                self.on_container_event(event);
+            } else {
+                self.on_machine_event(event);
+            }
         }
         // What the engine only logged still reaches the person (the Log's
         // own lines, echoed to stderr, are in it already).
@@ -380,14 +363,6 @@ impl HangarApp {
             if !text.starts_with(&own) {
                 self.rt.log.push(Severity::Error, None, text);
             }
-        }
-        while let Some(event) = self
-            .rt
-            .container_events
-            .as_ref()
-            .and_then(|rx| rx.try_recv().ok())
-        {
-            self.on_container_event(event);
         }
         let finished = self.rt.image_job.as_mut().and_then(ImageJob::poll);
         if let Some(result) = finished {
@@ -418,10 +393,10 @@ impl HangarApp {
 
     /// The names of the images in the store (errors go to the Log).
     fn image_names(&mut self) -> Vec<String> {
-        let Some(runtime) = &self.rt.container_runtime else {
+        let Ok(images) = self.rt.engine.images() else {
             return Vec::new();
         };
-        match runtime.images().list() {
+        match images.list() {
             Ok(list) => list.into_iter().map(|i| i.name).collect(),
             Err(e) => {
                 let message = format!(
@@ -446,17 +421,13 @@ impl HangarApp {
             );
             return;
         }
-        let Some(runtime) = &self.rt.container_runtime else {
-            let why = self
-                .rt
-                .containers
-                .unavailable
-                .clone()
-                .unwrap_or_else(|| "no container runtime".into());
-            self.error(None, format!("containers are unavailable: {why}"));
-            return;
+        let store = match self.rt.engine.images() {
+            Ok(images) => images.clone(),
+            Err(e) => {
+                self.error(None, format!("{:#}", anyhow::Error::new(e)));
+                return;
+            }
         };
-        let store = runtime.images().clone();
         let repaint = self.rt.repaint.clone();
         let described = request.describe();
         match ImageJob::start(store, request, move || {
@@ -472,21 +443,21 @@ impl HangarApp {
         }
     }
 
-    fn on_container_event(&mut self, event: ContainerEvent) {
+    fn on_container_event(&mut self, event: Event) {
         let rt = &mut self.rt;
         match event {
-            ContainerEvent::StateChanged { id, state } => {
+            Event::StateChanged { id, state } => {
                 if let Some(c) = rt.containers.get_mut(&id.0) {
                     c.state = state;
                 }
-                if state == ContainerState::Failed {
+                if state == WorkloadState::Failed {
                     rt.log
                         .push(Severity::Info, Some(id.0), "could not be started".into());
                 }
             }
-            ContainerEvent::Started { id, pid, setup } => {
+            Event::Started { id, pid, setup } => {
                 if let Some(c) = rt.containers.get_mut(&id.0) {
-                    c.pid = Some(pid);
+                    c.pid = pid;
                     c.setup_time = Some(setup);
                 }
                 rt.log.push(
@@ -495,70 +466,55 @@ impl HangarApp {
                     format!("started in {} ms", setup.as_millis()),
                 );
             }
-            ContainerEvent::Output { id, stream, data } => {
+            Event::Output { id, stream, bytes } => {
                 let Some(c) = rt.containers.get_mut(&id.0) else {
                     return;
                 };
                 let tty = stream == OutputStream::Terminal;
-                c.on_output(&data, tty);
+                c.on_output(&bytes, tty);
                 // Answer the program's terminal queries at once, even while
                 // its console is hidden (a pipe has nobody to answer).
                 let replies = c.terminal.take_replies();
                 if tty && !replies.is_empty() && c.is_active() {
-                    if let Some(runtime) = &rt.container_runtime {
-                        let _ = runtime.execute(ContainerCommand::Input { id, bytes: replies });
-                    }
+                    let _ = rt.engine.execute(Command::Input { id, bytes: replies });
                 }
             }
-            ContainerEvent::Stats { id, stats } => {
+            Event::Stats { id, stats } => {
                 if let Some(c) = rt.containers.get_mut(&id.0) {
                     c.on_stats(stats);
                 }
             }
-            ContainerEvent::Exited { id, exit } => {
+            Event::Exited { id, exit } => {
                 if let Some(c) = rt.containers.get_mut(&id.0) {
-                    c.on_exit(exit);
-                    c.state = ContainerState::Exited;
+                    if let Some(e) = exit.as_container() {
+                        c.on_exit(e.clone());
+                    }
+                    c.state = WorkloadState::Stopped;
                     let described = c.exit_description.clone().unwrap_or_default();
                     rt.log.push(Severity::Info, Some(id.0), described);
                 }
             }
-            ContainerEvent::Removed(id) => {
+            Event::Removed(id) => {
                 rt.containers.remove(&id.0);
                 close_machine(&mut self.ui_state.tabs, &id.0);
                 rt.log.push(Severity::Info, Some(id.0), "removed".into());
             }
-            ContainerEvent::Error { id, message } => {
+            Event::Error { id, message, .. } => {
                 if let Some(c) = rt.containers.get_mut(&id.0) {
                     c.last_error = Some(message.clone());
                 }
                 rt.log.push(Severity::Error, Some(id.0), message);
             }
-            // The app starts no exec'd processes (yet).
-            ContainerEvent::ExecStarted { .. }
-            | ContainerEvent::ExecOutput { .. }
-            | ContainerEvent::ExecExited { .. } => {}
+            // The app starts no exec'd processes (yet), and a container has
+            // no VM events.
+            Event::Container { .. } | Event::Vm { .. } => {}
         }
     }
 
-    /// Run a container runtime command; a refusal goes to the Log. True if
+    /// Run a container command; a refusal goes to the Log. True if
     /// accepted.
-    fn container(&mut self, id: &str, command: ContainerCommand) -> bool {
-        let Some(runtime) = &self.rt.container_runtime else {
-            let why = self
-                .rt
-                .containers
-                .unavailable
-                .clone()
-                .unwrap_or_else(|| "no container runtime".into());
-            self.rt.log.push(
-                Severity::Error,
-                None,
-                format!("containers are unavailable: {why}"),
-            );
-            return false;
-        };
-        match runtime.execute(command) {
+    fn container(&mut self, id: &str, command: Command) -> bool {
+        match self.rt.engine.execute(command) {
             Ok(()) => true,
             Err(e) => {
                 let message = format!("{:#}", anyhow::Error::new(e));
@@ -574,10 +530,10 @@ impl HangarApp {
     }
 
     fn run_container(&mut self, config: ContainerConfig) {
-        let id = ContainerRuntime::new_id();
-        let run = ContainerCommand::Run {
+        let id = Engine::new_container_id();
+        let run = Command::Start {
             id: id.clone(),
-            config: config.clone(),
+            config: WorkloadConfig::Container(config.clone()),
         };
         if !self.container(&id.0, run) {
             return;
@@ -585,9 +541,10 @@ impl HangarApp {
         let mut c = Container::new(id.clone(), config);
         c.log_path = self
             .rt
-            .container_runtime
-            .as_ref()
-            .map(|runtime| runtime.container_dir(&id).join(CONSOLE_LOG_FILE));
+            .engine
+            .container_dir(&id)
+            .ok()
+            .map(|dir| dir.join(CONSOLE_LOG_FILE));
         self.rt.log.push(
             Severity::Info,
             Some(id.0.clone()),
@@ -607,9 +564,9 @@ impl HangarApp {
         let Some(c) = self.rt.containers.get(id) else {
             return;
         };
-        let cid = ContainerId(id.to_string());
+        let cid = WorkloadId::from(id);
         if c.config.terminal {
-            self.container(id, ContainerCommand::Input { id: cid, bytes });
+            self.container(id, Command::Input { id: cid, bytes });
             return;
         }
         // Pipes: Enter is a newline, Ctrl-D ends the input.
@@ -624,18 +581,24 @@ impl HangarApp {
         if !data.is_empty() {
             self.container(
                 id,
-                ContainerCommand::Input {
+                Command::Input {
                     id: cid.clone(),
                     bytes: data,
                 },
             );
         }
         if eof {
-            self.container(id, ContainerCommand::CloseInput(cid));
+            self.container(
+                id,
+                Command::Container {
+                    id: cid,
+                    command: ContainerCommand::CloseInput,
+                },
+            );
         }
     }
 
-    fn on_event(&mut self, event: Event) {
+    fn on_machine_event(&mut self, event: Event) {
         let rt = &mut self.rt;
         match event {
             Event::StateChanged { id, state } => {
@@ -646,7 +609,10 @@ impl HangarApp {
             Event::Started { .. } => {}
             // The Display tab reads the frame when it draws; here it is
             // only counted (frames per second).
-            Event::DisplayUpdated { id } => {
+            Event::Vm {
+                id,
+                event: VmEvent::DisplayUpdated,
+            } => {
                 if let Some(m) = rt.machines.get_mut(&id.0) {
                     m.screen.on_display_updated(std::time::Instant::now());
                 }
@@ -656,7 +622,7 @@ impl HangarApp {
                     m.on_stats(stats);
                 }
             }
-            Event::SerialOutput { id, bytes } => {
+            Event::Output { id, bytes, .. } => {
                 let replies = match rt.machines.get_mut(&id.0) {
                     Some(m) => {
                         m.terminal.feed(&bytes);
@@ -668,17 +634,14 @@ impl HangarApp {
                 // once, even while its console is hidden. A guest that is gone
                 // needs no answer.
                 if !replies.is_empty() {
-                    let _ = rt
-                        .engine
-                        .execute(Command::SerialInput { id, bytes: replies });
+                    let _ = rt.engine.execute(Command::Input { id, bytes: replies });
                 }
             }
-            Event::BootMarker {
+            Event::Vm {
                 id,
-                value,
-                since_start,
+                event: VmEvent::BootMarker { value, since_start },
             } => {
-                if value == hangar_engine::engine::MARKER_INIT_REACHED {
+                if value == MARKER_INIT_REACHED {
                     let name = rt.machines.display_name(&id.0);
                     rt.log.push(
                         Severity::Info,
@@ -702,11 +665,14 @@ impl HangarApp {
                     m.last_error = Some(message);
                 }
             }
-            Event::Exited { id, reason } => {
+            Event::Exited { id, exit } => {
+                let Some(reason) = exit.as_vm().cloned() else {
+                    return;
+                };
                 let name = rt.machines.display_name(&id.0);
                 let message = match &reason {
                     // "stopped by force", not "stopped: stopped by force".
-                    ExitReason::Stopped { .. } => reason.to_string(),
+                    VmExit::Stopped { .. } => reason.to_string(),
                     _ => format!("stopped: {reason}"),
                 };
                 rt.log.push(Severity::Info, Some(name), message);
@@ -716,7 +682,7 @@ impl HangarApp {
                     m.screen.on_exited();
                     match &reason {
                         // Not every failure comes with an Error event first.
-                        ExitReason::Failed(why) => {
+                        VmExit::Failed(why) => {
                             if m.last_error.is_none() {
                                 m.last_error = Some(why.clone());
                             }
@@ -726,6 +692,8 @@ impl HangarApp {
                     m.last_exit = Some(reason);
                 }
             }
+            // Only containers send these.
+            Event::Removed(_) | Event::Container { .. } => {}
         }
     }
 
@@ -737,7 +705,7 @@ impl HangarApp {
         self.rt.log.push(Severity::Error, name, message);
     }
 
-    fn engine(&mut self, id: &str, command: Command) {
+    fn send_to_engine(&mut self, id: &str, command: Command) {
         self.try_engine(id, command);
     }
 
@@ -757,14 +725,18 @@ impl HangarApp {
         match cmd {
             UiCommand::Select(id) => self.ui_state.selected = Some(id),
             UiCommand::Start(id) => self.start(&id),
-            UiCommand::Pause(id) => self.engine(&id, Command::Pause(VmId(id.clone()))),
-            UiCommand::Resume(id) => self.engine(&id, Command::Resume(VmId(id.clone()))),
+            UiCommand::Pause(id) => {
+                self.send_to_engine(&id, Command::Pause(WorkloadId::from(id.as_str())))
+            }
+            UiCommand::Resume(id) => {
+                self.send_to_engine(&id, Command::Resume(WorkloadId::from(id.as_str())))
+            }
             UiCommand::Stop(id) => {
                 let asked = self.try_engine(
                     &id,
                     Command::Stop {
-                        id: VmId(id.clone()),
-                        timeout: STOP_TIMEOUT,
+                        id: WorkloadId::from(id.as_str()),
+                        grace: STOP_TIMEOUT,
                     },
                 );
                 // Only a stop the engine took counts down; a refused one
@@ -775,13 +747,9 @@ impl HangarApp {
                     };
                 }
             }
-            UiCommand::ForceStop(id) => self.engine(
-                &id,
-                Command::Stop {
-                    id: VmId(id.clone()),
-                    timeout: Duration::ZERO,
-                },
-            ),
+            UiCommand::ForceStop(id) => {
+                self.send_to_engine(&id, Command::Kill(WorkloadId::from(id.as_str())))
+            }
             UiCommand::AskDelete(id) => {
                 self.rt.confirm_delete = Some(DeleteConfirmation::new(
                     &id,
@@ -827,19 +795,18 @@ impl HangarApp {
             UiCommand::OpenTabBeside(id, kind) => {
                 open_pane_beside(&mut self.ui_state.tabs, Pane { machine: id, kind })
             }
-            UiCommand::SerialInput(id, bytes) => self.engine(
+            UiCommand::SerialInput(id, bytes) => self.send_to_engine(
                 &id,
-                Command::SerialInput {
-                    id: VmId(id.clone()),
+                Command::Input {
+                    id: WorkloadId::from(id.as_str()),
                     bytes,
                 },
             ),
-            UiCommand::KeyInput { id, key, pressed } => self.engine(
+            UiCommand::KeyInput { id, key, pressed } => self.send_to_engine(
                 &id,
-                Command::KeyInput {
-                    id: VmId(id.clone()),
-                    key,
-                    pressed,
+                Command::Vm {
+                    id: WorkloadId::from(id.as_str()),
+                    command: VmCommand::Key { key, pressed },
                 },
             ),
             UiCommand::PointerInput {
@@ -848,18 +815,24 @@ impl HangarApp {
                 dy,
                 wheel,
                 buttons,
-            } => self.engine(
+            } => self.send_to_engine(
                 &id,
-                Command::PointerInput {
-                    id: VmId(id.clone()),
-                    dx,
-                    dy,
-                    wheel,
-                    buttons,
+                Command::Vm {
+                    id: WorkloadId::from(id.as_str()),
+                    command: VmCommand::Pointer {
+                        dx,
+                        dy,
+                        wheel,
+                        buttons,
+                    },
                 },
             ),
             UiCommand::SendCtrlAltDel(id) => {
-                self.engine(&id, Command::SendCtrlAltDel(VmId(id.clone())))
+                let command = Command::Vm {
+                    id: WorkloadId::from(id.as_str()),
+                    command: VmCommand::CtrlAltDel,
+                };
+                self.send_to_engine(&id, command)
             }
             UiCommand::DisplayZoom(id, mode) => {
                 if let Some(m) = self.rt.machines.get_mut(&id) {
@@ -901,30 +874,31 @@ impl HangarApp {
             },
             UiCommand::RunContainer(config) => self.run_container(config),
             UiCommand::StopContainer(id) => {
-                let cid = ContainerId(id.clone());
+                let cid = WorkloadId::from(id.as_str());
                 self.container(
                     &id,
-                    ContainerCommand::Stop {
+                    Command::Stop {
                         id: cid,
                         grace: CONTAINER_STOP_GRACE,
                     },
                 );
             }
             UiCommand::KillContainer(id) => {
-                let cid = ContainerId(id.clone());
+                // SIGTERM and, at once, SIGKILL to every process.
+                let cid = WorkloadId::from(id.as_str());
                 self.container(
                     &id,
-                    ContainerCommand::Stop {
+                    Command::Stop {
                         id: cid,
                         grace: Duration::ZERO,
                     },
                 );
             }
             UiCommand::RemoveContainer(id) => {
-                let cid = ContainerId(id.clone());
+                let cid = WorkloadId::from(id.as_str());
                 let asked = self.container(
                     &id,
-                    ContainerCommand::Remove {
+                    Command::Remove {
                         id: cid,
                         force: false,
                     },
@@ -935,10 +909,10 @@ impl HangarApp {
             }
             UiCommand::ContainerInput(id, bytes) => self.container_input(&id, bytes),
             UiCommand::ContainerResize { id, cols, rows } => {
-                let cid = ContainerId(id.clone());
+                let cid = WorkloadId::from(id.as_str());
                 self.container(
                     &id,
-                    ContainerCommand::Resize {
+                    Command::Resize {
                         id: cid,
                         cols,
                         rows,
@@ -969,8 +943,8 @@ impl HangarApp {
         let started = self.try_engine(
             id,
             Command::Start {
-                id: VmId(id.to_string()),
-                config,
+                id: WorkloadId::from(id),
+                config: WorkloadConfig::Vm(config),
             },
         );
         // Starting at once, so that Start is disabled before the engine's
@@ -979,7 +953,7 @@ impl HangarApp {
             m.status = RunStatus::Starting;
             // The screen of this run (none if the definition has none).
             m.screen
-                .attach(self.rt.engine.display(&VmId(id.to_string())));
+                .attach(self.rt.engine.display(&WorkloadId::from(id)));
         }
     }
 
@@ -1410,9 +1384,9 @@ impl HangarApp {
         self.rt.image_job.as_ref()
     }
 
-    /// The container runtime, if containers can run here.
-    pub fn container_runtime(&self) -> Option<&ContainerRuntime> {
-        self.rt.container_runtime.as_ref()
+    /// The engine, for what tests and hooks read of it.
+    pub fn engine(&self) -> &Engine {
+        &self.rt.engine
     }
 
     /// Save the window layout.

@@ -2,7 +2,7 @@
 //! machines' serial consoles, typed keys to its stdin (or terminal), and how
 //! it ended once it has.
 
-use hangar_engine::containers::ContainerState;
+use hangar_engine::WorkloadState;
 
 use super::command::{CommandQueue, UiCommand};
 use super::model::Container;
@@ -17,10 +17,10 @@ pub fn container_console_tab_ui(ui: &mut egui::Ui, c: &mut Container, commands: 
     if let Some(last) = c.stats.back() {
         ui.weak(format!(
             "CPU {:.2} s · memory {:.1} MiB · {} process{}",
-            last.stats.cpu_time.as_secs_f64(),
-            last.stats.memory_bytes as f64 / (1 << 20) as f64,
-            last.stats.pids,
-            if last.stats.pids == 1 { "" } else { "es" }
+            last.cpu_time.as_secs_f64(),
+            last.memory_bytes as f64 / (1 << 20) as f64,
+            last.pids,
+            if last.pids == 1 { "" } else { "es" }
         ));
     }
     if let Some(err) = &c.last_error {
@@ -46,7 +46,7 @@ pub fn container_console_tab_ui(ui: &mut egui::Ui, c: &mut Container, commands: 
         commands.push(UiCommand::ContainerInput(id.clone(), bytes));
     }
     // The process's terminal follows the widget's grid (once per change).
-    if c.config.terminal && running && c.state != ContainerState::Stopping {
+    if c.config.terminal && running && c.state != WorkloadState::Stopping {
         let (cols, rows) = c.terminal.size();
         let size = (
             u16::try_from(cols).unwrap_or(u16::MAX),

@@ -36,7 +36,7 @@ pub fn limits_text(limits: &ContainerLimits) -> String {
 fn cpu_percent(a: &ContainerStatsSample, b: &ContainerStatsSample) -> Option<f64> {
     let dt = b.t - a.t;
     // A counter never goes back; if it seems to, count no use.
-    let used = (b.stats.cpu_time.as_secs_f64() - a.stats.cpu_time.as_secs_f64()).max(0.0);
+    let used = (b.cpu_time.as_secs_f64() - a.cpu_time.as_secs_f64()).max(0.0);
     (dt > 0.0).then(|| used / dt * 100.0)
 }
 
@@ -174,7 +174,7 @@ fn figures_ui(ui: &mut egui::Ui, c: &Container) {
         .len()
         .checked_sub(2)
         .and_then(|i| cpu_percent(samples[i], samples[i + 1]));
-    let memory_mib = last.stats.memory_bytes as f64 / MIB;
+    let memory_mib = last.memory_bytes as f64 / MIB;
     let mut now_text = vec![match cpu_now {
         Some(p) => format!("CPU {p:.1} %"),
         None => "CPU —".into(),
@@ -184,11 +184,11 @@ fn figures_ui(ui: &mut egui::Ui, c: &Container) {
         None => format!("memory {memory_mib:.1} MiB"),
     });
     now_text.push(match limits.pids {
-        Some(p) => format!("{} of {p} processes", last.stats.pids),
+        Some(p) => format!("{} of {p} processes", last.pids),
         None => format!(
             "{} process{}",
-            last.stats.pids,
-            if last.stats.pids == 1 { "" } else { "es" }
+            last.pids,
+            if last.pids == 1 { "" } else { "es" }
         ),
     });
     ui.strong(if c.is_active() {
@@ -252,7 +252,7 @@ fn figures_ui(ui: &mut egui::Ui, c: &Container) {
     memory_plot.show(ui, |p| {
         let points: PlotPoints = samples
             .iter()
-            .map(|s| [x(s), s.stats.memory_bytes as f64 / MIB])
+            .map(|s| [x(s), s.memory_bytes as f64 / MIB])
             .collect();
         p.line(Line::new("memory", points));
         if let Some(m) = limits.memory_mib {
@@ -269,10 +269,7 @@ fn figures_ui(ui: &mut egui::Ui, c: &Container) {
         pids_plot = pids_plot.include_y(n as f64 * 1.05);
     }
     pids_plot.show(ui, |p| {
-        let points: PlotPoints = samples
-            .iter()
-            .map(|s| [x(s), s.stats.pids as f64])
-            .collect();
+        let points: PlotPoints = samples.iter().map(|s| [x(s), s.pids as f64]).collect();
         p.line(Line::new("processes", points));
         if let Some(n) = limits.pids {
             p.hline(limit_line(n as f64));
@@ -283,8 +280,6 @@ fn figures_ui(ui: &mut egui::Ui, c: &Container) {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
-
-    use hangar_engine::containers::ContainerStats;
 
     use super::*;
 
@@ -299,11 +294,9 @@ mod tests {
         assert_eq!(limits_text(&l), "memory 64 MiB · 0.5 CPUs · 1 process");
         let sample = |t: f64, cpu_ms: u64| ContainerStatsSample {
             t,
-            stats: ContainerStats {
-                cpu_time: Duration::from_millis(cpu_ms),
-                memory_bytes: 0,
-                pids: 1,
-            },
+            cpu_time: Duration::from_millis(cpu_ms),
+            memory_bytes: 0,
+            pids: 1,
         };
         let p = cpu_percent(&sample(1.0, 100), &sample(2.0, 600));
         assert!(p.is_some_and(|p| (p - 50.0).abs() < 1e-6), "{p:?}");

@@ -2,8 +2,8 @@
 //! the selected one; below, the containers the app ran, each with its
 //! Console / Logs / Overview tabs and Stop / Remove.
 
-use hangar_engine::containers::ContainerState;
 use hangar_engine::HostCapability;
+use hangar_engine::WorkloadState;
 
 use super::app::CONTAINER_STOP_GRACE;
 use super::command::{CommandQueue, UiCommand};
@@ -186,7 +186,7 @@ fn container_row_ui(ui: &mut egui::Ui, c: &Container, commands: &mut CommandQueu
 fn lifecycle_button_ui(ui: &mut egui::Ui, c: &Container, commands: &mut CommandQueue) {
     let id = c.id.0.clone();
     match c.state {
-        ContainerState::Creating | ContainerState::Running => {
+        WorkloadState::Starting | WorkloadState::Running | WorkloadState::Paused => {
             if ui
                 .small_button("Stop")
                 .on_hover_text(format!(
@@ -198,12 +198,12 @@ fn lifecycle_button_ui(ui: &mut egui::Ui, c: &Container, commands: &mut CommandQ
                 commands.push(UiCommand::StopContainer(id));
             }
         }
-        ContainerState::Stopping => {
+        WorkloadState::Stopping => {
             if ui.small_button("Kill").clicked() {
                 commands.push(UiCommand::KillContainer(id));
             }
         }
-        ContainerState::Exited | ContainerState::Failed => {
+        WorkloadState::Stopped | WorkloadState::Failed => {
             if ui
                 .small_button("Remove")
                 .on_hover_text("Delete its files and its output")

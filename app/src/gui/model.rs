@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use hangar_engine::config::detect_kernel_kind;
-use hangar_engine::containers::{
-    ContainerConfig, ContainerExit, ContainerId, ContainerRecord, ContainerState, ContainerStats,
+use hangar_engine::containers::{ContainerConfig, ContainerExit, ContainerRecord};
+use hangar_engine::{
+    KernelKind, MachineDefinition, Stats, StatsDetail, VmExit, VmStats, WorkloadId, WorkloadState,
 };
-use hangar_engine::{ExitReason, KernelKind, MachineDefinition, VmState, VmStats};
 
 use super::container_logs_tab::ContainerLogView;
 use super::display_tab::Screen;
@@ -65,7 +65,9 @@ impl RunStatus {
 pub struct StatsSample {
     /// Seconds since the machine started.
     pub t: f64,
-    /// The figures.
+    /// Guest RAM the host has backed, in bytes.
+    pub memory_bytes: u64,
+    /// The VM's own figures.
     pub stats: VmStats,
 }
 
@@ -78,7 +80,7 @@ pub struct Machine {
     /// The last error, shown as a tooltip and in red.
     pub last_error: Option<String>,
     /// How it last ended.
-    pub last_exit: Option<ExitReason>,
+    pub last_exit: Option<VmExit>,
     /// Its serial console (kept while the tab is closed or hidden).
     pub terminal: TerminalView,
     /// Its screen: the engine's display handle of the current (or last)
@@ -117,23 +119,25 @@ impl Machine {
     }
 
     /// Apply a state change from the engine.
-    pub fn on_state(&mut self, state: VmState, stop_timeout: Duration) {
+    pub fn on_state(&mut self, state: WorkloadState, stop_timeout: Duration) {
         self.status = match state {
-            VmState::Starting => {
+            WorkloadState::Starting => {
                 self.started = Some(Instant::now());
                 self.stats.clear();
                 self.last_error = None;
                 RunStatus::Starting
             }
-            VmState::Running => RunStatus::Running,
-            VmState::Paused => RunStatus::Paused,
-            VmState::Stopping => match self.status {
+            WorkloadState::Running => RunStatus::Running,
+            WorkloadState::Paused => RunStatus::Paused,
+            WorkloadState::Stopping => match self.status {
                 RunStatus::Stopping { force_at } => RunStatus::Stopping { force_at },
                 _ => RunStatus::Stopping {
                     force_at: Instant::now() + stop_timeout,
                 },
             },
-            VmState::Stopped => {
+            // A VM ends Stopped whatever the reason; Failed is for
+            // workloads that never ran.
+            WorkloadState::Stopped | WorkloadState::Failed => {
                 self.started = None;
                 RunStatus::Stopped
             }
@@ -141,13 +145,17 @@ impl Machine {
     }
 
     /// Keep a stats sample, dropping the oldest past the history length.
-    pub fn on_stats(&mut self, stats: VmStats) {
+    pub fn on_stats(&mut self, stats: Stats) {
+        let StatsDetail::Vm(vm) = stats.detail else {
+            return;
+        };
         if self.stats.len() == STATS_HISTORY {
             self.stats.pop_front();
         }
         self.stats.push_back(StatsSample {
-            t: stats.uptime.as_secs_f64(),
-            stats,
+            t: vm.uptime.as_secs_f64(),
+            memory_bytes: stats.memory_bytes,
+            stats: vm,
         });
     }
 }
@@ -210,18 +218,22 @@ impl Machines {
 pub struct ContainerStatsSample {
     /// Seconds since the container was created.
     pub t: f64,
-    /// The figures.
-    pub stats: ContainerStats,
+    /// CPU time used by all its processes since it started.
+    pub cpu_time: Duration,
+    /// Memory charged to it, in bytes (page cache included).
+    pub memory_bytes: u64,
+    /// Processes and threads.
+    pub pids: u64,
 }
 
 /// A container the app ran (containers do not outlive the app).
 pub struct Container {
     /// Its id (also its name in the library and the Log).
-    pub id: ContainerId,
+    pub id: WorkloadId,
     /// What it was asked to run.
     pub config: ContainerConfig,
     /// What the runtime last said.
-    pub state: ContainerState,
+    pub state: WorkloadState,
     /// Remove was asked and accepted; waiting for the runtime to confirm.
     pub removing: bool,
     /// Its output (kept while the tab is closed or hidden).
@@ -250,11 +262,11 @@ pub struct Container {
 
 impl Container {
     /// A container being created, with an empty console.
-    pub fn new(id: ContainerId, config: ContainerConfig) -> Self {
+    pub fn new(id: WorkloadId, config: ContainerConfig) -> Self {
         Self {
             id,
             config,
-            state: ContainerState::Creating,
+            state: WorkloadState::Starting,
             removing: false,
             terminal: TerminalView::new(80, 25),
             stats: VecDeque::new(),
@@ -279,7 +291,10 @@ impl Container {
     pub fn is_active(&self) -> bool {
         matches!(
             self.state,
-            ContainerState::Creating | ContainerState::Running | ContainerState::Stopping
+            WorkloadState::Starting
+                | WorkloadState::Running
+                | WorkloadState::Paused
+                | WorkloadState::Stopping
         )
     }
 
@@ -289,11 +304,12 @@ impl Container {
             return "removing";
         }
         match self.state {
-            ContainerState::Creating => "creating",
-            ContainerState::Running => "running",
-            ContainerState::Stopping => "stopping",
-            ContainerState::Exited => "exited",
-            ContainerState::Failed => "failed",
+            WorkloadState::Starting => "creating",
+            WorkloadState::Running => "running",
+            WorkloadState::Paused => "paused",
+            WorkloadState::Stopping => "stopping",
+            WorkloadState::Stopped => "exited",
+            WorkloadState::Failed => "failed",
         }
     }
 
@@ -339,13 +355,18 @@ impl Container {
     }
 
     /// Keep a stats sample, dropping the oldest past the history length.
-    pub fn on_stats(&mut self, stats: ContainerStats) {
+    pub fn on_stats(&mut self, stats: Stats) {
+        let StatsDetail::Container(own) = stats.detail else {
+            return;
+        };
         if self.stats.len() == CONTAINER_STATS_HISTORY {
             self.stats.pop_front();
         }
         self.stats.push_back(ContainerStatsSample {
             t: self.created.elapsed().as_secs_f64(),
-            stats,
+            cpu_time: stats.cpu_time,
+            memory_bytes: stats.memory_bytes,
+            pids: own.pids,
         });
     }
 

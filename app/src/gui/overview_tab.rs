@@ -549,7 +549,7 @@ fn settings_ui(ui: &mut egui::Ui, machine: &Machine) {
                 ui.label("Guest RAM in use");
                 ui.label(format!(
                     "{} of {} MiB",
-                    human_bytes(last.stats.guest_resident_bytes),
+                    human_bytes(last.memory_bytes),
                     last.stats.guest_memory_bytes >> 20
                 ));
                 ui.end_row();
@@ -604,7 +604,7 @@ fn figures_ui(ui: &mut egui::Ui, machine: &Machine) {
         .show(ui, |plot| {
             let points: PlotPoints = samples
                 .iter()
-                .map(|s| [s.t, s.stats.guest_resident_bytes as f64 / (1 << 20) as f64])
+                .map(|s| [s.t, s.memory_bytes as f64 / (1 << 20) as f64])
                 .collect();
             plot.line(Line::new("resident", points));
         });

@@ -4,18 +4,19 @@
 //! a deadline that fail with the app's Log.
 #![allow(dead_code)] // Each test binary uses its own subset.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::{By, NodeT as _, Queryable as _};
 use egui_kittest::{Harness, Node};
-use hangar::gui::app::{AppEnv, ContainerSetup, HangarApp};
+use hangar::gui::app::{AppEnv, HangarApp};
 use hangar::gui::model::Machine;
 use hangar_engine::containers::{HelperCommand, RuntimePaths};
-use hangar_engine::{MachineDefinition, MachineStore, VmConfig};
-use vmm_sys_util::tempdir::TempDir;
+use hangar_engine::{ContainerSetup, MachineDefinition, MachineStore, VmConfig};
+// Each test binary uses its own subset.
+use hangar_testkit::TempDir;
+#[allow(unused_imports)]
+pub use hangar_testkit::{guest, kvm_available, kvm_lock};
 
 /// The harness every test drives.
 pub type Gui = Harness<'static, HangarApp>;
@@ -31,14 +32,13 @@ pub struct ConfigDir {
 impl ConfigDir {
     /// A new empty directory under /tmp (never the user's).
     pub fn new() -> Self {
-        let dir = TempDir::new_with_prefix("/tmp/hangar-gui-test-")
-            .expect("cannot create a temporary config dir");
+        let dir = TempDir::new("gui-test");
         Self { dir }
     }
 
     /// Its path.
     pub fn path(&self) -> &Path {
-        self.dir.as_path()
+        self.dir.path()
     }
 
     /// A private Hangar data directory inside it (templates, the disks
@@ -134,18 +134,7 @@ pub const NO_CONTAINERS: &str = "not used by this test";
 /// True as root; otherwise says loudly that the calling test did not run
 /// (it then returns and counts as passed, so the message is the trace).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    // Straight to stderr: the harness captures the output of passing tests.
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "*** SKIPPED: not root: {test} did not run (it runs containers as root) ***"
-    );
-    false
+    hangar_testkit::root_or_skip("it runs containers as root")
 }
 
 /// A container set-up that tests without containers pass.
@@ -171,16 +160,14 @@ impl DataDir {
             "{} is missing: run packaging/setup.sh",
             real.display()
         );
-        let dir = TempDir::new_with_prefix("/tmp/hangar-gui-data-")
-            .expect("cannot create a temporary data dir");
-        std::os::unix::fs::symlink(&real, dir.as_path().join("images-src"))
-            .expect("cannot link images-src");
+        let dir = TempDir::new("gui-data");
+        std::os::unix::fs::symlink(&real, dir.join("images-src")).expect("cannot link images-src");
         Self { dir }
     }
 
     /// Its path.
     pub fn path(&self) -> &Path {
-        self.dir.as_path()
+        self.dir.path()
     }
 
     /// Where the runtime keeps a container's files.
@@ -389,83 +376,4 @@ pub fn wait_until(h: &mut Gui, what: &str, timeout: Duration, done: impl Fn(&Gui
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// True if the test may use KVM; otherwise says so loudly.
-pub fn kvm_available() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            // Straight to stderr: the harness captures the output of passing tests.
-            let test = std::thread::current().name().unwrap_or("?").to_string();
-            let _ = writeln!(
-                std::io::stderr(),
-                "*** SKIPPED: /dev/kvm absent ({e}): {test} did not run ***"
-            );
-            false
-        }
-    }
-}
-
-/// One guest-running test at a time: two cores, and kvm_pvm is slow.
-pub fn kvm_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Build the test guests once; the directory holding their ELF files.
-fn guests_dir() -> &'static Path {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match DIR.get_or_init(build_guests) {
-        Ok(dir) => dir,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_guests() -> Result<PathBuf, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("the app crate has no parent directory")?
-        .to_path_buf();
-    let guests = root.join("tests/guests");
-    // The engine's KVM tests use the same directory: built once for both.
-    let target_dir = root.join("target/guests");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    // Inside tests/guests so that its .cargo/config.toml applies, without the
-    // outer build's flags (they are for the host, not a bare-metal guest).
-    let output = std::process::Command::new(&cargo)
-        .current_dir(&guests)
-        .args(["build", "--release", "--target", "x86_64-unknown-none"])
-        .arg("--manifest-path")
-        .arg(guests.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "building the test guests failed ({}); is the x86_64-unknown-none target installed \
-             (rustup target add x86_64-unknown-none)?\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    Ok(target_dir.join("x86_64-unknown-none/release"))
-}
-
-/// The ELF file of a test guest (`hello`, `echo`, `spin`...).
-#[track_caller]
-pub fn guest(name: &str) -> PathBuf {
-    let path = guests_dir().join(name);
-    assert!(path.is_file(), "guest {} was not built", path.display());
-    path
 }

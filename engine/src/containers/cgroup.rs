@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ContainerError, ContainerLimits, ContainerStats};
+use super::{ContainerError, ContainerLimits};
+use crate::api::{ContainerStats, Stats, StatsDetail};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -38,6 +39,7 @@ pub(crate) struct CgroupFiles {
     cpu: PathBuf,
     cpuacct: PathBuf,
     pids: PathBuf,
+    freezer: PathBuf,
 }
 
 impl CgroupFiles {
@@ -61,26 +63,43 @@ impl CgroupFiles {
             cpu: root.join("cpu").join(rel),
             cpuacct: root.join("cpuacct").join(rel),
             pids: root.join("pids").join(rel),
+            freezer: root.join("freezer").join(rel),
         }
     }
 
+    /// Freezes (or thaws) every process of the container: the kernel's
+    /// cgroup freezer, on v2 `cgroup.freeze`, on v1 the freezer
+    /// hierarchy's `freezer.state`. A frozen process runs no instruction
+    /// and handles no signal until thawed.
+    pub(crate) fn freeze(&self, frozen: bool) -> Result<(), ContainerError> {
+        let (path, value) = match &self.unified {
+            Some(d) => (d.join("cgroup.freeze"), if frozen { "1" } else { "0" }),
+            None => (
+                self.freezer.join("freezer.state"),
+                if frozen { "FROZEN" } else { "THAWED" },
+            ),
+        };
+        std::fs::write(&path, value).map_err(ContainerError::io("write", &path))
+    }
+
     /// Current use; fields that cannot be read are zero.
-    pub(crate) fn stats(&self) -> ContainerStats {
-        match &self.unified {
-            Some(d) => ContainerStats {
-                cpu_time: Duration::from_micros(
-                    keyed(&d.join("cpu.stat"), "usage_usec").unwrap_or(0),
-                ),
-                memory_bytes: single(&d.join("memory.current")).unwrap_or(0),
-                pids: single(&d.join("pids.current")).unwrap_or(0),
-            },
-            None => ContainerStats {
-                cpu_time: Duration::from_nanos(
-                    single(&self.cpuacct.join("cpuacct.usage")).unwrap_or(0),
-                ),
-                memory_bytes: single(&self.memory.join("memory.usage_in_bytes")).unwrap_or(0),
-                pids: single(&self.pids.join("pids.current")).unwrap_or(0),
-            },
+    pub(crate) fn stats(&self) -> Stats {
+        let (cpu_time, memory_bytes, pids) = match &self.unified {
+            Some(d) => (
+                Duration::from_micros(keyed(&d.join("cpu.stat"), "usage_usec").unwrap_or(0)),
+                single(&d.join("memory.current")).unwrap_or(0),
+                single(&d.join("pids.current")).unwrap_or(0),
+            ),
+            None => (
+                Duration::from_nanos(single(&self.cpuacct.join("cpuacct.usage")).unwrap_or(0)),
+                single(&self.memory.join("memory.usage_in_bytes")).unwrap_or(0),
+                single(&self.pids.join("pids.current")).unwrap_or(0),
+            ),
+        };
+        Stats {
+            cpu_time,
+            memory_bytes,
+            detail: StatsDetail::Container(ContainerStats { pids }),
         }
     }
 

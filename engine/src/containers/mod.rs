@@ -9,42 +9,32 @@
 //! which owns the libcontainer calls and reaps the container's init. One
 //! helper is kept warm so its exec is off the critical path.
 //!
-//! Protocol: [`ContainerRuntime::new`] gives the runtime and the receiving
-//! end of its [`ContainerEvent`] channel; [`ContainerRuntime::execute`]
-//! takes a [`ContainerCommand`], checks what it can at once, and hands the
-//! rest to the container's supervisor thread, which reports through events
-//! and calls the waker after each one.
+//! The engine's container kind ([`crate::kinds::container`]) drives the
+//! runtime: it checks what it can at once and hands the rest to the
+//! container's supervisor thread, which reports through the engine's one
+//! event channel.
 
 mod cgroup;
 pub mod helper;
 mod network;
 mod rootfs;
-mod runtime;
+pub(crate) mod runtime;
 mod spec;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::api::{WorkloadId, WorkloadState};
 
 pub use cgroup::CgroupCounters;
 pub use helper::{helper_main, HelperCommand, HELPER_FD_ENV};
 pub use network::PortForward;
-pub use runtime::{ContainerRecord, ContainerRuntime, RuntimePaths, BUILT_IN_IMAGES};
+pub(crate) use runtime::ContainerRuntime;
+pub use runtime::{ContainerRecord, RuntimePaths, BUILT_IN_IMAGES};
 pub use spec::{
     runtime_spec_json, SpecInputs, SpecNetwork, BLOCKED_SYSCALLS, DEFAULT_CAPABILITIES,
 };
-
-/// Names a container: 12 lowercase hex digits, like Docker's short ids. It
-/// is also the container's hostname and its cgroup's name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ContainerId(pub String);
-
-impl std::fmt::Display for ContainerId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Resource limits; `None` leaves a resource unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -200,22 +190,6 @@ impl ContainerConfig {
     }
 }
 
-/// Where a container is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ContainerState {
-    /// Root filesystem and runtime being prepared.
-    Creating,
-    /// Its process runs.
-    Running,
-    /// Asked to stop; waiting for the grace period.
-    Stopping,
-    /// Its process has ended; logs and the writable layer are kept until
-    /// removal.
-    Exited,
-    /// It could not be created or started.
-    Failed,
-}
-
 /// How the container's process ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerExit {
@@ -286,195 +260,6 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Resource use, sampled once a second from the container's cgroup.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerStats {
-    /// CPU time used by all its processes since it started.
-    pub cpu_time: Duration,
-    /// Memory charged to it, in bytes (page cache included).
-    pub memory_bytes: u64,
-    /// Processes and threads.
-    pub pids: u64,
-}
-
-/// Which stream output came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OutputStream {
-    /// Standard output (pipes mode).
-    Stdout,
-    /// Standard error (pipes mode).
-    Stderr,
-    /// The pseudo-terminal (terminal mode: both, interleaved, with escapes).
-    Terminal,
-}
-
-/// What the caller asks of the runtime.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ContainerCommand {
-    /// Create a container and start its process.
-    Run {
-        /// The new container's id (see [`ContainerRuntime::new_id`]).
-        id: ContainerId,
-        /// What to run.
-        config: ContainerConfig,
-    },
-    /// Bytes for the process's stdin (or terminal).
-    Input {
-        /// Which container.
-        id: ContainerId,
-        /// The bytes.
-        bytes: Vec<u8>,
-    },
-    /// Close the process's stdin (pipes mode): end of input.
-    CloseInput(ContainerId),
-    /// Tell the terminal its new size.
-    Resize {
-        /// Which container.
-        id: ContainerId,
-        /// Columns.
-        cols: u16,
-        /// Rows.
-        rows: u16,
-    },
-    /// SIGTERM, then SIGKILL to every process after `grace`.
-    Stop {
-        /// Which container.
-        id: ContainerId,
-        /// How long it gets to exit by itself.
-        grace: Duration,
-    },
-    /// Start another process in the running container (e.g. a shell), with
-    /// the init's user, capabilities and environment. Without a terminal its
-    /// stdin is empty.
-    Exec {
-        /// Which container.
-        id: ContainerId,
-        /// The caller's number for this process (named in its events).
-        exec: u32,
-        /// argv.
-        command: Vec<String>,
-        /// Give it a pseudo-terminal.
-        terminal: bool,
-    },
-    /// Bytes for an exec'd process's terminal.
-    ExecInput {
-        /// Which container.
-        id: ContainerId,
-        /// Which process.
-        exec: u32,
-        /// The bytes.
-        bytes: Vec<u8>,
-    },
-    /// Tell an exec'd process's terminal its new size.
-    ExecResize {
-        /// Which container.
-        id: ContainerId,
-        /// Which process.
-        exec: u32,
-        /// Columns.
-        cols: u16,
-        /// Rows.
-        rows: u16,
-    },
-    /// Send a signal to the container's init process.
-    Kill {
-        /// Which container.
-        id: ContainerId,
-        /// The signal number.
-        signal: i32,
-    },
-    /// Delete an exited (or, forced, a running) container: its writable
-    /// layer, log and runtime state.
-    Remove {
-        /// Which container.
-        id: ContainerId,
-        /// Kill it first if it still runs.
-        force: bool,
-    },
-}
-
-/// What the runtime reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ContainerEvent {
-    /// The container moved to a new state.
-    StateChanged {
-        /// Which container.
-        id: ContainerId,
-        /// Its new state.
-        state: ContainerState,
-    },
-    /// Its process started.
-    Started {
-        /// Which container.
-        id: ContainerId,
-        /// The init process's pid on the host.
-        pid: i32,
-        /// From the command to the process running.
-        setup: Duration,
-    },
-    /// Output of the process.
-    Output {
-        /// Which container.
-        id: ContainerId,
-        /// Which stream.
-        stream: OutputStream,
-        /// The bytes.
-        data: Vec<u8>,
-    },
-    /// Resource use.
-    Stats {
-        /// Which container.
-        id: ContainerId,
-        /// The sample.
-        stats: ContainerStats,
-    },
-    /// The process ended; all output before it has been reported.
-    Exited {
-        /// Which container.
-        id: ContainerId,
-        /// How.
-        exit: ContainerExit,
-    },
-    /// An exec'd process runs.
-    ExecStarted {
-        /// Which container.
-        id: ContainerId,
-        /// The caller's number for it.
-        exec: u32,
-        /// Its host pid.
-        pid: i32,
-    },
-    /// Output of an exec'd process.
-    ExecOutput {
-        /// Which container.
-        id: ContainerId,
-        /// Which process.
-        exec: u32,
-        /// Which stream.
-        stream: OutputStream,
-        /// The bytes.
-        data: Vec<u8>,
-    },
-    /// An exec'd process ended; its output has all been reported.
-    ExecExited {
-        /// Which container.
-        id: ContainerId,
-        /// Which process.
-        exec: u32,
-        /// How (limits and `stopped_by_user` are not tracked per process).
-        exit: ContainerExit,
-    },
-    /// The container is gone (after Remove).
-    Removed(ContainerId),
-    /// Something went wrong; said once, in plain words.
-    Error {
-        /// Which container.
-        id: ContainerId,
-        /// What.
-        message: String,
-    },
-}
-
 /// Container errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -486,17 +271,17 @@ pub enum ContainerError {
     Image(#[from] crate::images::ImageError),
     /// No container by that id.
     #[error("no container '{0}'")]
-    NotFound(ContainerId),
+    NotFound(WorkloadId),
     /// The id is taken.
     #[error("a container '{0}' already exists")]
-    Exists(ContainerId),
+    Exists(WorkloadId),
     /// The request does not fit the container's state.
     #[error("container '{id}' is {state:?}: cannot {what}")]
     WrongState {
         /// Which container.
-        id: ContainerId,
+        id: WorkloadId,
         /// Its state.
-        state: ContainerState,
+        state: WorkloadState,
         /// What was asked.
         what: &'static str,
     },

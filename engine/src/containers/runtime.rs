@@ -25,10 +25,8 @@ use super::cgroup::{self, CgroupFiles};
 use super::helper::{HelperCommand, HelperProcess, OverlayRoot, Reply, Request};
 use super::network::UserNetwork;
 use super::spec::{self, build_spec, SpecInputs, SpecNetwork};
-use super::{
-    rootfs, ContainerCommand, ContainerConfig, ContainerError, ContainerEvent, ContainerExit,
-    ContainerId, ContainerState, NetworkMode, OutputStream,
-};
+use super::{rootfs, ContainerConfig, ContainerError, ContainerExit, NetworkMode};
+use crate::api::{ContainerEvent, Event, EventSink, Exit, OutputStream, WorkloadId, WorkloadState};
 use crate::images::{ImageError, ImageRecord, ImageStore};
 
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -72,7 +70,7 @@ impl RuntimePaths {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerRecord {
     /// Its id.
-    pub id: ContainerId,
+    pub id: WorkloadId,
     /// What it was asked to run.
     pub config: ContainerConfig,
     /// Seconds since the epoch when it was created.
@@ -90,11 +88,11 @@ pub struct ContainerRecord {
 
 impl ContainerRecord {
     /// The state a container of an earlier run is in.
-    pub fn state(&self) -> ContainerState {
+    pub fn state(&self) -> WorkloadState {
         if self.error.is_some() {
-            ContainerState::Failed
+            WorkloadState::Failed
         } else {
-            ContainerState::Exited
+            WorkloadState::Stopped
         }
     }
 
@@ -117,7 +115,7 @@ impl ContainerRecord {
 /// itself had started for it (pasta, and the runtime's state directory) is
 /// cleaned up here, and its record says it ended with the app. Unreadable records are skipped (and logged), never
 /// deleted.
-fn load_previous(paths: &RuntimePaths) -> HashMap<ContainerId, ContainerRecord> {
+fn load_previous(paths: &RuntimePaths) -> HashMap<WorkloadId, ContainerRecord> {
     let mut found = HashMap::new();
     let dir = paths.data_dir.join("containers");
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -168,24 +166,8 @@ fn load_previous(paths: &RuntimePaths) -> HashMap<ContainerId, ContainerRecord> 
     found
 }
 
-/// Sends events and wakes the caller.
-#[derive(Clone)]
-struct EventSink {
-    tx: Sender<ContainerEvent>,
-    waker: Arc<dyn Fn() + Send + Sync>,
-}
-
-impl EventSink {
-    fn send(&self, e: ContainerEvent) {
-        // The receiver gone means nobody listens any more: nothing to do.
-        if self.tx.send(e).is_ok() {
-            (self.waker)();
-        }
-    }
-}
-
-/// Control messages from [`ContainerRuntime::execute`] to a supervisor.
-enum Control {
+/// Requests from [`ContainerRuntime::send`] to a supervisor.
+pub(crate) enum Control {
     Input(Vec<u8>),
     Exec {
         n: u32,
@@ -198,6 +180,10 @@ enum Control {
     Resize(u16, u16),
     Stop(Duration),
     Kill(i32),
+    /// Freeze every process (the cgroup freezer).
+    Pause,
+    /// Thaw them.
+    Resume,
     Remove,
     /// The runtime is dropped: kill, keep the files for the next run.
     Shutdown,
@@ -206,7 +192,7 @@ enum Control {
 struct Handle {
     tx: Sender<Control>,
     wake: Arc<EventFd>,
-    state: Arc<Mutex<ContainerState>>,
+    state: Arc<Mutex<WorkloadState>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -220,7 +206,7 @@ struct Shared {
     /// A helper started ahead of need.
     warm: Mutex<Option<HelperProcess>>,
     /// Containers of earlier runs, stopped, until removed.
-    previous: Mutex<HashMap<ContainerId, ContainerRecord>>,
+    previous: Mutex<HashMap<WorkloadId, ContainerRecord>>,
     events: EventSink,
 }
 
@@ -262,24 +248,23 @@ impl Shared {
 
 /// Runs containers. Dropping it stops every running container (SIGKILL)
 /// and waits for their supervisors.
-pub struct ContainerRuntime {
+pub(crate) struct ContainerRuntime {
     shared: Arc<Shared>,
-    containers: Mutex<HashMap<ContainerId, Handle>>,
+    containers: Mutex<HashMap<WorkloadId, Handle>>,
 }
 
 impl ContainerRuntime {
-    /// A runtime using `paths` and starting helpers with `helper`. `waker`
-    /// is called after every event.
-    pub fn new(
+    /// A runtime using `paths`, starting helpers with `helper` and
+    /// reporting to `events`.
+    pub(crate) fn new(
         paths: RuntimePaths,
         helper: HelperCommand,
-        waker: impl Fn() + Send + Sync + 'static,
-    ) -> Result<(Self, Receiver<ContainerEvent>), ContainerError> {
+        events: EventSink,
+    ) -> Result<Self, ContainerError> {
         for d in [paths.data_dir.join("containers"), paths.run_dir.clone()] {
             std::fs::create_dir_all(&d).map_err(ContainerError::io("create", &d))?;
         }
         let images = ImageStore::open(&paths.data_dir)?;
-        let (tx, rx) = mpsc::channel();
         // SAFETY: geteuid has no preconditions.
         let rootless = unsafe { libc::geteuid() } != 0;
         let previous = Mutex::new(load_previous(&paths));
@@ -290,27 +275,21 @@ impl ContainerRuntime {
             images,
             helper,
             warm: Mutex::new(None),
-            events: EventSink {
-                tx,
-                waker: Arc::new(waker),
-            },
+            events,
         });
         // The first helper's exec happens now, not when the user clicks.
         let s = Arc::clone(&shared);
         let _ = std::thread::Builder::new()
             .name("container-warmup".into())
             .spawn(move || s.warm_up());
-        Ok((
-            Self {
-                shared,
-                containers: Mutex::new(HashMap::new()),
-            },
-            rx,
-        ))
+        Ok(Self {
+            shared,
+            containers: Mutex::new(HashMap::new()),
+        })
     }
 
     /// A fresh container id (12 random hex digits).
-    pub fn new_id() -> ContainerId {
+    pub(crate) fn new_id() -> WorkloadId {
         let mut b = [0u8; 6];
         // SAFETY: getrandom writes at most b.len() bytes into b.
         let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
@@ -324,22 +303,22 @@ impl ContainerRuntime {
             let v = (t as u64) ^ ((std::process::id() as u64) << 32);
             b.copy_from_slice(&v.to_le_bytes()[..6]);
         }
-        ContainerId(b.iter().map(|x| format!("{x:02x}")).collect())
+        WorkloadId(b.iter().map(|x| format!("{x:02x}")).collect())
     }
 
     /// The image store the runtime takes images from.
-    pub fn images(&self) -> &ImageStore {
+    pub(crate) fn images(&self) -> &ImageStore {
         &self.shared.images
     }
 
     /// The directory of a container's files.
-    pub fn container_dir(&self, id: &ContainerId) -> PathBuf {
+    pub(crate) fn container_dir(&self, id: &WorkloadId) -> PathBuf {
         self.shared.paths.data_dir.join("containers").join(&id.0)
     }
 
     /// The state a container is in, if it is known to this runtime (run
     /// by it, or left by an earlier run).
-    pub fn state(&self, id: &ContainerId) -> Option<ContainerState> {
+    pub(crate) fn state(&self, id: &WorkloadId) -> Option<WorkloadState> {
         let map = self.containers.lock().ok()?;
         match map.get(id) {
             Some(h) => h.state.lock().ok().map(|s| *s),
@@ -349,8 +328,8 @@ impl ContainerRuntime {
 
     /// The containers earlier runs left (all stopped), oldest first, with
     /// their settings and how they ended; their logs and files stay until
-    /// removed ([`ContainerCommand::Remove`]).
-    pub fn previous_containers(&self) -> Vec<ContainerRecord> {
+    /// removed ([`crate::Command::Remove`]).
+    pub(crate) fn previous_containers(&self) -> Vec<ContainerRecord> {
         let mut v: Vec<ContainerRecord> = match self.shared.previous.lock() {
             Ok(p) => p.values().cloned().collect(),
             Err(_) => Vec::new(),
@@ -361,88 +340,84 @@ impl ContainerRuntime {
         v
     }
 
-    /// Carries out a command. Errors found at once are returned; the rest
-    /// arrive as [`ContainerEvent::Error`].
-    pub fn execute(&self, cmd: ContainerCommand) -> Result<(), ContainerError> {
-        let mut map = self
-            .containers
+    fn table(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<WorkloadId, Handle>>, ContainerError> {
+        self.containers
             .lock()
-            .map_err(|_| ContainerError::Internal("container table poisoned".into()))?;
-        let (id, control) = match cmd {
-            ContainerCommand::Run { id, config } => {
-                config.validate()?;
-                if !valid_id(&id.0) {
-                    return Err(ContainerError::InvalidConfig(format!(
-                        "container id '{id}' must be 1-64 characters of a-z, 0-9, '_' or '-'"
-                    )));
-                }
-                if map.contains_key(&id) || self.container_dir(&id).exists() {
-                    return Err(ContainerError::Exists(id));
-                }
-                let handle = self.spawn_supervisor(id.clone(), config)?;
-                map.insert(id, handle);
-                return Ok(());
-            }
-            ContainerCommand::Input { id, bytes } => (id, Control::Input(bytes)),
-            ContainerCommand::CloseInput(id) => (id, Control::CloseInput),
-            ContainerCommand::Resize { id, cols, rows } => (id, Control::Resize(cols, rows)),
-            ContainerCommand::Stop { id, grace } => (id, Control::Stop(grace)),
-            ContainerCommand::Exec {
-                id,
-                exec,
-                command,
-                terminal,
-            } => (
-                id,
-                Control::Exec {
-                    n: exec,
-                    command,
-                    terminal,
-                },
-            ),
-            ContainerCommand::ExecInput { id, exec, bytes } => {
-                (id, Control::ExecInput(exec, bytes))
-            }
-            ContainerCommand::ExecResize {
-                id,
-                exec,
-                cols,
-                rows,
-            } => (id, Control::ExecResize(exec, cols, rows)),
-            ContainerCommand::Kill { id, signal } => (id, Control::Kill(signal)),
-            ContainerCommand::Remove { id, force } => {
-                if !map.contains_key(&id) {
-                    return self.remove_previous(id);
-                }
-                let h = map
-                    .get(&id)
-                    .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
-                let state = h.state.lock().map(|s| *s).unwrap_or(ContainerState::Failed);
-                if !force
-                    && matches!(
-                        state,
-                        ContainerState::Running
-                            | ContainerState::Stopping
-                            | ContainerState::Creating
-                    )
-                {
-                    return Err(ContainerError::WrongState {
-                        id,
-                        state,
-                        what: "remove it while it runs (stop it, or force)",
-                    });
-                }
-                // The supervisor removes the files and ends; forget it.
-                let h = map
-                    .remove(&id)
-                    .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
-                let _ = h.tx.send(Control::Remove);
-                let _ = h.wake.write(1);
-                return Ok(());
-            }
+            .map_err(|_| ContainerError::Internal("container table poisoned".into()))
+    }
+
+    /// True if the runtime knows the container: run by it, or left by an
+    /// earlier run and not removed.
+    pub(crate) fn knows(&self, id: &WorkloadId) -> bool {
+        self.table().is_ok_and(|t| t.contains_key(id))
+            || self
+                .shared
+                .previous
+                .lock()
+                .is_ok_and(|p| p.contains_key(id))
+    }
+
+    /// Creates a container and starts its process. Errors found at once
+    /// are returned; the rest arrive as [`Event::Error`].
+    pub(crate) fn run(
+        &self,
+        id: WorkloadId,
+        config: ContainerConfig,
+    ) -> Result<(), ContainerError> {
+        let mut map = self.table()?;
+        config.validate()?;
+        if !valid_id(&id.0) {
+            return Err(ContainerError::InvalidConfig(format!(
+                "container id '{id}' must be 1-64 characters of a-z, 0-9, '_' or '-'"
+            )));
+        }
+        if map.contains_key(&id) || self.container_dir(&id).exists() {
+            return Err(ContainerError::Exists(id));
+        }
+        let handle = self.spawn_supervisor(id.clone(), config)?;
+        map.insert(id, handle);
+        Ok(())
+    }
+
+    /// Deletes an exited (or, forced, a running) container: its writable
+    /// layer, log and runtime state.
+    pub(crate) fn remove(&self, id: &WorkloadId, force: bool) -> Result<(), ContainerError> {
+        let mut map = self.table()?;
+        let Some(h) = map.get(id) else {
+            return self.remove_previous(id.clone());
         };
+        let state = h.state.lock().map(|s| *s).unwrap_or(WorkloadState::Failed);
+        if !force
+            && matches!(
+                state,
+                WorkloadState::Running
+                    | WorkloadState::Paused
+                    | WorkloadState::Stopping
+                    | WorkloadState::Starting
+            )
+        {
+            return Err(ContainerError::WrongState {
+                id: id.clone(),
+                state,
+                what: "remove it while it runs (stop it, or force)",
+            });
+        }
+        // The supervisor removes the files and ends; forget it.
         let h = map
-            .get(&id)
+            .remove(id)
+            .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
+        let _ = h.tx.send(Control::Remove);
+        let _ = h.wake.write(1);
+        Ok(())
+    }
+
+    /// Hands a running container's supervisor a request.
+    pub(crate) fn send(&self, id: &WorkloadId, control: Control) -> Result<(), ContainerError> {
+        let map = self.table()?;
+        let h = map
+            .get(id)
             .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
         h.tx.send(control)
             .map_err(|_| ContainerError::Internal(format!("supervisor of '{id}' is gone")))?;
@@ -453,7 +428,7 @@ impl ContainerRuntime {
     }
 
     /// Removes a container an earlier run left, off the caller's thread.
-    fn remove_previous(&self, id: ContainerId) -> Result<(), ContainerError> {
+    fn remove_previous(&self, id: WorkloadId) -> Result<(), ContainerError> {
         let known = self
             .shared
             .previous
@@ -469,13 +444,12 @@ impl ContainerRuntime {
         std::thread::Builder::new()
             .name(format!("container-rm-{}", id.0))
             .spawn(move || match remove_tree(&dir) {
-                Ok(()) => events.send(ContainerEvent::Removed(id)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    events.send(ContainerEvent::Removed(id))
-                }
-                Err(e) => events.send(ContainerEvent::Error {
+                Ok(()) => events.emit(Event::Removed(id)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => events.emit(Event::Removed(id)),
+                Err(e) => events.emit(Event::Error {
                     id,
                     message: format!("cannot remove {}: {e}", dir.display()),
+                    registers: None,
                 }),
             })
             .map(|_| ())
@@ -484,7 +458,7 @@ impl ContainerRuntime {
 
     fn spawn_supervisor(
         &self,
-        id: ContainerId,
+        id: WorkloadId,
         config: ContainerConfig,
     ) -> Result<Handle, ContainerError> {
         let (tx, rx) = mpsc::channel();
@@ -498,7 +472,7 @@ impl ContainerRuntime {
         } else {
             "/hangar".to_string()
         };
-        let state = Arc::new(Mutex::new(ContainerState::Creating));
+        let state = Arc::new(Mutex::new(WorkloadState::Starting));
         let sup = Supervisor {
             shared: Arc::clone(&self.shared),
             dir: self.container_dir(&id),
@@ -596,13 +570,13 @@ enum Stdio {
 
 struct Supervisor {
     shared: Arc<Shared>,
-    id: ContainerId,
+    id: WorkloadId,
     config: ContainerConfig,
     dir: PathBuf,
     cgroup_path: String,
     controls: Receiver<Control>,
     wake: Arc<EventFd>,
-    state: Arc<Mutex<ContainerState>>,
+    state: Arc<Mutex<WorkloadState>>,
     log: Option<File>,
     /// Forced removal while running: remove as soon as it has exited.
     remove_requested: bool,
@@ -620,11 +594,11 @@ enum LoopEnd {
 
 impl Supervisor {
     fn run(mut self) {
-        self.set_state(ContainerState::Creating);
+        self.set_state(WorkloadState::Starting);
         let started = Instant::now();
         match self.create_and_start(started) {
             Ok((helper, stdio)) => {
-                self.set_state(ContainerState::Running);
+                self.set_state(WorkloadState::Running);
                 // The next container's helper starts now, beside this one.
                 let shared = Arc::clone(&self.shared);
                 let _ = std::thread::Builder::new()
@@ -640,26 +614,27 @@ impl Supervisor {
                         log::warn!("container {}: {e}", self.id);
                     }
                 }
-                self.emit(ContainerEvent::Error {
+                self.emit(Event::Error {
                     id: self.id.clone(),
                     message: e.to_string(),
+                    registers: None,
                 });
                 self.network = None;
-                self.set_state(ContainerState::Failed);
+                self.set_state(WorkloadState::Failed);
             }
         }
         self.wait_for_removal();
     }
 
-    fn emit(&self, e: ContainerEvent) {
-        self.shared.events.send(e);
+    fn emit(&self, e: Event) {
+        self.shared.events.emit(e);
     }
 
-    fn set_state(&self, s: ContainerState) {
+    fn set_state(&self, s: WorkloadState) {
         if let Ok(mut st) = self.state.lock() {
             *st = s;
         }
-        self.emit(ContainerEvent::StateChanged {
+        self.emit(Event::StateChanged {
             id: self.id.clone(),
             state: s,
         });
@@ -782,10 +757,10 @@ impl Supervisor {
             self.id,
             started.elapsed()
         );
-        self.emit(ContainerEvent::Started {
+        self.emit(Event::Started {
             id: self.id.clone(),
-            pid,
             setup: started.elapsed(),
+            pid: Some(pid),
         });
         Ok((helper, stdio))
     }
@@ -885,6 +860,9 @@ impl Supervisor {
         let mut stopped_by_user = false;
         let mut ended_with_app = false;
         let mut execs: Vec<ExecSession> = Vec::new();
+        // Frozen by Pause; thawed before anything that must reach the
+        // processes (a frozen process handles no signal).
+        let mut frozen = false;
         let end = loop {
             let mut init_status = None;
             while let Some(r) = helper.take_unasked() {
@@ -898,7 +876,7 @@ impl Supervisor {
             }
             let now = Instant::now();
             if now >= next_stats {
-                self.emit(ContainerEvent::Stats {
+                self.emit(Event::Stats {
                     id: self.id.clone(),
                     stats: cgroup.stats(),
                 });
@@ -938,11 +916,13 @@ impl Supervisor {
                     None => self.read_output(&mut stdio, *stream),
                     Some(e) => {
                         if let Some(data) = read_some(&mut execs[*e].stdio, *stream) {
-                            self.emit(ContainerEvent::ExecOutput {
+                            self.emit(Event::Container {
                                 id: self.id.clone(),
-                                exec: execs[*e].n,
-                                stream: *stream,
-                                data,
+                                event: ContainerEvent::ExecOutput {
+                                    exec: execs[*e].n,
+                                    stream: *stream,
+                                    data,
+                                },
                             });
                         }
                     }
@@ -959,22 +939,32 @@ impl Supervisor {
                             }
                         }
                         Control::Resize(cols, rows) => resize(&stdio, cols, rows),
+                        Control::Exec { n, .. } if frozen => self.emit(Event::Error {
+                            id: self.id.clone(),
+                            message: format!(
+                                "cannot run process {n} in the container: it is paused"
+                            ),
+                            registers: None,
+                        }),
                         Control::Exec {
                             n,
                             command,
                             terminal,
                         } => match self.exec(&mut helper, n, command, terminal) {
                             Ok(session) => {
-                                self.emit(ContainerEvent::ExecStarted {
+                                self.emit(Event::Container {
                                     id: self.id.clone(),
-                                    exec: n,
-                                    pid: session.pid,
+                                    event: ContainerEvent::ExecStarted {
+                                        exec: n,
+                                        pid: session.pid,
+                                    },
                                 });
                                 execs.push(session);
                             }
-                            Err(e) => self.emit(ContainerEvent::Error {
+                            Err(e) => self.emit(Event::Error {
                                 id: self.id.clone(),
                                 message: format!("cannot run process {n} in the container: {e}"),
+                                registers: None,
                             }),
                         },
                         Control::ExecInput(n, b) => {
@@ -987,9 +977,31 @@ impl Supervisor {
                                 resize(&e.stdio, cols, rows);
                             }
                         }
+                        Control::Pause => {
+                            if !frozen && !stopped_by_user {
+                                match cgroup.freeze(true) {
+                                    Ok(()) => {
+                                        frozen = true;
+                                        self.set_state(WorkloadState::Paused);
+                                    }
+                                    Err(e) => self.emit(Event::Error {
+                                        id: self.id.clone(),
+                                        message: format!("cannot pause the container: {e}"),
+                                        registers: None,
+                                    }),
+                                }
+                            }
+                        }
+                        Control::Resume => {
+                            if frozen {
+                                self.thaw(&cgroup, &mut frozen);
+                                self.set_state(WorkloadState::Running);
+                            }
+                        }
                         Control::Stop(grace) => {
+                            self.thaw(&cgroup, &mut frozen);
                             stopped_by_user = true;
-                            self.set_state(ContainerState::Stopping);
+                            self.set_state(WorkloadState::Stopping);
                             if grace.is_zero() {
                                 self.kill(&mut helper, libc::SIGKILL, true);
                             } else {
@@ -998,16 +1010,19 @@ impl Supervisor {
                             }
                         }
                         Control::Kill(sig) => {
+                            self.thaw(&cgroup, &mut frozen);
                             stopped_by_user = true;
                             self.kill(&mut helper, sig, sig == libc::SIGKILL);
                         }
                         Control::Shutdown => {
+                            self.thaw(&cgroup, &mut frozen);
                             ended_with_app = true;
                             self.kill(&mut helper, libc::SIGKILL, true);
                         }
                         // Removal was asked while running (forced): kill,
                         // then the normal exit path runs and the files go.
                         Control::Remove => {
+                            self.thaw(&cgroup, &mut frozen);
                             stopped_by_user = true;
                             self.kill(&mut helper, libc::SIGKILL, true);
                             self.remove_requested = true;
@@ -1030,22 +1045,25 @@ impl Supervisor {
             self.on_exec_reply(r, &mut execs);
         }
         for e in execs.drain(..) {
-            self.emit(ContainerEvent::ExecExited {
+            self.emit(Event::Container {
                 id: self.id.clone(),
-                exec: e.n,
-                exit: ContainerExit {
-                    code: 128 + libc::SIGKILL,
-                    signal: Some(libc::SIGKILL),
-                    ..Default::default()
+                event: ContainerEvent::ExecExited {
+                    exec: e.n,
+                    exit: ContainerExit {
+                        code: 128 + libc::SIGKILL,
+                        signal: Some(libc::SIGKILL),
+                        ..Default::default()
+                    },
                 },
             });
         }
         let status = match end {
             LoopEnd::Exited(s) => Some(s),
             LoopEnd::HelperLost(e) => {
-                self.emit(ContainerEvent::Error {
+                self.emit(Event::Error {
                     id: self.id.clone(),
                     message: e.to_string(),
+                    registers: None,
                 });
                 None
             }
@@ -1054,15 +1072,16 @@ impl Supervisor {
         // CPU time used) and why it died.
         let t_exit = Instant::now();
         let counters = cgroup.counters();
-        self.emit(ContainerEvent::Stats {
+        self.emit(Event::Stats {
             id: self.id.clone(),
             stats: cgroup.stats(),
         });
         match helper.request(&Request::Delete, &[]) {
             Ok((Reply::Done, _)) => {}
-            Ok((Reply::Failed { message }, _)) => self.emit(ContainerEvent::Error {
+            Ok((Reply::Failed { message }, _)) => self.emit(Event::Error {
                 id: self.id.clone(),
                 message: format!("cleaning up the container's runtime state: {message}"),
+                registers: None,
             }),
             Ok(_) | Err(_) => {}
         }
@@ -1094,13 +1113,29 @@ impl Supervisor {
         // The state changes before anyone hears of the exit, so a Remove
         // sent in answer to the event is accepted.
         if let Ok(mut st) = self.state.lock() {
-            *st = ContainerState::Exited;
+            *st = WorkloadState::Stopped;
         }
-        self.emit(ContainerEvent::Exited {
+        self.emit(Event::Exited {
             id: self.id.clone(),
-            exit,
+            exit: Exit::container(exit, &self.config.limits),
         });
-        self.set_state(ContainerState::Exited);
+        self.set_state(WorkloadState::Stopped);
+    }
+
+    /// Thaws a frozen container; a failure is reported (the signal that
+    /// follows then waits for a thaw that may never come).
+    fn thaw(&self, cgroup: &CgroupFiles, frozen: &mut bool) {
+        if !*frozen {
+            return;
+        }
+        match cgroup.freeze(false) {
+            Ok(()) => *frozen = false,
+            Err(e) => self.emit(Event::Error {
+                id: self.id.clone(),
+                message: format!("cannot resume the container: {e}"),
+                registers: None,
+            }),
+        }
     }
 
     /// Starts `command` in the running container with the init's
@@ -1194,20 +1229,24 @@ impl Supervisor {
             for (j, (_, stream)) in outs.iter().enumerate() {
                 if fds[j].revents != 0 {
                     if let Some(data) = read_some(&mut e.stdio, *stream) {
-                        self.emit(ContainerEvent::ExecOutput {
+                        self.emit(Event::Container {
                             id: self.id.clone(),
-                            exec: e.n,
-                            stream: *stream,
-                            data,
+                            event: ContainerEvent::ExecOutput {
+                                exec: e.n,
+                                stream: *stream,
+                                data,
+                            },
                         });
                     }
                 }
             }
         }
-        self.emit(ContainerEvent::ExecExited {
+        self.emit(Event::Container {
             id: self.id.clone(),
-            exec: e.n,
-            exit: decode_status(status, super::CgroupCounters::default(), false),
+            event: ContainerEvent::ExecExited {
+                exec: e.n,
+                exit: decode_status(status, super::CgroupCounters::default(), false),
+            },
         });
     }
 
@@ -1219,9 +1258,10 @@ impl Supervisor {
                 log::debug!("container {}: kill {signal}: {message}", self.id)
             }
             Ok(_) => {}
-            Err(e) => self.emit(ContainerEvent::Error {
+            Err(e) => self.emit(Event::Error {
                 id: self.id.clone(),
                 message: e.to_string(),
+                registers: None,
             }),
         }
     }
@@ -1244,10 +1284,10 @@ impl Supervisor {
                 self.log = None;
             }
         }
-        self.emit(ContainerEvent::Output {
+        self.emit(Event::Output {
             id: self.id.clone(),
             stream,
-            data,
+            bytes: data,
         });
     }
 
@@ -1316,13 +1356,14 @@ impl Supervisor {
         }
         self.log = None;
         match remove_tree(&self.dir) {
-            Ok(()) => self.emit(ContainerEvent::Removed(self.id.clone())),
+            Ok(()) => self.emit(Event::Removed(self.id.clone())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.emit(ContainerEvent::Removed(self.id.clone()))
+                self.emit(Event::Removed(self.id.clone()))
             }
-            Err(e) => self.emit(ContainerEvent::Error {
+            Err(e) => self.emit(Event::Error {
                 id: self.id.clone(),
                 message: format!("cannot remove {}: {e}", self.dir.display()),
+                registers: None,
             }),
         }
     }

@@ -20,8 +20,8 @@ use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::exit_history::{ExitHistory, ExitKind, ExitRecord};
+use crate::api::RegisterDump;
 use crate::devices::{Bus, GuestRequest};
-use crate::engine::RegisterDump;
 
 /// Real-time signal used to kick vCPU threads out of `KVM_RUN`.
 fn kick_signal() -> i32 {

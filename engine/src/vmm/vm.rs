@@ -18,6 +18,10 @@ use super::framebuffer::GuestFramebuffer;
 use super::irq_routing::KvmMsiRouting;
 use super::passt::Passt;
 use super::vcpu::{install_kick_handler, VcpuCommand, VcpuOutcome, VcpuReport, VcpuThread};
+use crate::api::{
+    DeviceIo, Event, EventSink, Exit, OutputStream, Stats, StatsDetail, VcpuStats, VmEvent, VmExit,
+    VmStats, WorkloadId, WorkloadState,
+};
 use crate::config::{DiskConfig, KernelKind, VmConfig};
 use crate::devices::bus::lock;
 use crate::devices::i8042::MouseButtons;
@@ -26,7 +30,6 @@ use crate::devices::manager::{DeviceManager, DeviceManagerError};
 use crate::devices::virtio::net::NetDevice;
 use crate::devices::virtio::{BlockBackend, BlockDevice, MsiRouting};
 use crate::display::Display;
-use crate::engine::{DeviceIo, Event, EventSink, ExitReason, VcpuStats, VmId, VmState, VmStats};
 
 /// Where the TSS the hypervisor needs on Intel sits: three pages just below
 /// the BIOS area at the top of the 32-bit space, inside the MMIO gap.
@@ -42,7 +45,7 @@ const VCPU_EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Errors while building a VM.
 #[derive(Debug, thiserror::Error)]
-pub enum VmError {
+pub enum BuildError {
     /// A KVM call failed.
     #[error("KVM refused to {what}")]
     Kvm {
@@ -87,15 +90,15 @@ fn mac_address(name: &str) -> [u8; 6] {
 }
 
 /// Open a disk image as its definition says (raw or qcow2, never guessed).
-fn open_disk(disk: &DiskConfig) -> Result<Box<dyn BlockBackend>, VmError> {
-    crate::disks::open_backend(disk).map_err(|e| VmError::Disk {
+fn open_disk(disk: &DiskConfig) -> Result<Box<dyn BlockBackend>, BuildError> {
+    crate::disks::open_backend(disk).map_err(|e| BuildError::Disk {
         path: disk.path.clone(),
         reason: error_chain(&e),
     })
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |source| VmError::Kvm { what, source }
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::Kvm { what, source }
 }
 
 /// What the engine asks of a running VM.
@@ -203,22 +206,48 @@ impl Write for SerialSink {
 /// Start a VM's control thread. It reports through `sink` and ends after
 /// sending `Exited`. `started` is when the Start command was accepted.
 /// `display` is the screen the app reads, for a config with one.
-pub(crate) fn spawn_vm(
-    id: VmId,
-    config: VmConfig,
-    kind: KernelKind,
-    sink: EventSink,
-    channel: (Sender<ControlMsg>, Receiver<ControlMsg>),
-    started: Instant,
-    display: Option<Display>,
-) -> std::io::Result<JoinHandle<()>> {
-    let (tx, rx) = channel;
+pub(crate) fn spawn_vm(launch: VmLaunch) -> std::io::Result<JoinHandle<()>> {
+    let VmLaunch {
+        id,
+        config,
+        kind,
+        sink,
+        state,
+        channel: (tx, rx),
+        started,
+        display,
+    } = launch;
     std::thread::Builder::new()
         .name("vm-control".into())
         .spawn(move || {
-            let control = VmControl { id, sink, started };
+            let control = VmControl {
+                id,
+                sink,
+                state,
+                started,
+            };
             control.run(&config, kind, tx, rx, display);
         })
+}
+
+/// What a VM's control thread starts from.
+pub(crate) struct VmLaunch {
+    /// The VM's id, in its events.
+    pub id: WorkloadId,
+    /// Its definition.
+    pub config: VmConfig,
+    /// What its kernel file is (validated).
+    pub kind: KernelKind,
+    /// Where its events go.
+    pub sink: EventSink,
+    /// Its state as last reported, for [`crate::Engine::state`].
+    pub state: Arc<Mutex<WorkloadState>>,
+    /// Its control channel: the engine keeps a sender, the vCPUs get one.
+    pub channel: (Sender<ControlMsg>, Receiver<ControlMsg>),
+    /// When the Start command was accepted.
+    pub started: Instant,
+    /// Its screen, if it has one.
+    pub display: Option<Display>,
 }
 
 /// Everything a built VM holds. Dropped only after its vCPU threads ended.
@@ -238,8 +267,9 @@ struct Machine {
 }
 
 struct VmControl {
-    id: VmId,
+    id: WorkloadId,
     sink: EventSink,
+    state: Arc<Mutex<WorkloadState>>,
     started: Instant,
 }
 
@@ -248,7 +278,8 @@ impl VmControl {
         self.sink.emit(event);
     }
 
-    fn state(&self, state: VmState) {
+    fn state(&self, state: WorkloadState) {
+        *lock(&self.state) = state;
         self.emit(Event::StateChanged {
             id: self.id.clone(),
             state,
@@ -263,22 +294,24 @@ impl VmControl {
         rx: Receiver<ControlMsg>,
         display: Option<Display>,
     ) {
-        self.state(VmState::Starting);
+        self.state(WorkloadState::Starting);
         let reason = match build(config, kind, &tx, display) {
             Ok(mut machine) => {
                 self.emit(Event::Started {
                     id: self.id.clone(),
                     setup: self.started.elapsed(),
+                    pid: None,
                 });
-                self.state(VmState::Running);
+                self.state(WorkloadState::Running);
                 let reason = self.supervise(&mut machine, &rx);
                 self.teardown(&mut machine, &rx);
                 self.flush_serial(&machine);
                 // The last frame: what the guest drew since the last poll.
                 if let Some(fb) = &mut machine.framebuffer {
                     if let Ok(true) = fb.poll(&machine.vm) {
-                        self.emit(Event::DisplayUpdated {
+                        self.emit(Event::Vm {
                             id: self.id.clone(),
+                            event: VmEvent::DisplayUpdated,
                         });
                     }
                 }
@@ -292,19 +325,19 @@ impl VmControl {
                     message: message.clone(),
                     registers: None,
                 });
-                ExitReason::Failed(message)
+                VmExit::Failed(message)
             }
         };
         log::info!("{}: exited: {reason:?}", self.id);
-        self.state(VmState::Stopped);
+        self.state(WorkloadState::Stopped);
         self.emit(Event::Exited {
             id: self.id.clone(),
-            reason,
+            exit: Exit::vm(reason),
         });
     }
 
     /// Run until the VM must stop; returns why.
-    fn supervise(&self, m: &mut Machine, rx: &Receiver<ControlMsg>) -> ExitReason {
+    fn supervise(&self, m: &mut Machine, rx: &Receiver<ControlMsg>) -> VmExit {
         let mut pending_input: Vec<u8> = Vec::new();
         let mut pending_devices = PendingInput::default();
         let mut paused_acks = 0usize;
@@ -327,7 +360,7 @@ impl VmControl {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
                 // Cannot happen while we hold a sender; treat as a stop.
-                Err(RecvTimeoutError::Disconnected) => return ExitReason::Stopped { forced: true },
+                Err(RecvTimeoutError::Disconnected) => return VmExit::Stopped { forced: true },
             };
             match msg {
                 Some(ControlMsg::SerialOutput) => self.flush_serial(m),
@@ -343,15 +376,15 @@ impl VmControl {
                         if pause_wanted {
                             pause_wanted = false;
                             m.vcpus.iter().for_each(|v| v.send(VcpuCommand::Resume));
-                            self.state(VmState::Running);
+                            self.state(WorkloadState::Running);
                         }
                     }
                     VmRequest::Stop { timeout } => {
                         if timeout.is_zero() {
-                            return ExitReason::Stopped { forced: true };
+                            return VmExit::Stopped { forced: true };
                         }
                         if stop_deadline.is_none() {
-                            self.state(VmState::Stopping);
+                            self.state(WorkloadState::Stopping);
                             // A paused guest cannot react to the keyboard.
                             if pause_wanted {
                                 pause_wanted = false;
@@ -376,13 +409,15 @@ impl VmControl {
                         log::debug!("{}: vcpu{index} paused", self.id);
                         paused_acks += 1;
                         if pause_wanted && paused_acks == m.vcpus.len() {
-                            self.state(VmState::Paused);
+                            self.state(WorkloadState::Paused);
                         }
                     }
-                    VcpuReport::Marker(value) => self.emit(Event::BootMarker {
+                    VcpuReport::Marker(value) => self.emit(Event::Vm {
                         id: self.id.clone(),
-                        value,
-                        since_start: self.started.elapsed(),
+                        event: VmEvent::BootMarker {
+                            value,
+                            since_start: self.started.elapsed(),
+                        },
                     }),
                     VcpuReport::GuestError { message, registers } => {
                         log::warn!(
@@ -413,8 +448,9 @@ impl VmControl {
                 if Instant::now() >= next_frame {
                     next_frame = Instant::now() + DISPLAY_INTERVAL;
                     match fb.poll(&m.vm) {
-                        Ok(true) => self.emit(Event::DisplayUpdated {
+                        Ok(true) => self.emit(Event::Vm {
                             id: self.id.clone(),
+                            event: VmEvent::DisplayUpdated,
                         }),
                         Ok(false) => {}
                         Err(e) => {
@@ -445,21 +481,19 @@ impl VmControl {
             }
             pending_devices.deliver(&m.devices);
             if stop_deadline.is_some_and(|d| Instant::now() >= d) {
-                return ExitReason::Stopped { forced: true };
+                return VmExit::Stopped { forced: true };
             }
         }
     }
 
-    fn outcome_reason(&self, index: u8, outcome: VcpuOutcome, stopping: bool) -> ExitReason {
+    fn outcome_reason(&self, index: u8, outcome: VcpuOutcome, stopping: bool) -> VmExit {
         match outcome {
             // A guest that resets while we asked it to stop did what we asked.
-            VcpuOutcome::Reset if stopping => ExitReason::Stopped { forced: false },
-            VcpuOutcome::Reset => ExitReason::GuestReset,
-            VcpuOutcome::PowerOff(_) if stopping => ExitReason::Stopped { forced: false },
-            VcpuOutcome::PowerOff(code) => ExitReason::GuestExit(code),
-            VcpuOutcome::Stopped => {
-                ExitReason::Failed(format!("vCPU {index} stopped unexpectedly"))
-            }
+            VcpuOutcome::Reset if stopping => VmExit::Stopped { forced: false },
+            VcpuOutcome::Reset => VmExit::GuestReset,
+            VcpuOutcome::PowerOff(_) if stopping => VmExit::Stopped { forced: false },
+            VcpuOutcome::PowerOff(code) => VmExit::GuestExit(code),
+            VcpuOutcome::Stopped => VmExit::Failed(format!("vCPU {index} stopped unexpectedly")),
             VcpuOutcome::Fault { message, registers } => {
                 log::error!(
                     "{}: {message}{}",
@@ -474,7 +508,7 @@ impl VmControl {
                     message: message.clone(),
                     registers,
                 });
-                ExitReason::Failed(message)
+                VmExit::Failed(message)
             }
         }
     }
@@ -512,8 +546,9 @@ impl VmControl {
     fn flush_serial(&self, m: &Machine) {
         let bytes = std::mem::take(&mut *lock(&m.serial_out));
         if !bytes.is_empty() {
-            self.emit(Event::SerialOutput {
+            self.emit(Event::Output {
                 id: self.id.clone(),
+                stream: OutputStream::Serial,
                 bytes,
             });
         }
@@ -526,7 +561,7 @@ fn build(
     kind: KernelKind,
     tx: &Sender<ControlMsg>,
     display: Option<Display>,
-) -> Result<Machine, VmError> {
+) -> Result<Machine, BuildError> {
     let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -544,7 +579,7 @@ fn build(
     for (slot, region) in memory.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| VmError::Boot(BootError::from(e)))?;
+            .map_err(|e| BuildError::Boot(BootError::from(e)))?;
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -573,7 +608,7 @@ fn build(
     for (i, disk) in config.disks.iter().enumerate() {
         // Claimed before opening: another running machine may be writing it.
         disk_locks.push(
-            crate::disks::lock(&disk.path, !disk.read_only).map_err(|e| VmError::Disk {
+            crate::disks::lock(&disk.path, !disk.read_only).map_err(|e| BuildError::Disk {
                 path: disk.path.clone(),
                 reason: error_chain(&e),
             })?,
@@ -587,8 +622,8 @@ fn build(
     // User-mode networking: passt on the other end of a socketpair.
     let passt = match &config.network {
         Some(net) => {
-            let (passt, socket) =
-                Passt::start(net, &config.name).map_err(|e| VmError::Network(error_chain(&e)))?;
+            let (passt, socket) = Passt::start(net, &config.name)
+                .map_err(|e| BuildError::Network(error_chain(&e)))?;
             let name = "virtio-net0".to_string();
             let device = NetDevice::new(name.clone(), mac_address(&config.name), socket);
             devices.add_virtio_device(name, Box::new(device), memory.clone(), routing.clone())?;
@@ -600,7 +635,7 @@ fn build(
         vm.register_irqfd(line.eventfd(), line.gsi())
             .map_err(kvm_err("connect an interrupt line"))?;
     }
-    for (addr, doorbell) in devices.doorbells().map_err(VmError::Spawn)? {
+    for (addr, doorbell) in devices.doorbells().map_err(BuildError::Spawn)? {
         vm.register_ioevent(&doorbell, &IoEventAddress::Mmio(addr), NoDatamatch)
             .map_err(kvm_err("connect a virtio doorbell"))?;
     }
@@ -641,7 +676,7 @@ fn build(
     // fatal one (see exit_history.rs).
     let sync_regs = vm.check_extension(Cap::SyncRegs);
     install_kick_handler()
-        .map_err(|e| VmError::Spawn(std::io::Error::from_raw_os_error(e.errno())))?;
+        .map_err(|e| BuildError::Spawn(std::io::Error::from_raw_os_error(e.errno())))?;
     let mut vcpus = Vec::with_capacity(fds.len());
     for (index, fd) in fds.into_iter().enumerate() {
         let tx = tx.clone();
@@ -665,7 +700,7 @@ fn build(
                     v.send(VcpuCommand::Exit);
                     v.join();
                 }
-                return Err(VmError::Spawn(e));
+                return Err(BuildError::Spawn(e));
             }
         }
     }
@@ -681,30 +716,34 @@ fn build(
     })
 }
 
-fn stats(m: &Machine, uptime: Duration) -> VmStats {
-    VmStats {
-        uptime,
-        vcpus: m
-            .vcpus
-            .iter()
-            .map(|v| VcpuStats {
-                cpu_time: v.cpu_time().unwrap_or_default(),
-                exits: v.exits(),
-            })
-            .collect(),
-        guest_resident_bytes: resident_bytes(&m.memory),
-        guest_memory_bytes: m.memory.iter().map(|r| r.len()).sum(),
-        devices: m
-            .devices
-            .virtio_devices()
-            .iter()
-            .filter_map(|slot| {
-                Some(DeviceIo {
-                    name: slot.name.clone(),
-                    counters: slot.counters.as_ref()?.snapshot(),
+fn stats(m: &Machine, uptime: Duration) -> Stats {
+    let vcpus: Vec<VcpuStats> = m
+        .vcpus
+        .iter()
+        .map(|v| VcpuStats {
+            cpu_time: v.cpu_time().unwrap_or_default(),
+            exits: v.exits(),
+        })
+        .collect();
+    Stats {
+        cpu_time: vcpus.iter().map(|v| v.cpu_time).sum(),
+        memory_bytes: resident_bytes(&m.memory),
+        detail: StatsDetail::Vm(VmStats {
+            uptime,
+            vcpus,
+            guest_memory_bytes: m.memory.iter().map(|r| r.len()).sum(),
+            devices: m
+                .devices
+                .virtio_devices()
+                .iter()
+                .filter_map(|slot| {
+                    Some(DeviceIo {
+                        name: slot.name.clone(),
+                        counters: slot.counters.as_ref()?.snapshot(),
+                    })
                 })
-            })
-            .collect(),
+                .collect(),
+        }),
     }
 }
 

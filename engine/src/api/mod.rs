@@ -1,0 +1,428 @@
+//! The engine's public API: one [`Engine`] for every kind of workload,
+//! commands in, events out.
+//!
+//! Protocol: the caller creates an [`Engine`] with a waker callback and gets
+//! the receiving end of the one event channel. [`Engine::execute`] never
+//! blocks on a workload: it validates what it can at once (returning an
+//! error) and hands the rest to the workload's own threads, which report
+//! through [`Event`]s and call the waker after each one.
+//!
+//! The life-cycle verbs (start, stop, pause, resume, kill, remove, input,
+//! resize) are shared; what only one kind does goes through its own command
+//! and event variants ([`VmCommand`], [`ContainerCommand`], [`VmEvent`],
+//! [`ContainerEvent`]). Each kind is a module of [`crate::kinds`] behind one
+//! internal trait; a new kind is one more module and one more variant here.
+
+mod container;
+mod sink;
+mod vm;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use container::{ContainerCommand, ContainerEvent};
+pub(crate) use sink::EventSink;
+pub use vm::{
+    DeviceIo, RegisterDump, VcpuStats, VmCommand, VmEvent, VmExit, VmStats, MARKER_INIT_REACHED,
+};
+pub use workload::{
+    ContainerStats, Exit, ExitDetail, OutputStream, Stats, StatsDetail, WorkloadId, WorkloadKind,
+    WorkloadState,
+};
+
+use crate::config::VmConfig;
+use crate::containers::{
+    ContainerConfig, ContainerError, ContainerRecord, HelperCommand, RuntimePaths,
+};
+use crate::display::Display;
+use crate::host::{HostCapability, HostProbe};
+use crate::images::ImageStore;
+use crate::kinds::container::Containers;
+use crate::kinds::vm::{VmError, Vms};
+use crate::kinds::Workloads;
+
+/// What to run: a workload's definition, of its kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkloadConfig {
+    /// A virtual machine.
+    Vm(VmConfig),
+    /// A container.
+    Container(ContainerConfig),
+}
+
+impl WorkloadConfig {
+    /// Its kind.
+    pub fn kind(&self) -> WorkloadKind {
+        match self {
+            WorkloadConfig::Vm(_) => WorkloadKind::Vm,
+            WorkloadConfig::Container(_) => WorkloadKind::Container,
+        }
+    }
+}
+
+/// What the caller asks of the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create a workload and start it.
+    Start {
+        /// The new workload's id; must not be in use.
+        id: WorkloadId,
+        /// What to run.
+        config: WorkloadConfig,
+    },
+    /// Ask it to stop (a VM: Ctrl+Alt+Del on its keyboard; a container:
+    /// SIGTERM), and stop it by force after `grace`. Zero forces at once.
+    Stop {
+        /// Which workload.
+        id: WorkloadId,
+        /// How long it gets to stop by itself.
+        grace: Duration,
+    },
+    /// Freeze it: a VM's vCPUs, a container's processes (the cgroup
+    /// freezer).
+    Pause(WorkloadId),
+    /// Let a paused workload run again.
+    Resume(WorkloadId),
+    /// Stop it by force, now (a container: SIGKILL to its init).
+    Kill(WorkloadId),
+    /// Forget an ended container and delete its files (its writable layer,
+    /// log and runtime state); `force` kills it first if it still runs.
+    Remove {
+        /// Which workload.
+        id: WorkloadId,
+        /// Kill it first if it still runs.
+        force: bool,
+    },
+    /// Bytes typed into its console: a VM's serial port, a container's
+    /// stdin or terminal.
+    Input {
+        /// Which workload.
+        id: WorkloadId,
+        /// The bytes, as a terminal would send them.
+        bytes: Vec<u8>,
+    },
+    /// Tell its terminal its new size.
+    Resize {
+        /// Which workload.
+        id: WorkloadId,
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
+    /// What only a VM does.
+    Vm {
+        /// Which VM.
+        id: WorkloadId,
+        /// What to do.
+        command: VmCommand,
+    },
+    /// What only a container does.
+    Container {
+        /// Which container.
+        id: WorkloadId,
+        /// What to do.
+        command: ContainerCommand,
+    },
+}
+
+/// What the engine reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A workload moved to a new state.
+    StateChanged {
+        /// Which workload.
+        id: WorkloadId,
+        /// Its new state.
+        state: WorkloadState,
+    },
+    /// It is built and runs: a VM's vCPUs are entering the guest, a
+    /// container's process runs.
+    Started {
+        /// Which workload.
+        id: WorkloadId,
+        /// From the Start command to running: a VM's memory, devices,
+        /// kernel loading and vCPU set-up; a container's root file system,
+        /// runtime and process.
+        setup: Duration,
+        /// A container's init process's pid on the host (a VM runs in the
+        /// engine's own process).
+        pid: Option<i32>,
+    },
+    /// Output of its console.
+    Output {
+        /// Which workload.
+        id: WorkloadId,
+        /// Which stream.
+        stream: OutputStream,
+        /// The bytes, raw (a terminal emulator interprets them).
+        bytes: Vec<u8>,
+    },
+    /// Periodic figures while it runs.
+    Stats {
+        /// Which workload.
+        id: WorkloadId,
+        /// The sample.
+        stats: Stats,
+    },
+    /// Something went wrong; said once, in plain words. The workload may or
+    /// may not still run (see `Exited`).
+    Error {
+        /// Which workload.
+        id: WorkloadId,
+        /// A sentence for the user and the log.
+        message: String,
+        /// A VM's vCPU registers, when a guest fault caused it.
+        registers: Option<RegisterDump>,
+    },
+    /// It ended; all its output before has been reported. A VM's last event.
+    Exited {
+        /// Which workload.
+        id: WorkloadId,
+        /// How.
+        exit: Exit,
+    },
+    /// A container is gone (after Remove): its last event.
+    Removed(WorkloadId),
+    /// What only a VM reports.
+    Vm {
+        /// Which VM.
+        id: WorkloadId,
+        /// What happened.
+        event: VmEvent,
+    },
+    /// What only a container reports.
+    Container {
+        /// Which container.
+        id: WorkloadId,
+        /// What happened.
+        event: ContainerEvent,
+    },
+}
+
+impl Event {
+    /// The workload it is about.
+    pub fn id(&self) -> &WorkloadId {
+        match self {
+            Event::StateChanged { id, .. }
+            | Event::Started { id, .. }
+            | Event::Output { id, .. }
+            | Event::Stats { id, .. }
+            | Event::Error { id, .. }
+            | Event::Exited { id, .. }
+            | Event::Removed(id)
+            | Event::Vm { id, .. }
+            | Event::Container { id, .. } => id,
+        }
+    }
+}
+
+/// Why a command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A VM command was refused.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A container command was refused.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    /// No workload has this id.
+    #[error("no machine or container named {0}")]
+    Unknown(WorkloadId),
+    /// The id names a workload of another kind.
+    #[error("{id} is already the name of a {}", kind.noun())]
+    IdInUse {
+        /// The id.
+        id: WorkloadId,
+        /// The kind of the workload that has it.
+        kind: WorkloadKind,
+    },
+    /// The kind cannot do this.
+    #[error("a {} cannot {what}", kind.noun())]
+    Unsupported {
+        /// The workload's kind.
+        kind: WorkloadKind,
+        /// What was asked, as a verb phrase.
+        what: &'static str,
+    },
+    /// The engine was made without containers, or they cannot run here.
+    #[error("containers are unavailable")]
+    ContainersUnavailable(#[source] ContainersUnavailable),
+}
+
+/// Why an engine runs no containers.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ContainersUnavailable {
+    /// The caller gave no container set-up, for this reason.
+    #[error("{0}")]
+    NotSetUp(String),
+    /// The container runtime could not be started.
+    #[error(transparent)]
+    Failed(Arc<ContainerError>),
+}
+
+/// What the engine needs to know about the host's directories.
+pub struct EngineOptions {
+    /// Where containers live and how their helpers start, or why this
+    /// engine runs none (shown to the user as is).
+    pub containers: Result<ContainerSetup, String>,
+}
+
+/// What the container kind needs.
+#[derive(Debug, Clone)]
+pub struct ContainerSetup {
+    /// Data directory (images, containers) and run directory.
+    pub paths: RuntimePaths,
+    /// How per-container helper processes start.
+    pub helper: HelperCommand,
+}
+
+/// Runs workloads of every kind. One per process is enough; it can run
+/// many at once.
+pub struct Engine {
+    capability: HostCapability,
+    vms: Vms,
+    containers: Result<Containers, ContainersUnavailable>,
+}
+
+impl Engine {
+    /// A new engine. `waker` is called after every event (the GUI maps it to
+    /// a repaint request); events are read from the returned receiver.
+    pub fn new(
+        options: EngineOptions,
+        waker: impl Fn() + Send + Sync + 'static,
+    ) -> (Self, Receiver<Event>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = EventSink::new(tx, Arc::new(waker));
+        let capability = HostProbe::probe();
+        let containers = match options.containers {
+            Ok(setup) => Containers::new(setup, sink.clone())
+                .map_err(|e| ContainersUnavailable::Failed(Arc::new(e))),
+            Err(why) => Err(ContainersUnavailable::NotSetUp(why)),
+        };
+        let engine = Self {
+            vms: Vms::new(sink, capability.clone()),
+            capability,
+            containers,
+        };
+        (engine, rx)
+    }
+
+    /// What this host can run, probed once when the engine was created.
+    pub fn capability(&self) -> &HostCapability {
+        &self.capability
+    }
+
+    /// Apply a command. Errors are returned here only for what can be told
+    /// at once; everything after a successful start arrives as events.
+    pub fn execute(&self, command: Command) -> Result<(), EngineError> {
+        match command {
+            Command::Start { id, config } => {
+                // One id, one workload, whatever its kind.
+                let other = match config.kind() {
+                    WorkloadKind::Vm => self
+                        .containers
+                        .as_ref()
+                        .ok()
+                        .filter(|c| c.owns(&id))
+                        .map(|_| WorkloadKind::Container),
+                    WorkloadKind::Container => self.vms.owns(&id).then_some(WorkloadKind::Vm),
+                };
+                if let Some(kind) = other {
+                    return Err(EngineError::IdInUse { id, kind });
+                }
+                match config {
+                    WorkloadConfig::Vm(config) => Ok(self.vms.start(id, config)?),
+                    WorkloadConfig::Container(config) => Ok(self.containers()?.run(id, config)?),
+                }
+            }
+            Command::Stop { id, grace } => self.owner(&id)?.stop(&id, grace),
+            Command::Pause(id) => self.owner(&id)?.pause(&id),
+            Command::Resume(id) => self.owner(&id)?.resume(&id),
+            Command::Kill(id) => self.owner(&id)?.kill(&id),
+            Command::Remove { id, force } => self.owner(&id)?.remove(&id, force),
+            Command::Input { id, bytes } => self.owner(&id)?.input(&id, bytes),
+            Command::Resize { id, cols, rows } => self.owner(&id)?.resize(&id, cols, rows),
+            Command::Vm { id, command } => Ok(self.vms.command(&id, command)?),
+            Command::Container { id, command } => Ok(self.containers()?.command(&id, command)?),
+        }
+    }
+
+    /// The kind that has a workload with this id.
+    fn owner(&self, id: &WorkloadId) -> Result<&dyn Workloads, EngineError> {
+        if self.vms.owns(id) {
+            return Ok(&self.vms);
+        }
+        match &self.containers {
+            Ok(c) if c.owns(id) => Ok(c),
+            _ => Err(EngineError::Unknown(id.clone())),
+        }
+    }
+
+    fn containers(&self) -> Result<&Containers, EngineError> {
+        self.containers
+            .as_ref()
+            .map_err(|why| EngineError::ContainersUnavailable(why.clone()))
+    }
+
+    /// The kind of the workload with this id, if the engine knows one.
+    pub fn kind_of(&self, id: &WorkloadId) -> Option<WorkloadKind> {
+        if self.vms.owns(id) {
+            Some(WorkloadKind::Vm)
+        } else if self.containers.as_ref().is_ok_and(|c| c.owns(id)) {
+            Some(WorkloadKind::Container)
+        } else {
+            None
+        }
+    }
+
+    /// The state of a workload the engine knows: a VM while its threads
+    /// run, a container until it is removed.
+    pub fn state(&self, id: &WorkloadId) -> Option<WorkloadState> {
+        self.vms
+            .state(id)
+            .or_else(|| self.containers.as_ref().ok()?.state(id))
+    }
+
+    /// The screen of a VM that has one (its config's `display`), for as
+    /// long as the engine knows the VM: the app keeps the handle and reads
+    /// the frame on [`VmEvent::DisplayUpdated`].
+    pub fn display(&self, id: &WorkloadId) -> Option<Display> {
+        self.vms.display(id)
+    }
+
+    /// Why this engine runs no containers, if it does not.
+    pub fn containers_unavailable(&self) -> Option<&ContainersUnavailable> {
+        self.containers.as_ref().err()
+    }
+
+    /// A fresh container id (12 random hex digits).
+    pub fn new_container_id() -> WorkloadId {
+        crate::containers::ContainerRuntime::new_id()
+    }
+
+    /// The image store containers take their images from.
+    pub fn images(&self) -> Result<&ImageStore, EngineError> {
+        Ok(self.containers()?.images())
+    }
+
+    /// The containers earlier runs left (all stopped), oldest first, with
+    /// their settings and how they ended; their logs and files stay until
+    /// removed ([`Command::Remove`]). Empty without containers.
+    pub fn previous_containers(&self) -> Vec<ContainerRecord> {
+        self.containers
+            .as_ref()
+            .map(|c| c.previous())
+            .unwrap_or_default()
+    }
+
+    /// The directory of a container's files.
+    pub fn container_dir(&self, id: &WorkloadId) -> Result<PathBuf, EngineError> {
+        Ok(self.containers()?.dir(id))
+    }
+}
