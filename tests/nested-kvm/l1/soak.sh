@@ -10,8 +10,9 @@
 # exits of L1's trace (kvm_exit, kvm_inj_exception, kvm_userspace_exit).
 #
 # A configuration is VMM:KIND:VCPUS:MIB[:EXTRA]
-#   VMM   hangar, or qemu (qemu-system-x86_64 -M pc -accel kvm -cpu host,
-#         the peer on the same guest)
+#   VMM   hangar, hangar-b (a second build: LANE_HANGAR_B on the host), or
+#         qemu (qemu-system-x86_64 -M pc -accel kvm -cpu host, the peer on
+#         the same guest)
 #   KIND  kit (the busybox kit; done at its shell prompt) or template (the
 #         Debian 12 template as /dev/vda; done at the root@debian prompt)
 #   EXTRA words joined by '+': fb (hangar: a 1024x768 framebuffer), net
@@ -90,14 +91,14 @@ soak_boot() {
     [ $tracing = 1 ] && echo >$T/trace
     echo "LANE SOAK START $cfg $n"
     case $vmm in
-    hangar)
+    hangar | hangar-b)
         set -- run --default --vcpus "$vcpus" --memory "$mib" --cmdline "$cmdline"
         [ $fb = 1 ] || set -- "$@" --display none
         [ $net = 1 ] && set -- "$@" --net
         [ $kind = template ] && set -- "$@" --disk /dev/vda
         [ $disk = 1 ] && set -- "$@" --disk /lane/disk.raw
         # shellcheck disable=SC2086 # pin is empty or two words
-        vm_exec "$d" $pin hangar "$@"
+        vm_exec "$d" $pin "$vmm" "$@"
         ;;
     qemu)
         set -- qemu-system-x86_64 -M pc -accel kvm -cpu host -smp "$vcpus" -m "$mib" \
