@@ -297,6 +297,18 @@ impl DeviceManager {
         &self.mmio_bus
     }
 
+    /// The virtio devices that gave up since the last call, with why
+    /// (each failure once; see [`VirtioPciDevice::take_failure`]).
+    pub fn take_device_failures(&self) -> Vec<(String, String)> {
+        self.virtio
+            .iter()
+            .filter_map(|slot| {
+                let why = lock(&slot.device).take_failure()?;
+                Some((slot.name.clone(), why))
+            })
+            .collect()
+    }
+
     /// Every interrupt line, for registering with the hypervisor.
     pub fn irq_lines(&self) -> &[IrqLine] {
         &self.irq_lines

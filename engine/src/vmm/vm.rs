@@ -443,6 +443,15 @@ impl VmControl {
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 m.devices.tick();
+                for (device, why) in m.devices.take_device_failures() {
+                    self.emit(Event::Error {
+                        id: self.id.clone(),
+                        message: format!(
+                            "{device} stopped working: {why}; the guest has to reset it"
+                        ),
+                        registers: None,
+                    });
+                }
             }
             if let (Some(fb), false) = (&mut m.framebuffer, screen_broken) {
                 if Instant::now() >= next_frame {

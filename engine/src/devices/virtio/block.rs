@@ -89,7 +89,8 @@ impl WorkerLoop for BlockQueueLoop {
             Ok(true) => self.interrupt.notify_queue(0),
             Ok(false) => {}
             Err(e) => {
-                log::error!("{}: the guest's request ring is unusable: {e}", self.name);
+                self.interrupt
+                    .device_failed(format!("the guest's request ring is unusable: {e}"));
                 self.broken = true;
             }
         }
@@ -135,12 +136,13 @@ impl VirtioDevice for BlockDevice {
             memory,
             queue: q.queue,
             notify: q.notify,
-            interrupt,
+            interrupt: interrupt.clone(),
             broken: false,
             errors_logged: 0,
         };
-        self.worker =
-            Some(IoWorker::spawn(self.name.clone(), state).map_err(ActivateError::Spawn)?);
+        self.worker = Some(
+            IoWorker::spawn(self.name.clone(), state, interrupt).map_err(ActivateError::Spawn)?,
+        );
         Ok(())
     }
 

@@ -38,6 +38,11 @@ pub trait QueueInterrupt: Send + Sync {
     fn notify_queue(&self, index: u16);
     /// Interrupt for a change of the device's config space.
     fn notify_config(&self);
+    /// The device cannot go on (a ring it cannot use, a worker that died):
+    /// the transport shows NEEDS_RESET in the device status, interrupts
+    /// the driver, and the VM reports `why` once. Said once per failure;
+    /// later calls until the driver resets the device are ignored.
+    fn device_failed(&self, why: String);
 }
 
 /// Why a device could not start on the queues it was given.

@@ -394,7 +394,7 @@ impl VirtioDevice for NetDevice {
             rx_notify: rx.notify,
             tx: tx.queue,
             tx_notify: tx.notify,
-            interrupt,
+            interrupt: interrupt.clone(),
             rx_broken: false,
             tx_broken: false,
             registered: None,
@@ -402,8 +402,9 @@ impl VirtioDevice for NetDevice {
             errors_logged: 0,
             scratch: Vec::with_capacity(NET_HDR_LEN + MAX_FRAME_LEN),
         };
-        self.worker =
-            Some(IoWorker::spawn(self.name.clone(), state).map_err(ActivateError::Spawn)?);
+        self.worker = Some(
+            IoWorker::spawn(self.name.clone(), state, interrupt).map_err(ActivateError::Spawn)?,
+        );
         Ok(())
     }
 
@@ -643,7 +644,8 @@ impl NetLoop {
             }
         };
         if let Err(e) = result {
-            log::error!("{}: the guest's transmit ring is unusable: {e}", self.name);
+            self.interrupt
+                .device_failed(format!("the guest's transmit ring is unusable: {e}"));
             self.tx_broken = true;
         }
         if used_any {
@@ -651,7 +653,8 @@ impl NetLoop {
                 Ok(true) => self.interrupt.notify_queue(TX_QUEUE),
                 Ok(false) => {}
                 Err(e) => {
-                    log::error!("{}: the guest's transmit ring is unusable: {e}", self.name);
+                    self.interrupt
+                        .device_failed(format!("the guest's transmit ring is unusable: {e}"));
                     self.tx_broken = true;
                 }
             }

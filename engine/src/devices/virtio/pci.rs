@@ -192,6 +192,9 @@ struct Interrupts {
     isr: AtomicU8,
     routing: Arc<dyn MsiRouting>,
     label: String,
+    /// Why the device gave up, until the driver resets it, and whether
+    /// the VM was told.
+    failure: Mutex<Option<(String, bool)>>,
 }
 
 impl Interrupts {
@@ -250,6 +253,20 @@ impl QueueInterrupt for Interrupts {
     fn notify_config(&self) {
         let vector = lock(&self.vectors).config_vector;
         self.signal(vector, ISR_CONFIG);
+    }
+
+    fn device_failed(&self, why: String) {
+        {
+            let mut failure = lock(&self.failure);
+            if failure.is_some() {
+                return;
+            }
+            log::error!("{}: {why}; the driver must reset the device", self.label);
+            *failure = Some((why, false));
+        }
+        // The spec's way to tell the driver: NEEDS_RESET plus a config
+        // change interrupt.
+        self.notify_config();
     }
 }
 
@@ -363,6 +380,7 @@ impl VirtioPciDevice {
             isr: AtomicU8::new(0),
             routing,
             label: label.clone(),
+            failure: Mutex::new(None),
         });
         Ok(Self {
             label,
@@ -474,7 +492,7 @@ impl VirtioPciDevice {
             },
             (0x10, 2) => u64::from(config_vector),
             (0x12, 2) => self.queues.len() as u64,
-            (0x14, 1) => u64::from(self.status),
+            (0x14, 1) => u64::from(self.status_with_failure()),
             // Our config spaces never change under the driver's feet.
             (0x15, 1) => 0,
             (0x16, 2) => u64::from(self.queue_select),
@@ -686,11 +704,35 @@ impl VirtioPciDevice {
             v.config_vector = NO_VECTOR;
         }
         self.interrupts.isr.store(0, Ordering::Release);
+        // The driver did what NEEDS_RESET asked; the device starts afresh.
+        *lock(&self.interrupts.failure) = None;
         self.status = 0;
         self.driver_features = 0;
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
         self.queue_select = 0;
+    }
+
+    /// `device_status` as the driver reads it: NEEDS_RESET while the
+    /// device has given up.
+    fn status_with_failure(&self) -> u8 {
+        if lock(&self.interrupts.failure).is_some() {
+            self.status | VIRTIO_CONFIG_S_NEEDS_RESET as u8
+        } else {
+            self.status
+        }
+    }
+
+    /// Why the device gave up, the first time this is asked after it did
+    /// (the VM turns it into one error event).
+    pub fn take_failure(&self) -> Option<String> {
+        match &mut *lock(&self.interrupts.failure) {
+            Some((why, told @ false)) => {
+                *told = true;
+                Some(why.clone())
+            }
+            _ => None,
+        }
     }
 
     fn msix_read(&self, offset: u64, data: &mut [u8]) {

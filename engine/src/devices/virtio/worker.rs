@@ -5,12 +5,15 @@ use std::io;
 use std::num::Wrapping;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::device::QueueInterrupt;
 
 /// The token of the stop eventfd; devices use others.
 const STOP_TOKEN: u64 = u64::MAX;
@@ -71,10 +74,15 @@ pub(crate) struct IoWorker {
 }
 
 impl IoWorker {
-    /// Start a thread called `name`. `setup` registers the device's file
-    /// descriptors; `handle` runs for each batch of fired tokens and
-    /// returns false to end the thread (a fatal device error).
-    pub(crate) fn spawn<S>(name: String, state: S) -> io::Result<Self>
+    /// Start a thread called `name` serving `state`. If the thread ends
+    /// on its own (a fatal device error, a failed wait, a panic), the
+    /// device tells the driver through `interrupt`
+    /// ([`QueueInterrupt::device_failed`]) instead of going quiet.
+    pub(crate) fn spawn<S>(
+        name: String,
+        state: S,
+        interrupt: Arc<dyn QueueInterrupt>,
+    ) -> io::Result<Self>
     where
         S: WorkerLoop + Send + 'static,
     {
@@ -82,19 +90,31 @@ impl IoWorker {
         let mut poll = WorkerPoll::new(&stop)?;
         let mut state = state;
         state.register(&poll)?;
-        let label = name.clone();
-        let thread = std::thread::Builder::new().name(name).spawn(move || loop {
-            match poll.wait() {
-                Ok(Some(fired)) => {
-                    if !state.handle(&poll, &fired) {
-                        return;
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            // The state may be half-updated after a panic, but it is only
+            // dropped from here on; the guest's memory stays consistent
+            // enough for a reset.
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
+                match poll.wait() {
+                    Ok(Some(fired)) => {
+                        if !state.handle(&poll, &fired) {
+                            return Some("the device stopped after a fatal error".to_string());
+                        }
                     }
+                    // Asked to stop.
+                    Ok(None) => return None,
+                    Err(e) => return Some(format!("waiting for guest requests failed: {e}")),
                 }
-                Ok(None) => return,
-                Err(e) => {
-                    log::error!("{label}: waiting for guest requests failed: {e}");
-                    return;
-                }
+            }));
+            let failure = match served {
+                Ok(failure) => failure,
+                Err(panic) => Some(format!(
+                    "its I/O thread panicked: {}",
+                    panic_message(panic.as_ref())
+                )),
+            };
+            if let Some(why) = failure {
+                interrupt.device_failed(why);
             }
         })?;
         Ok(Self {
@@ -184,5 +204,78 @@ impl StuckRing {
             return Err(virtio_queue::Error::InvalidAvailRingIndex);
         }
         Ok(())
+    }
+}
+
+/// The text a panic was raised with, if it was a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Failures(Mutex<Vec<String>>);
+
+    impl QueueInterrupt for Failures {
+        fn notify_queue(&self, _index: u16) {}
+        fn notify_config(&self) {}
+        fn device_failed(&self, why: String) {
+            self.0.lock().expect("failures").push(why);
+        }
+    }
+
+    /// Panics on the first request.
+    struct Panicking(EventFd);
+
+    impl WorkerLoop for Panicking {
+        fn register(&mut self, poll: &WorkerPoll) -> io::Result<()> {
+            poll.add(self.0.as_raw_fd(), 1, EventSet::IN)
+        }
+        fn handle(&mut self, _poll: &WorkerPoll, _fired: &[(u64, EventSet)]) -> bool {
+            panic!("a bug in the device model");
+        }
+    }
+
+    #[test]
+    fn a_panicking_worker_becomes_a_device_failure() {
+        let doorbell = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let failures = Arc::new(Failures::default());
+        let state = Panicking(doorbell.try_clone().expect("clone"));
+        let mut worker =
+            IoWorker::spawn("test-worker".into(), state, failures.clone()).expect("spawn");
+        doorbell.write(1).expect("ring");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while failures.0.lock().expect("failures").is_empty() {
+            assert!(Instant::now() < deadline, "no failure was reported");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        worker.stop();
+        let got = failures.0.lock().expect("failures").clone();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("panicked") && got[0].contains("a bug in the device model"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_stopped_worker_reports_nothing() {
+        let doorbell = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let failures = Arc::new(Failures::default());
+        let state = Panicking(doorbell.try_clone().expect("clone"));
+        let mut worker =
+            IoWorker::spawn("test-worker".into(), state, failures.clone()).expect("spawn");
+        worker.stop();
+        assert!(failures.0.lock().expect("failures").is_empty());
     }
 }

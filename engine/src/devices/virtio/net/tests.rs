@@ -25,11 +25,12 @@ const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
 
-/// Counts the interrupts the card raises.
+/// Counts the interrupts the card raises, and keeps why it gave up.
 #[derive(Default)]
 struct Recorder {
     queue: [AtomicU32; 2],
     config: AtomicU32,
+    failures: std::sync::Mutex<Vec<String>>,
 }
 
 impl QueueInterrupt for Recorder {
@@ -38,6 +39,9 @@ impl QueueInterrupt for Recorder {
     }
     fn notify_config(&self) {
         self.config.fetch_add(1, Ordering::SeqCst);
+    }
+    fn device_failed(&self, why: String) {
+        self.failures.lock().unwrap().push(why);
     }
 }
 

@@ -1347,3 +1347,37 @@ fn test_avail_index_beyond_queue_size_does_not_hang_reset() {
         .expect("the reset hung: the worker never returned from drain_queue");
     assert!(!dev.active);
 }
+
+/// A ring the device cannot use is not a silent stop: the device status
+/// shows NEEDS_RESET, the config vector fires, the VM hears why once, and
+/// a reset gives the driver a working device again.
+#[test]
+fn test_unusable_ring_sets_needs_reset_until_the_driver_resets() {
+    let mut r = rig();
+    r.start();
+    w16(&mut r.dev, MSIX_CONFIG, 0);
+    for l in &r.lines {
+        let _ = l.eventfd().read();
+    }
+    r.mem.write_obj(QSIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
+    r.ring();
+    wait_until(
+        || status(&mut r.dev) & NEEDS_RESET != 0,
+        "NEEDS_RESET in the device status",
+    );
+    r.wait_fired(0);
+    let why = r.dev.take_failure().expect("the failure is reported");
+    assert!(why.contains("request ring is unusable"), "{why}");
+    assert_eq!(r.dev.take_failure(), None, "reported once");
+
+    w8(&mut r.dev, DEVICE_STATUS, 0);
+    assert_eq!(status(&mut r.dev) & NEEDS_RESET, 0);
+    r.start();
+    let data = pattern(7);
+    r.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+    let idx = r.submit(T_OUT, 3, true);
+    r.ring();
+    r.wait_used(idx);
+    assert_eq!(r.request_status(), 0);
+    assert_eq!(&r.disk.contents()[3 * 512..4 * 512], &data[..]);
+}
