@@ -88,11 +88,7 @@ impl HostProbe {
 
     /// Probe with these paths.
     pub fn run(&self) -> HostCapability {
-        if let Err(e) = kvm_ioctls::Kvm::new_with_path(
-            std::ffi::CString::new(self.kvm_device)
-                .unwrap_or_default()
-                .as_c_str(),
-        ) {
+        if let Err(e) = crate::vmm::open_kvm(self.kvm_device) {
             let reason = if Path::new(self.kvm_device).exists() {
                 format!("{} cannot be opened: {e}", self.kvm_device)
             } else {

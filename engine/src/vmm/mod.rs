@@ -1,5 +1,6 @@
 //! The virtual machine monitor: memory, boot, vCPU threads and the VM's
-//! control thread. Only [`crate::kinds::vm`] uses this module directly.
+//! control thread. Only [`crate::kinds::vm`] (and the host probe, to open
+//! `/dev/kvm`) uses this module; it is the only one that names KVM.
 
 pub mod boot;
 pub(crate) mod exit_history;
@@ -8,6 +9,13 @@ pub(crate) mod irq_routing;
 pub(crate) mod passt;
 pub(crate) mod vcpu;
 pub mod vm;
+
+/// Opens the KVM device at `path` (and closes it again): whether this
+/// process may run VMs at all.
+pub(crate) fn open_kvm(path: &str) -> Result<(), kvm_ioctls::Error> {
+    let path = std::ffi::CString::new(path).unwrap_or_default();
+    kvm_ioctls::Kvm::new_with_path(path.as_c_str()).map(drop)
+}
 
 /// The most vCPUs this host's KVM gives one VM.
 pub(crate) fn max_vcpus() -> Result<usize, kvm_ioctls::Error> {
