@@ -12,6 +12,7 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 
 use crate::devices::bus::lock;
+use crate::devices::irq::InterruptSink;
 use crate::devices::pci::MsixMessage;
 use crate::devices::virtio::MsiRouting;
 
@@ -32,6 +33,27 @@ impl KvmMsiRouting {
             vm,
             routes: Mutex::new(BTreeMap::new()),
         }
+    }
+}
+
+/// The PC's ISA interrupt pins (PIC and IOAPIC pins 0-15).
+pub(crate) const ISA_IRQS: u32 = 16;
+
+/// The legacy devices' pins raised with KVM_IRQ_LINE on the thread that
+/// triggers them: mostly a vCPU thread serving the guest's port I/O, so
+/// the interrupt is pending before that vCPU enters the guest again. An
+/// irqfd instead hands it to a KVM worker, which then has to kick a vCPU
+/// that is likely back in the guest. QEMU raises these pins the direct
+/// way; the lane's nested SVM is where the difference was suspected (see
+/// tests/nested-kvm/README.md, "Lane stability").
+pub(crate) struct KvmIrqLine(pub(crate) Arc<VmFd>);
+
+impl InterruptSink for KvmIrqLine {
+    fn pulse(&self, gsi: u32) -> io::Result<()> {
+        self.0
+            .set_irq_line(gsi, true)
+            .and_then(|()| self.0.set_irq_line(gsi, false))
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
     }
 }
 

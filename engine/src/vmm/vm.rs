@@ -15,7 +15,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::boot::{self, BootError, BootSpec};
 use super::framebuffer::GuestFramebuffer;
-use super::irq_routing::KvmMsiRouting;
+use super::irq_routing::{KvmIrqLine, KvmMsiRouting, ISA_IRQS};
 use super::passt::Passt;
 use super::vcpu::{install_kick_handler, VcpuCommand, VcpuOutcome, VcpuReport, VcpuThread};
 use crate::api::{
@@ -25,6 +25,7 @@ use crate::api::{
 use crate::config::{DiskConfig, KernelKind, VmConfig};
 use crate::devices::bus::lock;
 use crate::devices::i8042::MouseButtons;
+use crate::devices::irq::InterruptSink;
 use crate::devices::keymap::GuestKey;
 use crate::devices::manager::{DeviceManager, DeviceManagerError};
 use crate::devices::virtio::net::NetDevice;
@@ -640,9 +641,14 @@ fn build(
         }
         None => None,
     };
+    let isa_sink: Arc<dyn InterruptSink> = Arc::new(KvmIrqLine(vm.clone()));
     for line in devices.irq_lines() {
-        vm.register_irqfd(line.eventfd(), line.gsi())
-            .map_err(kvm_err("connect an interrupt line"))?;
+        if line.gsi() < ISA_IRQS {
+            line.deliver_through(isa_sink.clone());
+        } else {
+            vm.register_irqfd(line.eventfd(), line.gsi())
+                .map_err(kvm_err("connect an interrupt line"))?;
+        }
     }
     for (addr, doorbell) in devices.doorbells().map_err(BuildError::Spawn)? {
         vm.register_ioevent(&doorbell, &IoEventAddress::Mmio(addr), NoDatamatch)
