@@ -81,19 +81,6 @@ pub enum WorkloadState {
     Failed,
 }
 
-impl WorkloadState {
-    /// True while it runs or is on its way up or down.
-    pub fn is_live(self) -> bool {
-        matches!(
-            self,
-            WorkloadState::Starting
-                | WorkloadState::Running
-                | WorkloadState::Paused
-                | WorkloadState::Stopping
-        )
-    }
-}
-
 /// How a workload ended: in plain words, and the kind's own detail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exit {
