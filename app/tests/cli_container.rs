@@ -125,8 +125,8 @@ fn container_run_works_for_an_unprivileged_user() {
         .unwrap()
         .success());
     // The user's own data directory, with the default image's source.
-    let home = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hangar-cli-nobody-").unwrap();
-    let home_path = home.as_path();
+    let home = hangar_testkit::TempDir::new("cli-nobody");
+    let home_path = home.path();
     let data = home_path.join("data");
     let real = hangar_engine::kit::data_dir()
         .unwrap()

@@ -523,8 +523,8 @@ fn elf_has_linux_notes(f: &mut File, head: &[u8]) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hangar_testkit::TempDir;
     use std::io::Write;
-    use vmm_sys_util::tempdir::TempDir;
 
     fn limits() -> HostLimits {
         HostLimits {
@@ -534,13 +534,9 @@ mod tests {
     }
 
     fn temp_file(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = dir.as_path().join(name);
+        let p = dir.join(name);
         std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
         p
-    }
-
-    fn temp_dir() -> TempDir {
-        TempDir::new_with_prefix("/tmp/hangar-config-test-").unwrap()
     }
 
     fn bzimage_bytes(version: u16, xloadflags: u16) -> Vec<u8> {
@@ -588,7 +584,7 @@ mod tests {
 
     #[test]
     fn test_detect_kernel_kinds() {
-        let dir = temp_dir();
+        let dir = TempDir::new("config");
         let bz = temp_file(&dir, "bz", &bzimage_bytes(0x20f, 1));
         assert_eq!(detect_kernel_kind(&bz).unwrap(), KernelKind::BzImage);
         let linux = temp_file(&dir, "vmlinux", &elf_bytes(true));
@@ -599,7 +595,7 @@ mod tests {
 
     #[test]
     fn test_validate_not_a_kernel_returns_not_a_kernel() {
-        let dir = temp_dir();
+        let dir = TempDir::new("config");
         let junk = temp_file(&dir, "junk", b"#!/bin/sh\necho hi\n");
         let err = config(junk).validate(&limits()).unwrap_err();
         assert!(matches!(err, ConfigError::NotAKernel { .. }), "{err}");
@@ -633,7 +629,7 @@ mod tests {
 
     #[test]
     fn test_validate_impossible_sizes() {
-        let dir = temp_dir();
+        let dir = TempDir::new("config");
         let bz = temp_file(&dir, "bz-sizes", &bzimage_bytes(0x20f, 1));
         let mut c = config(bz);
         c.vcpus = 0;

@@ -103,8 +103,8 @@ mod tests {
 
     #[test]
     fn test_kit_in_empty_dir_returns_missing() {
-        let tmp = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hangar-kit-test-").unwrap();
-        let dir = tmp.as_path();
+        let tmp = hangar_testkit::TempDir::new("kit");
+        let dir = tmp.path();
         let err = DefaultKit::in_dir(dir).unwrap_err();
         assert!(err.to_string().contains("setup.sh"), "{err}");
         std::fs::write(dir.join("vmlinuz"), b"k").unwrap();

@@ -314,11 +314,7 @@ fn load_one(id: String, path: PathBuf) -> StoredMachine {
 mod tests {
     use super::*;
 
-    use vmm_sys_util::tempdir::TempDir;
-
-    fn temp_dir(name: &str) -> TempDir {
-        TempDir::new_with_prefix(format!("/tmp/hangar-store-{name}-")).unwrap()
-    }
+    use hangar_testkit::TempDir;
 
     fn config(name: &str) -> VmConfig {
         VmConfig {
@@ -336,8 +332,8 @@ mod tests {
 
     #[test]
     fn test_create_then_load_round_trips() {
-        let dir = temp_dir("rt");
-        let store = MachineStore::open(dir.as_path()).unwrap();
+        let dir = TempDir::new("store-rt");
+        let store = MachineStore::open(dir.path()).unwrap();
         let a = MachineDefinition::new(config("Web server"));
         let b = MachineDefinition::new(config("db"));
         store.create(&a).unwrap();
@@ -358,8 +354,8 @@ mod tests {
 
     #[test]
     fn test_corrupt_file_is_broken_entry_and_never_overwritten() {
-        let dir = temp_dir("corrupt");
-        let store = MachineStore::open(dir.as_path()).unwrap();
+        let dir = TempDir::new("store-corrupt");
+        let store = MachineStore::open(dir.path()).unwrap();
         let good = MachineDefinition::new(config("good"));
         store.create(&good).unwrap();
         let bad_path = store.dir().join("bad-1.json");
@@ -385,8 +381,8 @@ mod tests {
 
     #[test]
     fn test_mismatched_id_and_newer_format_are_broken() {
-        let dir = temp_dir("mismatch");
-        let store = MachineStore::open(dir.as_path()).unwrap();
+        let dir = TempDir::new("store-mismatch");
+        let store = MachineStore::open(dir.path()).unwrap();
         let mut d = MachineDefinition::new(config("x"));
         std::fs::write(
             store.dir().join("other.json"),
@@ -410,9 +406,9 @@ mod tests {
 
     #[test]
     fn test_update_and_delete_touch_only_the_definition() {
-        let dir = temp_dir("delete");
-        let store = MachineStore::open(dir.as_path()).unwrap();
-        let kernel = dir.as_path().join("my-kernel");
+        let dir = TempDir::new("store-delete");
+        let store = MachineStore::open(dir.path()).unwrap();
+        let kernel = dir.join("my-kernel");
         std::fs::write(&kernel, b"kernel").unwrap();
         let mut d = MachineDefinition::new(VmConfig {
             kernel: kernel.clone(),
@@ -432,8 +428,8 @@ mod tests {
 
     #[test]
     fn test_hostile_ids_are_rejected() {
-        let dir = temp_dir("ids");
-        let store = MachineStore::open(dir.as_path()).unwrap();
+        let dir = TempDir::new("store-ids");
+        let store = MachineStore::open(dir.path()).unwrap();
         for id in ["../escape", "a/b", "", ".hidden", "x y"] {
             assert!(
                 matches!(store.delete(id), Err(StoreError::BadId(_))),

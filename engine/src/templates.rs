@@ -420,14 +420,10 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hangar_testkit::TempDir;
     use std::os::unix::fs::MetadataExt;
-    use vmm_sys_util::tempdir::TempDir;
 
     const MIB: u64 = 1 << 20;
-
-    fn temp_dir() -> TempDir {
-        TempDir::new_with_prefix("/tmp/hangar-templates-test-").unwrap()
-    }
 
     /// A 32 MiB template with data at 0, 10 MiB and 20 MiB + 3 bytes,
     /// holes elsewhere.
@@ -454,9 +450,9 @@ mod tests {
 
     #[test]
     fn test_clone_disk_keeps_content_and_holes_and_grows() {
-        let dir = temp_dir();
-        let t = make_template(dir.as_path());
-        let dest = dir.as_path().join("vm.raw");
+        let dir = TempDir::new("templates");
+        let t = make_template(dir.path());
+        let dest = dir.join("vm.raw");
         let mut calls = Vec::new();
         clone_disk(&t, &dest, 64 * MIB, &mut |d, n| calls.push((d, n))).unwrap();
 
@@ -490,7 +486,7 @@ mod tests {
             "progress only grows"
         );
         // Only the disk is left in the directory.
-        let names: Vec<_> = std::fs::read_dir(dir.as_path())
+        let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
@@ -500,10 +496,10 @@ mod tests {
     #[test]
     fn test_copy_sparse_copies_only_data_extents() {
         // The copy path itself, whatever clone_disk's file system allows.
-        let dir = temp_dir();
-        let t = make_template(dir.as_path());
+        let dir = TempDir::new("templates");
+        let t = make_template(dir.path());
         let src = File::open(&t.image).unwrap();
-        let dest = dir.as_path().join("copy.raw");
+        let dest = dir.join("copy.raw");
         let dst = File::create(&dest).unwrap();
         let mut last = (0, 0);
         assert!(copy_sparse(&src, &dst, t.virtual_size, &mut |d, n| last = (d, n)).is_ok());
@@ -525,25 +521,25 @@ mod tests {
 
     #[test]
     fn test_clone_disk_refuses_existing_destination() {
-        let dir = temp_dir();
-        let t = make_template(dir.as_path());
-        let dest = dir.as_path().join("taken.raw");
+        let dir = TempDir::new("templates");
+        let t = make_template(dir.path());
+        let dest = dir.join("taken.raw");
         std::fs::write(&dest, b"mine").unwrap();
         let err = clone_disk(&t, &dest, 32 * MIB, &mut |_, _| {}).unwrap_err();
         assert!(matches!(err, TemplateError::DestinationExists(_)), "{err}");
         assert_eq!(read(&dest), b"mine", "left alone");
         // A dangling symlink is something too.
-        let link = dir.as_path().join("link.raw");
-        std::os::unix::fs::symlink(dir.as_path().join("nowhere"), &link).unwrap();
+        let link = dir.join("link.raw");
+        std::os::unix::fs::symlink(dir.join("nowhere"), &link).unwrap();
         let err = clone_disk(&t, &link, 32 * MIB, &mut |_, _| {}).unwrap_err();
         assert!(matches!(err, TemplateError::DestinationExists(_)), "{err}");
     }
 
     #[test]
     fn test_clone_disk_refuses_smaller_or_unaligned_size() {
-        let dir = temp_dir();
-        let t = make_template(dir.as_path());
-        let dest = dir.as_path().join("small.raw");
+        let dir = TempDir::new("templates");
+        let t = make_template(dir.path());
+        let dest = dir.join("small.raw");
         let err = clone_disk(&t, &dest, 16 * MIB, &mut |_, _| {}).unwrap_err();
         assert!(matches!(err, TemplateError::TooSmall { .. }), "{err}");
         assert_eq!(
@@ -563,19 +559,19 @@ mod tests {
 
     #[test]
     fn test_clone_disk_missing_template_leaves_nothing() {
-        let dir = temp_dir();
-        let mut t = make_template(dir.as_path());
-        t.image = dir.as_path().join("gone.raw");
-        let dest = dir.as_path().join("vm.raw");
+        let dir = TempDir::new("templates");
+        let mut t = make_template(dir.path());
+        t.image = dir.join("gone.raw");
+        let dest = dir.join("vm.raw");
         let err = clone_disk(&t, &dest, 32 * MIB, &mut |_, _| {}).unwrap_err();
         assert!(matches!(err, TemplateError::ReadTemplate { .. }), "{err}");
-        assert_eq!(std::fs::read_dir(dir.as_path()).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
     fn test_available_reports_missing_then_ready() {
-        let dir = temp_dir();
-        let list = available(dir.as_path());
+        let dir = TempDir::new("templates");
+        let list = available(dir.path());
         assert_eq!(list.len(), KNOWN.len());
         match &list[0] {
             TemplateStatus::Missing { id, title, reason } => {
@@ -585,19 +581,19 @@ mod tests {
             }
             other => panic!("expected Missing, got {other:?}"),
         }
-        let tdir = dir.as_path().join("templates").join(DEBIAN_12);
+        let tdir = dir.join("templates").join(DEBIAN_12);
         std::fs::create_dir_all(&tdir).unwrap();
         // An empty file (an interrupted build) is not a template.
         File::create(tdir.join("disk.raw")).unwrap();
         assert!(matches!(
-            available(dir.as_path())[0],
+            available(dir.path())[0],
             TemplateStatus::Missing { .. }
         ));
         File::create(tdir.join("disk.raw"))
             .unwrap()
             .set_len(8 * MIB)
             .unwrap();
-        match &available(dir.as_path())[0] {
+        match &available(dir.path())[0] {
             TemplateStatus::Ready(t) => {
                 assert_eq!(t.id, DEBIAN_12);
                 assert_eq!(t.virtual_size, 8 * MIB);

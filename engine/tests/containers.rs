@@ -1124,10 +1124,7 @@ fn whole_suite_again_as_an_unprivileged_user() {
         return; // this is that run
     }
     if !is_root() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "*** SKIPPED: not root: cannot prepare the unprivileged run (delegated cgroup, /dev/net/tun) ***"
-        );
+        skipped("not root: cannot prepare the unprivileged run (delegated cgroup, /dev/net/tun)");
         return;
     }
     use std::os::unix::fs::PermissionsExt;

@@ -5,39 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use hangar_engine::devices::virtio::BlockBackend;
 use hangar_engine::disks::{self, DiskError};
 use hangar_engine::{DiskConfig, DiskFormat};
-
-/// A scratch directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hangar-disks-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use hangar_testkit::TempDir;
 
 /// xorshift64*: fixed seeds, so a failure reproduces.
 struct Rng(u64);
@@ -105,7 +79,7 @@ fn qemu_info(path: &Path) -> serde_json::Value {
 
 /// The guest-visible contents as QEMU reads them.
 fn qemu_contents(path: &Path, dir: &TempDir) -> Vec<u8> {
-    let out = dir.path("converted.raw");
+    let out = dir.join("converted.raw");
     let _ = std::fs::remove_file(&out);
     qemu_img_ok(&["convert", "-O", "raw", p(path), p(&out)]);
     let data = std::fs::read(&out).unwrap();
@@ -166,7 +140,7 @@ fn workload(disk: &dyn BlockBackend, model: &mut [u8], rng: &mut Rng, ops: usize
 
 #[test]
 fn test_qemu_made_qcow2_v2_and_v3_round_trip() {
-    let dir = TempDir::new("roundtrip");
+    let dir = TempDir::new("disks-roundtrip");
     let mut rng = Rng(0x5eed_0001);
     for (name, options) in [
         ("v3.qcow2", "compat=1.1"),
@@ -175,7 +149,7 @@ fn test_qemu_made_qcow2_v2_and_v3_round_trip() {
         ("rc1.qcow2", "refcount_bits=1"),
         ("big-clusters.qcow2", "cluster_size=2M"),
     ] {
-        let path = dir.path(name);
+        let path = dir.join(name);
         qemu_img_ok(&[
             "create",
             "-q",
@@ -207,10 +181,10 @@ fn test_qemu_made_qcow2_v2_and_v3_round_trip() {
 
 #[test]
 fn test_qemu_made_overlays_over_raw_and_qcow2_backings() {
-    let dir = TempDir::new("overlays");
+    let dir = TempDir::new("disks-overlays");
     let mut rng = Rng(0x5eed_0002);
     let base = rng.bytes(16 << 20);
-    std::fs::write(dir.path("base.raw"), &base).unwrap();
+    std::fs::write(dir.join("base.raw"), &base).unwrap();
     // A qcow2 copy of the same data, made by QEMU, compressed: our reader
     // must inflate QEMU's deflate clusters.
     qemu_img_ok(&[
@@ -221,16 +195,16 @@ fn test_qemu_made_overlays_over_raw_and_qcow2_backings() {
         "raw",
         "-O",
         "qcow2",
-        p(&dir.path("base.raw")),
-        p(&dir.path("base.qcow2")),
+        p(&dir.join("base.raw")),
+        p(&dir.join("base.qcow2")),
     ]);
-    let base_qcow2_bytes = std::fs::read(dir.path("base.qcow2")).unwrap();
+    let base_qcow2_bytes = std::fs::read(dir.join("base.qcow2")).unwrap();
 
     for (overlay, backing, format) in [
         ("over-raw.qcow2", "base.raw", "raw"),
         ("over-qcow2.qcow2", "base.qcow2", "qcow2"),
     ] {
-        let path = dir.path(overlay);
+        let path = dir.join(overlay);
         // Relative backing name, resolved against the overlay's directory.
         qemu_img_ok(&[
             "create",
@@ -247,7 +221,7 @@ fn test_qemu_made_overlays_over_raw_and_qcow2_backings() {
         let info = disks::inspect(&path).unwrap();
         assert_eq!(info.format, DiskFormat::Qcow2);
         assert_eq!(info.virtual_size, 20 << 20);
-        assert_eq!(info.backing_file, Some(dir.path(backing)));
+        assert_eq!(info.backing_file, Some(dir.join(backing)));
 
         let mut model = base.clone();
         model.resize(20 << 20, 0);
@@ -264,14 +238,14 @@ fn test_qemu_made_overlays_over_raw_and_qcow2_backings() {
             "{overlay}: contents differ"
         );
     }
-    assert!(std::fs::read(dir.path("base.raw")).unwrap() == base);
-    assert!(std::fs::read(dir.path("base.qcow2")).unwrap() == base_qcow2_bytes);
+    assert!(std::fs::read(dir.join("base.raw")).unwrap() == base);
+    assert!(std::fs::read(dir.join("base.qcow2")).unwrap() == base_qcow2_bytes);
 }
 
 #[test]
 fn test_created_images_pass_qemu_img() {
-    let dir = TempDir::new("create");
-    let qcow = dir.path("new.qcow2");
+    let dir = TempDir::new("disks-create");
+    let qcow = dir.join("new.qcow2");
     disks::create(&qcow, DiskFormat::Qcow2, 10 << 30).unwrap();
     let info = qemu_info(&qcow);
     assert_eq!(info["format"], "qcow2");
@@ -285,7 +259,7 @@ fn test_created_images_pass_qemu_img() {
     assert!(ours.allocated > 0 && ours.allocated < 4 << 20, "{ours:?}");
     assert_eq!(ours.backing_file, None);
 
-    let raw = dir.path("new.raw");
+    let raw = dir.join("new.raw");
     disks::create(&raw, DiskFormat::Raw, 1 << 30).unwrap();
     let info = qemu_info(&raw);
     assert_eq!(info["format"], "raw");
@@ -295,7 +269,7 @@ fn test_created_images_pass_qemu_img() {
     // Written by us, read by QEMU.
     let mut rng = Rng(0x5eed_0003);
     let mut model = vec![0u8; 32 << 20];
-    let small = dir.path("small.qcow2");
+    let small = dir.join("small.qcow2");
     disks::create(&small, DiskFormat::Qcow2, 32 << 20).unwrap();
     workload(
         open(&small, DiskFormat::Qcow2, false).as_ref(),
@@ -314,9 +288,9 @@ fn test_created_images_pass_qemu_img() {
 
 #[test]
 fn test_overlays_we_create_pass_qemu_img() {
-    let dir = TempDir::new("overlay");
+    let dir = TempDir::new("disks-overlay");
     let mut rng = Rng(0x5eed_0004);
-    let template = dir.path("template.qcow2");
+    let template = dir.join("template.qcow2");
     disks::create(&template, DiskFormat::Qcow2, 8 << 20).unwrap();
     let mut model = vec![0u8; 8 << 20];
     workload(
@@ -327,7 +301,7 @@ fn test_overlays_we_create_pass_qemu_img() {
     );
     let template_bytes = std::fs::read(&template).unwrap();
 
-    let clone = dir.path("clone.qcow2");
+    let clone = dir.join("clone.qcow2");
     disks::create_overlay(&clone, &template, DiskFormat::Qcow2, None).unwrap();
     let info = qemu_info(&clone);
     assert_eq!(info["virtual-size"], 8u64 << 20);
@@ -349,9 +323,9 @@ fn test_overlays_we_create_pass_qemu_img() {
     );
 
     // A raw template, a bigger clone; smaller is refused.
-    let raw = dir.path("template.raw");
+    let raw = dir.join("template.raw");
     std::fs::write(&raw, rng.bytes(4 << 20)).unwrap();
-    let big = dir.path("big.qcow2");
+    let big = dir.join("big.qcow2");
     disks::create_overlay(&big, &raw, DiskFormat::Raw, Some(64 << 20)).unwrap();
     let info = qemu_info(&big);
     assert_eq!(info["virtual-size"], 64u64 << 20);
@@ -362,23 +336,23 @@ fn test_overlays_we_create_pass_qemu_img() {
     assert!(qemu_contents(&big, &dir) == expected);
     assert!(matches!(
         disks::create_overlay(
-            &dir.path("tiny.qcow2"),
+            &dir.join("tiny.qcow2"),
             &raw,
             DiskFormat::Raw,
             Some(1 << 20)
         ),
         Err(DiskError::SmallerThanBacking { .. })
     ));
-    assert!(!dir.path("tiny.qcow2").exists());
+    assert!(!dir.join("tiny.qcow2").exists());
 }
 
 #[test]
 fn test_grow_within_and_beyond_the_l1_table() {
-    let dir = TempDir::new("grow");
+    let dir = TempDir::new("disks-grow");
     let mut rng = Rng(0x5eed_0005);
 
     // Ours: 64 KiB clusters, the L1 table already covers terabytes.
-    let ours = dir.path("ours.qcow2");
+    let ours = dir.join("ours.qcow2");
     disks::create(&ours, DiskFormat::Qcow2, 16 << 20).unwrap();
     let mut model = vec![0u8; 16 << 20];
     workload(
@@ -393,7 +367,7 @@ fn test_grow_within_and_beyond_the_l1_table() {
 
     // QEMU's, with 512-byte clusters: an L1 entry maps only 32 KiB, so
     // growing 4 MiB → 256 MiB must enlarge and move the L1 table.
-    let small = dir.path("small.qcow2");
+    let small = dir.join("small.qcow2");
     qemu_img_ok(&[
         "create",
         "-q",
@@ -433,7 +407,7 @@ fn test_grow_within_and_beyond_the_l1_table() {
         Err(DiskError::NotSectorMultiple(_))
     ));
 
-    let raw = dir.path("d.raw");
+    let raw = dir.join("d.raw");
     disks::create(&raw, DiskFormat::Raw, 1 << 20).unwrap();
     disks::grow(&raw, DiskFormat::Raw, 3 << 20).unwrap();
     assert_eq!(qemu_info(&raw)["virtual-size"], 3u64 << 20);
@@ -441,8 +415,8 @@ fn test_grow_within_and_beyond_the_l1_table() {
 
 #[test]
 fn test_inspect_reports_damage_in_words() {
-    let dir = TempDir::new("inspect");
-    let path = dir.path("d.qcow2");
+    let dir = TempDir::new("disks-inspect");
+    let path = dir.join("d.qcow2");
     qemu_img_ok(&["create", "-q", "-f", "qcow2", p(&path), "1G"]);
     let info = disks::inspect(&path).unwrap();
     assert_eq!(info.virtual_size, 1 << 30);
@@ -458,7 +432,7 @@ fn test_inspect_reports_damage_in_words() {
     );
 
     // A qcow2 marked dirty by a crash.
-    let dirty = dir.path("dirty.qcow2");
+    let dirty = dir.join("dirty.qcow2");
     qemu_img_ok(&["create", "-q", "-f", "qcow2", p(&dirty), "1G"]);
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -468,5 +442,5 @@ fn test_inspect_reports_damage_in_words() {
     let text = disks::inspect(&dirty).unwrap_err().to_string();
     assert!(text.contains("not closed cleanly"), "{text}");
 
-    assert!(disks::inspect(&dir.path("none.img")).is_err());
+    assert!(disks::inspect(&dir.join("none.img")).is_err());
 }

@@ -12,23 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hangar_engine::images::{ImageError, ImageStore, RegistryProtocol};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("hangar-reg-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use hangar_testkit::TempDir;
 
 /// A docker-registry serving from `dir` on 127.0.0.1; killed at drop.
 struct Registry {
@@ -106,10 +90,10 @@ impl Drop for Registry {
 
 #[test]
 fn pull_from_a_loopback_registry() {
-    let dir = TempDir::new("ok");
-    let reg = Registry::start(&dir.0);
+    let dir = TempDir::new("reg-ok");
+    let reg = Registry::start(dir.path());
     reg.push_default("hangar/busybox:1.0");
-    let store = ImageStore::open(&dir.0.join("data")).unwrap();
+    let store = ImageStore::open(&dir.join("data")).unwrap();
     let mut stages = Vec::new();
     let rec = store
         .pull(
@@ -135,8 +119,8 @@ fn pull_from_a_loopback_registry() {
 
 #[test]
 fn corrupted_registry_blob_is_rejected_and_nothing_is_kept() {
-    let dir = TempDir::new("bad");
-    let reg = Registry::start(&dir.0);
+    let dir = TempDir::new("reg-bad");
+    let reg = Registry::start(dir.path());
     reg.push_default("hangar/busybox:bad");
     // Flip bytes of every blob in the registry's storage ("data" files).
     let mut stack = vec![reg.storage.clone()];
@@ -159,7 +143,7 @@ fn corrupted_registry_blob_is_rejected_and_nothing_is_kept() {
         }
     }
     assert_eq!(flipped, 1, "expected one layer blob to corrupt");
-    let store = ImageStore::open(&dir.0.join("data")).unwrap();
+    let store = ImageStore::open(&dir.join("data")).unwrap();
     let err = store
         .pull(
             &format!("{}/hangar/busybox:bad", reg.addr),
@@ -182,8 +166,8 @@ fn corrupted_registry_blob_is_rejected_and_nothing_is_kept() {
 
 #[test]
 fn plain_http_is_refused_for_remote_registries() {
-    let dir = TempDir::new("http");
-    let store = ImageStore::open(&dir.0).unwrap();
+    let dir = TempDir::new("reg-http");
+    let store = ImageStore::open(dir.path()).unwrap();
     let err = store
         .pull(
             "registry.example:5000/x:1",

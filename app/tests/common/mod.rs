@@ -13,8 +13,8 @@ use hangar::gui::app::{AppEnv, HangarApp};
 use hangar::gui::model::Machine;
 use hangar_engine::containers::{HelperCommand, RuntimePaths};
 use hangar_engine::{ContainerSetup, MachineDefinition, MachineStore, VmConfig};
-// Each test binary uses its own subset.
 use hangar_testkit::TempDir;
+// Each test binary uses its own subset.
 #[allow(unused_imports)]
 pub use hangar_testkit::{guest, kvm_available, kvm_lock};
 

@@ -7,16 +7,11 @@ use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use vmm_sys_util::tempdir::TempDir;
+use hangar_testkit::{is_root, TempDir};
 
 use super::format::sha256_digest;
 use super::unpack::{self, UnpackOptions};
 use super::*;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 // ------------------------------------------------------------ tar building --
 
@@ -200,13 +195,13 @@ struct Base {
 
 impl Base {
     fn new() -> Self {
-        let tmp = TempDir::new_with_prefix("/tmp/hangar-images-test-").unwrap();
-        std::fs::create_dir(tmp.as_path().join("outside")).unwrap();
-        std::fs::write(tmp.as_path().join("sentinel"), b"original").unwrap();
+        let tmp = TempDir::new("images");
+        std::fs::create_dir(tmp.join("outside")).unwrap();
+        std::fs::write(tmp.join("sentinel"), b"original").unwrap();
         Self { tmp }
     }
     fn path(&self) -> &Path {
-        self.tmp.as_path()
+        self.tmp.path()
     }
     fn sentinel(&self) -> PathBuf {
         self.path().join("sentinel")

@@ -7,33 +7,7 @@
 use super::*;
 use crate::devices::test_rng::Rng;
 use crate::devices::virtio::backend::MemoryDisk;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// A scratch directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hangar-qcow2-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use hangar_testkit::TempDir;
 
 fn new_qcow2(path: &Path, size: u64, backing: Option<(&str, DiskFormat)>) {
     let file = OpenOptions::new()
@@ -119,8 +93,8 @@ fn run_workload(disk: &Qcow2Disk, model: &MemoryDisk, rng: &mut Rng, ops: usize)
 
 #[test]
 fn test_qcow2_random_workload_matches_model_across_reopen() {
-    let dir = TempDir::new("workload");
-    let path = dir.path("disk.qcow2");
+    let dir = TempDir::new("qcow2-workload");
+    let path = dir.join("disk.qcow2");
     let size = 5 << 20;
     new_qcow2(&path, size, None);
     let model = MemoryDisk::new(size).unwrap();
@@ -141,10 +115,10 @@ fn test_qcow2_random_workload_matches_model_across_reopen() {
 
 #[test]
 fn test_qcow2_overlay_reads_raw_backing_and_never_writes_it() {
-    let dir = TempDir::new("raw-backing");
+    let dir = TempDir::new("qcow2-raw-backing");
     let mut rng = Rng(0x1234_5678);
-    let base = new_raw(&dir.path("base.raw"), &mut rng, 3 << 20);
-    let top = dir.path("top.qcow2");
+    let base = new_raw(&dir.join("base.raw"), &mut rng, 3 << 20);
+    let top = dir.join("top.qcow2");
     // Relative name: resolved against the overlay's directory, not the cwd.
     // The overlay is larger than its backing: the tail reads as zeroes.
     new_qcow2(&top, 4 << 20, Some(("base.raw", DiskFormat::Raw)));
@@ -158,14 +132,14 @@ fn test_qcow2_overlay_reads_raw_backing_and_never_writes_it() {
     disk.flush().unwrap();
     assert!(read_all(&disk) == model.contents());
     drop(disk);
-    assert!(std::fs::read(dir.path("base.raw")).unwrap() == base);
+    assert!(std::fs::read(dir.join("base.raw")).unwrap() == base);
 }
 
 #[test]
 fn test_qcow2_overlay_over_qcow2_backing() {
-    let dir = TempDir::new("qcow2-backing");
+    let dir = TempDir::new("qcow2-qcow2-backing");
     let mut rng = Rng(0xfeed_beef);
-    let base = dir.path("base.qcow2");
+    let base = dir.join("base.qcow2");
     new_qcow2(&base, 2 << 20, None);
     let data = random_bytes(&mut rng, 2 << 20);
     {
@@ -174,7 +148,7 @@ fn test_qcow2_overlay_over_qcow2_backing() {
         disk.flush().unwrap();
     }
     let base_bytes = std::fs::read(&base).unwrap();
-    let top = dir.path("top.qcow2");
+    let top = dir.join("top.qcow2");
     new_qcow2(
         &top,
         2 << 20,
@@ -194,8 +168,8 @@ fn test_qcow2_overlay_over_qcow2_backing() {
 
 #[test]
 fn test_qcow2_read_only_refuses_writes() {
-    let dir = TempDir::new("ro");
-    let path = dir.path("d.qcow2");
+    let dir = TempDir::new("qcow2-ro");
+    let path = dir.join("d.qcow2");
     new_qcow2(&path, 1 << 20, None);
     let before = std::fs::read(&path).unwrap();
     let disk = Qcow2Disk::open(&path, true).unwrap();
@@ -215,8 +189,8 @@ fn test_qcow2_read_only_refuses_writes() {
 
 #[test]
 fn test_qcow2_grow_keeps_data_and_reads_zero_beyond() {
-    let dir = TempDir::new("grow");
-    let path = dir.path("d.qcow2");
+    let dir = TempDir::new("qcow2-grow");
+    let path = dir.join("d.qcow2");
     new_qcow2(&path, 1 << 20, None);
     {
         let disk = Qcow2Disk::open(&path, false).unwrap();
@@ -244,7 +218,7 @@ fn assert_refused(path: &Path) -> Qcow2Error {
 
 #[test]
 fn test_hostile_headers_are_refused() {
-    let dir = TempDir::new("hostile");
+    let dir = TempDir::new("qcow2-hostile");
     // (what, offset, bytes, check)
     type Check = fn(&Qcow2Error) -> bool;
     let corrupt: Check = |e| matches!(e, Qcow2Error::Corrupt { .. });
@@ -344,7 +318,7 @@ fn test_hostile_headers_are_refused() {
         ),
     ];
     for (i, (what, offset, bytes, check)) in cases.into_iter().enumerate() {
-        let path = dir.path(&format!("case{i}.qcow2"));
+        let path = dir.join(format!("case{i}.qcow2"));
         new_qcow2(&path, 1 << 20, None);
         patch(&path, offset, &bytes);
         let err = assert_refused(&path);
@@ -355,8 +329,8 @@ fn test_hostile_headers_are_refused() {
 
 #[test]
 fn test_truncated_and_foreign_files_are_refused() {
-    let dir = TempDir::new("short");
-    let path = dir.path("short.qcow2");
+    let dir = TempDir::new("qcow2-short");
+    let path = dir.join("short.qcow2");
     std::fs::write(&path, b"QFI\xfb\0\0\0\x03\0\0").unwrap();
     assert!(matches!(assert_refused(&path), Qcow2Error::Corrupt { .. }));
     let mut v3_cut = vec![0u8; 90];
@@ -369,7 +343,7 @@ fn test_truncated_and_foreign_files_are_refused() {
     std::fs::write(&path, vec![0xffu8; 4096]).unwrap();
     assert!(matches!(assert_refused(&path), Qcow2Error::NotQcow2(_)));
     // A real image cut short: its tables now lie past the end.
-    let cut = dir.path("cut.qcow2");
+    let cut = dir.join("cut.qcow2");
     new_qcow2(&cut, 1 << 20, None);
     let file = OpenOptions::new().write(true).open(&cut).unwrap();
     file.set_len(100_000).unwrap();
@@ -381,8 +355,8 @@ fn test_truncated_and_foreign_files_are_refused() {
 /// writable open refuses it; a read-only open still reads.
 #[test]
 fn test_missing_refcounts_refuse_writable_open() {
-    let dir = TempDir::new("refcounts");
-    let path = dir.path("d.qcow2");
+    let dir = TempDir::new("qcow2-refcounts");
+    let path = dir.join("d.qcow2");
     new_qcow2(&path, 1 << 20, None);
     let file = File::open(&path).unwrap();
     let header = Qcow2Header::read(&file, &path).unwrap();
@@ -401,8 +375,8 @@ fn test_missing_refcounts_refuse_writable_open() {
 /// Tables pointing at each other or past the end of the file.
 #[test]
 fn test_overlapping_and_out_of_file_tables_refuse_writable_open() {
-    let dir = TempDir::new("overlap");
-    let path = dir.path("d.qcow2");
+    let dir = TempDir::new("qcow2-overlap");
+    let path = dir.join("d.qcow2");
     new_qcow2(&path, 1 << 20, None);
     {
         let disk = Qcow2Disk::open(&path, false).unwrap();
@@ -444,7 +418,7 @@ fn test_overlapping_and_out_of_file_tables_refuse_writable_open() {
         ),
     ];
     for (what, at, value) in cases {
-        let case = dir.path("case.qcow2");
+        let case = dir.join("case.qcow2");
         std::fs::copy(&path, &case).unwrap();
         patch(&case, at, &value.to_be_bytes());
         let err = Qcow2Disk::open(&case, false).err();
@@ -464,45 +438,45 @@ fn test_overlapping_and_out_of_file_tables_refuse_writable_open() {
 
 #[test]
 fn test_backing_loops_depth_and_special_files_are_refused() {
-    let dir = TempDir::new("chain");
-    let own = dir.path("self.qcow2");
+    let dir = TempDir::new("qcow2-chain");
+    let own = dir.join("self.qcow2");
     new_qcow2(&own, 1 << 20, Some(("self.qcow2", DiskFormat::Qcow2)));
     assert!(matches!(
         Qcow2Disk::open(&own, true),
         Err(Qcow2Error::BackingChain { .. })
     ));
 
-    let a = dir.path("a.qcow2");
-    let b = dir.path("b.qcow2");
+    let a = dir.join("a.qcow2");
+    let b = dir.join("b.qcow2");
     new_qcow2(&a, 1 << 20, Some(("b.qcow2", DiskFormat::Qcow2)));
     // Spelled differently, still the same file.
     new_qcow2(&b, 1 << 20, Some(("chain-x/../a.qcow2", DiskFormat::Qcow2)));
-    std::fs::create_dir(dir.path("chain-x")).unwrap();
+    std::fs::create_dir(dir.join("chain-x")).unwrap();
     let err = Qcow2Disk::open(&a, false).err().unwrap();
     assert!(err.to_string().contains("loops"), "{err}");
 
     // base.raw ← q1 ← … ← q9: eight backing files below q8 are fine,
     // nine below q9 are too deep.
     let mut rng = Rng(77);
-    new_raw(&dir.path("base.raw"), &mut rng, 1 << 20);
+    new_raw(&dir.join("base.raw"), &mut rng, 1 << 20);
     let mut below = ("base.raw".to_owned(), DiskFormat::Raw);
     for n in 1..=9 {
         let name = format!("q{n}.qcow2");
-        new_qcow2(&dir.path(&name), 1 << 20, Some((&below.0, below.1)));
+        new_qcow2(&dir.join(&name), 1 << 20, Some((&below.0, below.1)));
         below = (name, DiskFormat::Qcow2);
     }
-    let q8 = Qcow2Disk::open(&dir.path("q8.qcow2"), false).unwrap();
+    let q8 = Qcow2Disk::open(&dir.join("q8.qcow2"), false).unwrap();
     let mut buf = [0u8; 512];
     q8.read_at(&mut buf, 0).unwrap();
-    assert_eq!(buf[..], std::fs::read(dir.path("base.raw")).unwrap()[..512]);
-    let err = Qcow2Disk::open(&dir.path("q9.qcow2"), false).err().unwrap();
+    assert_eq!(buf[..], std::fs::read(dir.join("base.raw")).unwrap()[..512]);
+    let err = Qcow2Disk::open(&dir.join("q9.qcow2"), false).err().unwrap();
     assert!(err.to_string().contains("deep"), "{err}");
 
     // A device or a missing file as backing file: an error, no hang.
-    let dev = dir.path("dev.qcow2");
+    let dev = dir.join("dev.qcow2");
     new_qcow2(&dev, 1 << 20, Some(("/dev/null", DiskFormat::Raw)));
     assert!(Qcow2Disk::open(&dev, true).is_err());
-    let missing = dir.path("missing.qcow2");
+    let missing = dir.join("missing.qcow2");
     new_qcow2(&missing, 1 << 20, Some(("nowhere.raw", DiskFormat::Raw)));
     let err = Qcow2Disk::open(&missing, true).err().unwrap();
     assert!(err.to_string().contains("nowhere.raw"), "{err}");
@@ -512,8 +486,8 @@ fn test_backing_loops_depth_and_special_files_are_refused() {
 /// table and block, L1, L2): every open and request ends in Ok or Err.
 #[test]
 fn test_mutated_images_never_panic() {
-    let dir = TempDir::new("mutate");
-    let seed_path = dir.path("seed.qcow2");
+    let dir = TempDir::new("qcow2-mutate");
+    let seed_path = dir.join("seed.qcow2");
     new_qcow2(&seed_path, 2 << 20, None);
     {
         let disk = Qcow2Disk::open(&seed_path, false).unwrap();
@@ -521,7 +495,7 @@ fn test_mutated_images_never_panic() {
     }
     let seed = std::fs::read(&seed_path).unwrap();
     let mut rng = Rng(0xdead_beef_cafe);
-    let case = dir.path("case.qcow2");
+    let case = dir.join("case.qcow2");
     for _ in 0..300 {
         let mut image = seed.clone();
         for _ in 0..1 + rng.below(6) {
