@@ -122,22 +122,7 @@ impl Vms {
     }
 
     pub(crate) fn command(&self, id: &WorkloadId, command: VmCommand) -> Result<(), VmError> {
-        let request = match command {
-            VmCommand::Key { key, pressed } => VmRequest::Key { key, pressed },
-            VmCommand::Pointer {
-                dx,
-                dy,
-                wheel,
-                buttons,
-            } => VmRequest::Pointer {
-                dx,
-                dy,
-                wheel,
-                buttons,
-            },
-            VmCommand::CtrlAltDel => VmRequest::CtrlAltDel,
-        };
-        self.request(id, request)
+        self.request(id, VmRequest::Vm(command))
     }
 
     pub(crate) fn display(&self, id: &WorkloadId) -> Option<Display> {

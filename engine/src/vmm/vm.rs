@@ -19,8 +19,8 @@ use super::irq_routing::{KvmIrqLine, KvmMsiRouting, ISA_IRQS};
 use super::passt::Passt;
 use super::vcpu::{install_kick_handler, VcpuCommand, VcpuOutcome, VcpuReport, VcpuThread};
 use crate::api::{
-    DeviceIo, Event, EventSink, Exit, OutputStream, Stats, StatsDetail, VcpuStats, VmEvent, VmExit,
-    VmStats, WorkloadId, WorkloadState,
+    DeviceIo, Event, EventSink, Exit, OutputStream, Stats, StatsDetail, VcpuStats, VmCommand,
+    VmEvent, VmExit, VmStats, WorkloadId, WorkloadState,
 };
 use crate::config::{DiskConfig, KernelKind, VmConfig};
 use crate::devices::bus::lock;
@@ -111,17 +111,8 @@ pub(crate) enum VmRequest {
         timeout: Duration,
     },
     SerialInput(Vec<u8>),
-    Key {
-        key: GuestKey,
-        pressed: bool,
-    },
-    Pointer {
-        dx: i32,
-        dy: i32,
-        wheel: i32,
-        buttons: MouseButtons,
-    },
-    CtrlAltDel,
+    /// What only a VM is asked (keyboard, mouse, Ctrl+Alt+Del).
+    Vm(VmCommand),
 }
 
 /// Most key events waiting for the guest's keyboard buffer; beyond, the
@@ -396,14 +387,16 @@ impl VmControl {
                         }
                     }
                     VmRequest::SerialInput(bytes) => pending_input.extend_from_slice(&bytes),
-                    VmRequest::Key { key, pressed } => pending_devices.key(key, pressed),
-                    VmRequest::Pointer {
+                    VmRequest::Vm(VmCommand::Key { key, pressed }) => {
+                        pending_devices.key(key, pressed)
+                    }
+                    VmRequest::Vm(VmCommand::Pointer {
                         dx,
                         dy,
                         wheel,
                         buttons,
-                    } => pending_devices.pointer(dx, dy, wheel, buttons),
-                    VmRequest::CtrlAltDel => m.devices.send_ctrl_alt_del(),
+                    }) => pending_devices.pointer(dx, dy, wheel, buttons),
+                    VmRequest::Vm(VmCommand::CtrlAltDel) => m.devices.send_ctrl_alt_del(),
                 },
                 Some(ControlMsg::Vcpu(report)) => match report {
                     VcpuReport::Paused(index) => {
