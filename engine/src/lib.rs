@@ -16,12 +16,13 @@ pub mod host;
 pub mod images;
 pub(crate) mod kinds;
 pub mod kit;
+pub mod library;
 pub mod store;
 pub mod templates;
 pub(crate) mod vmm;
 
 pub use api::{
-    Command, ContainerCommand, ContainerEvent, ContainerSetup, ContainerStats,
+    error_text, Command, ContainerCommand, ContainerEvent, ContainerSetup, ContainerStats,
     ContainersUnavailable, DeviceIo, Engine, EngineError, EngineOptions, Event, Exit, ExitDetail,
     OutputStream, RegisterDump, Stats, StatsDetail, VcpuStats, VmCommand, VmEvent, VmExit, VmStats,
     WorkloadConfig, WorkloadId, WorkloadKind, WorkloadState, MARKER_INIT_REACHED,
@@ -37,5 +38,9 @@ pub use display::{DirtyRect, Display, DisplayError, Frame};
 pub use host::{HostCapability, HostProbe};
 pub use kinds::vm::VmError;
 pub use kit::{DefaultKit, KitError};
+pub use library::{
+    Deleted, DiskFileRow, DiskRequest, Duplicate, Library, LibraryError, LibraryPaths,
+    MachineChange, MachineEdit, TemplateClone, TemplateMachine,
+};
 pub use store::{MachineDefinition, MachineStore, StoredMachine};
 pub use templates::{Template, TemplateError, TemplateStatus};

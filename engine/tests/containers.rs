@@ -99,6 +99,7 @@ fn engine_on(data: &Path) -> (Engine, Receiver<Event>) {
     let (engine, events) = Engine::new(
         EngineOptions {
             containers: Ok(ContainerSetup { paths, helper }),
+            library: hangar_engine::Library::none(),
         },
         || {},
     );

@@ -66,6 +66,7 @@ impl Harness {
     fn new() -> Self {
         let options = EngineOptions {
             containers: Err("these tests run VMs only".into()),
+            library: hangar_engine::Library::none(),
         };
         let (engine, rx) = Engine::new(options, || {});
         Self {

@@ -130,6 +130,7 @@ fn container_records_of_release_0_1_load() {
     };
     let options = EngineOptions {
         containers: Ok(ContainerSetup { paths, helper }),
+        library: hangar_engine::Library::none(),
     };
     let (engine, _events) = Engine::new(options, || {});
     assert!(engine.containers_unavailable().is_none());

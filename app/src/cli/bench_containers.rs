@@ -51,6 +51,7 @@ pub fn containers(args: ContainerBenchArgs) -> anyhow::Result<ExitCode> {
             paths,
             helper: super::container::helper_command()?,
         }),
+        library: hangar_engine::Library::none(),
     };
     let (engine, events) = Engine::new(options, || {});
     let images = engine

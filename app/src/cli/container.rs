@@ -189,6 +189,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<ExitCode> {
             paths,
             helper: helper_command()?,
         }),
+        library: hangar_engine::Library::none(),
     };
     let (engine, events) = Engine::new(options, || {});
     if let Some(why) = engine.containers_unavailable() {

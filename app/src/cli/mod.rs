@@ -6,6 +6,7 @@ mod bench_disk;
 mod container;
 mod host;
 mod image;
+mod machine;
 mod run;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum CliCommand {
     Image(image::ImageArgs),
     /// Run containers.
     Container(container::ContainerArgs),
+    /// Manage the machine library (the machines the window lists).
+    Machine(machine::MachineArgs),
     /// The per-container helper process the engine starts (not for people).
     #[command(hide = true)]
     ContainerHelper,
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(CliCommand::Bench(args)) => bench::run(args),
         Some(CliCommand::Image(args)) => image::run(args),
         Some(CliCommand::Container(args)) => container::run(args),
+        Some(CliCommand::Machine(args)) => machine::run(args),
         Some(CliCommand::ContainerHelper) => Ok(ExitCode::from(
             hangar_engine::containers::helper_main().clamp(0, 255) as u8,
         )),

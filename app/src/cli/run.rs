@@ -348,6 +348,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let options = EngineOptions {
         containers: Err("`hangar run` runs one machine".into()),
+        library: hangar_engine::Library::none(),
     };
     let (engine, events) = Engine::new(options, || {});
     let id = WorkloadId(config.name.clone());

@@ -11,13 +11,13 @@ use anyhow::Context as _;
 use hangar_engine::containers::{ContainerConfig, RuntimePaths};
 use hangar_engine::images::ImageRecord;
 use hangar_engine::{
-    disks, templates, Command, ContainerCommand, ContainerSetup, DefaultKit, DiskConfig, Engine,
-    EngineOptions, Event, HostCapability, MachineDefinition, MachineStore, NetworkConfig,
-    OutputStream, StoredMachine, TemplateStatus, VmCommand, VmConfig, VmEvent, VmExit,
-    WorkloadConfig, WorkloadId, WorkloadState, MARKER_INIT_REACHED,
+    error_text, Command, ContainerCommand, ContainerSetup, DefaultKit, Engine, EngineOptions,
+    Event, HostCapability, Library, LibraryPaths, MachineDefinition, MachineEdit, OutputStream,
+    StoredMachine, TemplateMachine, VmCommand, VmConfig, VmEvent, VmExit, WorkloadConfig,
+    WorkloadId, WorkloadState, MARKER_INIT_REACHED,
 };
 
-use super::command::{CommandQueue, DiskRequest, UiCommand};
+use super::command::{CommandQueue, UiCommand};
 use super::container_dialog::{container_dialog_ui, ContainerDialogState};
 use super::container_logs_tab::CONSOLE_LOG_FILE;
 use super::delete_dialog::{delete_dialog_ui, DeleteConfirmation};
@@ -25,12 +25,11 @@ use super::host_banner::host_banner_ui;
 use super::image_import::{default_pull_name, imported_text, ImageJob, ImageRequest};
 use super::library_panel::library_ui;
 use super::log_panel::{log_ui, notifications_ui};
-use super::machine_disks::{delete_rows, format_size, machine_dir, new_disk_path};
 use super::model::{
     Container, Containers, Entry, Log, Machine, Machines, RunStatus, Severity, LOG_TARGET,
 };
 use super::tabs::{close_machine, open_pane, open_pane_beside, Pane, PaneKind, TabsBehavior};
-use super::template_clone::{CloneJob, TemplateMachine};
+use super::template_clone::CloneJob;
 use super::ui_state::{ui_state_path, UiState};
 use super::wizard::{wizard_ui, WizardContext, WizardState};
 
@@ -120,7 +119,6 @@ pub struct Runtime {
     events: Receiver<Event>,
     /// Set on the first frame; the engine's waker repaints through it.
     repaint: Arc<OnceLock<egui::Context>>,
-    store: Option<MachineStore>,
     /// Library entries.
     pub machines: Machines,
     /// Containers the app ran (and whether it can run any).
@@ -131,8 +129,6 @@ pub struct Runtime {
     /// A template's disk being copied for a new machine (or the copy that
     /// failed, until dismissed).
     clone_job: Option<CloneJob>,
-    /// Templates, and the disks Hangar makes (see [`AppEnv::data_dir`]).
-    data_dir: Option<PathBuf>,
     /// Log panel and notifications.
     pub log: Log,
     host: HostCapability,
@@ -149,8 +145,13 @@ impl HangarApp {
         let repaint: Arc<OnceLock<egui::Context>> = Arc::new(OnceLock::new());
         let waker_ctx = repaint.clone();
         let set_up = env.containers.is_ok();
+        let (library, library_error) = Library::open(LibraryPaths {
+            config_dir: Some(env.config_dir.clone()),
+            data_dir: env.data_dir.clone(),
+        });
         let options = EngineOptions {
             containers: env.containers.and_then(containers_as_root),
+            library,
         };
         let (engine, events) = Engine::new(options, move || {
             if let Some(ctx) = waker_ctx.get() {
@@ -190,44 +191,32 @@ impl HangarApp {
         let ui_state_path = ui_state_path(&env.config_dir);
         let mut ui_state = UiState::load(&ui_state_path);
         let mut machines = Machines::default();
-        let store = match MachineStore::open(&env.config_dir) {
-            Ok(store) => {
-                match store.load_all() {
-                    Ok(all) => {
-                        for stored in all {
-                            let (id, entry) = match stored {
-                                StoredMachine::Valid(def) => {
-                                    (def.id.clone(), Entry::Machine(Box::new(Machine::new(def))))
-                                }
-                                StoredMachine::Broken { id, path, reason } => {
-                                    log.push(
-                                        Severity::Error,
-                                        Some(id.clone()),
-                                        format!("cannot load {}: {reason}", path.display()),
-                                    );
-                                    (id, Entry::Broken { path, reason })
-                                }
-                            };
-                            machines.entries.insert(id, entry);
+        if let Some(e) = library_error {
+            log.push(Severity::Error, None, error_text(&e));
+        }
+        // Without a config directory there is nothing to list (said above).
+        match engine.library().machines() {
+            Ok(all) => {
+                for stored in all {
+                    let (id, entry) = match stored {
+                        StoredMachine::Valid(def) => {
+                            (def.id.clone(), Entry::Machine(Box::new(Machine::new(def))))
                         }
-                    }
-                    Err(e) => log.push(
-                        Severity::Error,
-                        None,
-                        format!("{:#}", anyhow::Error::new(e)),
-                    ),
+                        StoredMachine::Broken { id, path, reason } => {
+                            log.push(
+                                Severity::Error,
+                                Some(id.clone()),
+                                format!("cannot load {}: {reason}", path.display()),
+                            );
+                            (id, Entry::Broken { path, reason })
+                        }
+                    };
+                    machines.entries.insert(id, entry);
                 }
-                Some(store)
             }
-            Err(e) => {
-                log.push(
-                    Severity::Error,
-                    None,
-                    format!("{:#}", anyhow::Error::new(e)),
-                );
-                None
-            }
-        };
+            Err(hangar_engine::LibraryError::NoStore) => {}
+            Err(e) => log.push(Severity::Error, None, error_text(&e)),
+        }
         // Tabs of machines that are gone are dropped from the saved layout.
         let stale: Vec<String> = ui_state
             .tabs
@@ -256,13 +245,11 @@ impl HangarApp {
                 engine,
                 events,
                 repaint,
-                store,
                 machines,
                 containers,
                 container_dialog: None,
                 image_job: None,
                 clone_job: None,
-                data_dir: env.data_dir,
                 log,
                 host,
                 kit: env.kit,
@@ -303,7 +290,7 @@ impl HangarApp {
                     machines: &mut self.rt.machines,
                     containers: &mut self.rt.containers,
                     commands: &mut self.rt.commands,
-                    data_dir: self.rt.data_dir.as_deref(),
+                    data_dir: self.rt.engine.library().data_dir(),
                 };
                 self.ui_state.tabs.ui(&mut behavior, ui);
             }
@@ -324,7 +311,7 @@ impl HangarApp {
                 machines: &self.rt.machines,
                 kit: self.rt.kit.as_ref(),
                 host: &self.rt.host,
-                data_dir: self.rt.data_dir.as_deref(),
+                data_dir: self.rt.engine.library().data_dir(),
                 copying: self
                     .rt
                     .clone_job
@@ -754,23 +741,18 @@ impl HangarApp {
                 self.rt.confirm_delete = Some(DeleteConfirmation::new(
                     &id,
                     &self.rt.machines,
-                    self.rt.data_dir.as_deref(),
+                    self.rt.engine.library(),
                 ))
             }
             UiCommand::Delete(id) => self.delete(&id, false),
             UiCommand::DeleteWithDisks(id) => self.delete(&id, true),
             UiCommand::Duplicate(id) => self.duplicate(&id),
             UiCommand::OpenWizard => {
-                let templates = self
-                    .rt
-                    .data_dir
-                    .as_deref()
-                    .map(templates::available)
-                    .unwrap_or_default();
+                let templates = self.rt.engine.library().templates();
                 self.rt.wizard = Some(WizardState::new(self.rt.kit.as_ref(), templates));
             }
             UiCommand::Create { config, start } => {
-                self.create(config, start, None);
+                self.create(config, start);
             }
             UiCommand::CreateFromTemplate(request) => self.create_from_template(request),
             UiCommand::DismissCloneJob => {
@@ -778,10 +760,18 @@ impl HangarApp {
                     self.rt.clone_job = None;
                 }
             }
-            UiCommand::AddDisk { id, disk } => self.add_disk(&id, disk),
-            UiCommand::GrowDisk { id, path, new_size } => self.grow_disk(&id, &path, new_size),
-            UiCommand::DetachDisk { id, path } => self.detach_disk(&id, &path),
-            UiCommand::SetNetwork { id, network } => self.set_network(&id, network),
+            UiCommand::AddDisk { id, disk } => self.edit(&id, MachineEdit::AddDisk(disk)),
+            UiCommand::GrowDisk { id, path, new_size } => self.edit(
+                &id,
+                MachineEdit::GrowDisk {
+                    path,
+                    size: new_size,
+                },
+            ),
+            UiCommand::DetachDisk { id, path } => self.edit(&id, MachineEdit::DetachDisk(path)),
+            UiCommand::SetNetwork { id, network } => {
+                self.edit(&id, MachineEdit::SetNetwork(network))
+            }
             UiCommand::OpenTab(id, kind) => {
                 open_pane(&mut self.ui_state.tabs, Pane { machine: id, kind })
             }
@@ -957,21 +947,20 @@ impl HangarApp {
         }
     }
 
-    /// Save a new machine (`def` if it was made already, for its id) and
-    /// start it if asked; true if it was saved.
-    fn create(&mut self, config: VmConfig, start: bool, def: Option<MachineDefinition>) -> bool {
-        let Some(store) = &self.rt.store else {
-            self.error(
-                None,
-                "cannot save machines: Hangar's config directory is not usable".into(),
-            );
-            return false;
-        };
-        let def = def.unwrap_or_else(|| MachineDefinition::new(config));
-        if let Err(e) = store.create(&def) {
-            self.error(None, format!("{:#}", anyhow::Error::new(e)));
+    /// Save a new machine and start it if asked; true if it was saved.
+    fn create(&mut self, config: VmConfig, start: bool) -> bool {
+        let def = MachineDefinition::new(config);
+        if let Err(e) = self.rt.engine.library().create_machine(&def) {
+            self.error(None, error_text(&e));
             return false;
         }
+        self.adopt(def, start);
+        true
+    }
+
+    /// List a machine the library has just saved, select it, and start it
+    /// if asked.
+    fn adopt(&mut self, def: MachineDefinition, start: bool) {
         let id = def.id.clone();
         self.rt.log.push(
             Severity::Info,
@@ -986,83 +975,43 @@ impl HangarApp {
         if start {
             self.start(&id);
         }
-        true
     }
 
     fn duplicate(&mut self, id: &str) {
-        let Some(m) = self.rt.machines.get(id) else {
-            return;
+        let copy = match self.rt.engine.library().duplicate_machine(id) {
+            Ok(copy) => copy,
+            Err(e) => {
+                self.error(Some(id), error_text(&e));
+                return;
+            }
         };
-        let mut config = m.def.config.clone();
-        let original = config.name.clone();
-        let base = format!("{} (copy)", config.name);
-        let mut name = base.clone();
-        let mut n = 2;
-        while self.rt.machines.name_taken(&name) {
-            name = format!("{base} {n}");
-            n += 1;
-        }
-        config.name = name;
-        let shared = config.disks.len();
-        let copy_name = config.name.clone();
-        if self.create(config, false, None) && shared > 0 {
+        let copy_name = copy.def.config.name.clone();
+        self.adopt(copy.def, false);
+        if copy.shared_disks > 0 {
             // The copy's definition names the same disk files: two machines
             // writing one disk at once would corrupt it.
             self.rt.log.push(
                 Severity::Info,
                 Some(copy_name),
                 format!(
-                    "shares its {shared} disk file(s) with \"{original}\": do not run both at once"
+                    "shares its {} disk file(s) with \"{}\": do not run both at once",
+                    copy.shared_disks, copy.original
                 ),
             );
         }
     }
 
-    /// Delete a stopped machine's definition; with `with_disks`, then the
-    /// disk files in its own folder that no other machine uses (files
-    /// elsewhere are never deleted), and the folder if that empties it.
+    /// Delete a stopped machine (with `with_disks`, the disk files the
+    /// library says may go with it).
     fn delete(&mut self, id: &str, with_disks: bool) {
-        if self
-            .rt
-            .machines
-            .get(id)
-            .is_some_and(|m| m.status.is_active())
-        {
-            self.error(Some(id), "stop the machine before deleting it".into());
-            return;
-        }
-        let Some(store) = &self.rt.store else {
-            return;
-        };
-        // Decided again here, not taken from the dialog: files and other
-        // machines may have changed since it opened.
-        let own_dir = self.rt.data_dir.as_deref().map(|d| machine_dir(d, id));
-        let doomed: Vec<PathBuf> = match (with_disks, self.rt.machines.get(id)) {
-            (true, Some(m)) => {
-                let others = self
-                    .rt
-                    .machines
-                    .entries
-                    .iter()
-                    .filter_map(|(other, e)| match e {
-                        Entry::Machine(o) if other != id => {
-                            Some((o.name(), o.def.config.disks.as_slice()))
-                        }
-                        _ => None,
-                    });
-                delete_rows(&m.def.config.disks, own_dir.as_deref(), others)
-                    .into_iter()
-                    .filter(|r| r.deletable())
-                    .map(|r| r.path)
-                    .collect()
+        let deleted = match self.rt.engine.delete_machine(id, with_disks) {
+            Ok(deleted) => deleted,
+            Err(e) => {
+                self.error(Some(id), error_text(&e));
+                return;
             }
-            _ => Vec::new(),
         };
-        if let Err(e) = store.delete(id) {
-            self.error(Some(id), format!("{:#}", anyhow::Error::new(e)));
-            return;
-        }
-        let name = self.rt.machines.display_name(id);
+        let name = deleted.name;
         self.rt.machines.entries.remove(id);
         close_machine(&mut self.ui_state.tabs, id);
         if self.ui_state.selected.as_deref() == Some(id) {
@@ -1071,8 +1020,8 @@ impl HangarApp {
         self.rt
             .log
             .push(Severity::Info, Some(name.clone()), "deleted".into());
-        for path in doomed {
-            match std::fs::remove_file(&path) {
+        for (path, result) in deleted.disks {
+            match result {
                 Ok(()) => self.rt.log.push(
                     Severity::Info,
                     Some(name.clone()),
@@ -1085,276 +1034,66 @@ impl HangarApp {
                 ),
             }
         }
-        if with_disks {
-            // Only an empty folder goes: anything else in it was not listed.
-            if let Some(dir) = own_dir {
-                let _ = std::fs::remove_dir(dir);
-            }
-        }
     }
 
-    /// Start copying a template's disk for a new machine; the machine is
-    /// saved when the copy is complete ([`Self::on_clone_finished`]).
+    /// Start copying a template's disk for a new machine; the library saves
+    /// the machine when the copy is complete ([`Self::on_clone_finished`]).
     fn create_from_template(&mut self, request: TemplateMachine) {
-        if let Err(e) = self.start_clone(request) {
-            self.error(None, format!("{e:#}"));
-        }
-    }
-
-    fn start_clone(&mut self, request: TemplateMachine) -> anyhow::Result<()> {
         if let Some(job) = self.rt.clone_job.as_ref().filter(|j| j.is_running()) {
-            anyhow::bail!(
+            let why = format!(
                 "cannot create {}: the disk of {} is being copied; try again when it is done",
                 request.name,
                 job.name()
             );
-        }
-        let data_dir = self
-            .rt
-            .data_dir
-            .clone()
-            .context("Hangar has no data folder to keep the machine's disk in")?;
-        let kit = self.rt.kit.as_ref().context(
-            "the default guest kit, which boots templates, is not installed: run packaging/setup.sh",
-        )?;
-        // Looked up again: the template may have gone since the wizard opened.
-        let template = match templates::available(&data_dir)
-            .into_iter()
-            .find(|t| match t {
-                TemplateStatus::Ready(t) => t.id == request.template,
-                TemplateStatus::Missing { id, .. } => *id == request.template,
-            }) {
-            Some(TemplateStatus::Ready(t)) => t,
-            Some(TemplateStatus::Missing { title, reason, .. }) => {
-                anyhow::bail!(
-                    "cannot create {}: {title} is not available: {reason}",
-                    request.name
-                )
-            }
-            None => anyhow::bail!("there is no template {:?}", request.template),
-        };
-        let config = |disk: PathBuf| {
-            let mut c = templates::vm_config(
-                &template,
-                kit,
-                &request.name,
-                request.vcpus,
-                request.memory_mib,
-                disk,
-                request.network.clone(),
-            );
-            if let Some(cmdline) = &request.cmdline {
-                c.cmdline = cmdline.clone();
-            }
-            c
-        };
-        // The id names the disk's folder, so the definition comes first
-        // (saved only once the disk is complete).
-        let mut def = MachineDefinition::new(config(PathBuf::new()));
-        let dest = machine_dir(&data_dir, &def.id).join("disk.raw");
-        def.config = config(dest.clone());
-        let repaint = self.rt.repaint.clone();
-        let job = CloneJob::start(
-            template,
-            dest,
-            request.disk_size,
-            def,
-            request.start,
-            move || {
-                if let Some(ctx) = repaint.get() {
-                    ctx.request_repaint();
-                }
-            },
-        )?;
-        self.rt.log.push(
-            Severity::Info,
-            Some(request.name.clone()),
-            format!("copying the {} disk", job.template_title),
-        );
-        self.rt.clone_job = Some(job);
-        Ok(())
-    }
-
-    /// A template copy ended: save the machine, or say why not. A machine
-    /// that cannot be saved takes its new disk with it.
-    fn on_clone_finished(&mut self, result: Result<(), String>) {
-        let Some(job) = self.rt.clone_job.as_ref() else {
-            return;
-        };
-        let (def, start) = (job.def.clone(), job.start);
-        if let Err(why) = result {
             self.error(None, why);
             return;
         }
-        let disk = def.config.disks.first().map(|d| d.path.clone());
-        let saved = self.create(def.config.clone(), start, Some(def.clone()));
-        if !saved {
-            if let Some(disk) = disk {
-                let _ = std::fs::remove_file(&disk);
-                if let Some(dir) = disk.parent() {
-                    let _ = std::fs::remove_dir(dir);
-                }
+        match self
+            .rt
+            .engine
+            .clone_template(&request, self.rt.kit.as_ref())
+        {
+            Ok(clone) => {
+                let job = CloneJob::new(clone, request.start);
+                self.rt.log.push(
+                    Severity::Info,
+                    Some(request.name.clone()),
+                    format!("copying the {} disk", job.template_title()),
+                );
+                self.rt.clone_job = Some(job);
             }
-            if let Some(job) = &mut self.rt.clone_job {
-                job.outcome = Some(Err("the machine could not be saved (see the Log)".into()));
-            }
-            return;
+            Err(e) => self.error(None, error_text(&e)),
         }
-        self.rt.clone_job = None;
     }
 
-    /// Change a stopped machine's definition with `change` (which returns
-    /// what it did, for the Log), save it, and keep it; on any failure the
-    /// definition stays as it was and the Log says why. True if saved.
-    fn update_definition(
-        &mut self,
-        id: &str,
-        change: impl FnOnce(&mut VmConfig) -> anyhow::Result<String>,
-    ) -> bool {
-        let result = (|| {
-            let m = self.rt.machines.get(id).context("no such machine")?;
-            if m.status.is_active() {
-                anyhow::bail!("stop the machine before changing its disks or network");
-            }
-            let store = self
-                .rt
-                .store
-                .as_ref()
-                .context("cannot save machines: Hangar's config directory is not usable")?;
-            let mut def = m.def.clone();
-            let done = change(&mut def.config)?;
-            store.update(&def)?;
-            Ok((def, done))
-        })();
+    /// A template copy ended: list the saved machine, or say why not.
+    fn on_clone_finished(&mut self, result: Result<MachineDefinition, String>) {
+        let start = self.rt.clone_job.as_ref().is_some_and(|j| j.start);
         match result {
-            Ok((def, done)) => {
+            Ok(def) => {
+                self.rt.clone_job = None;
+                self.adopt(def, start);
+            }
+            Err(why) => self.error(None, why),
+        }
+    }
+
+    /// Change a stopped machine's definition through the engine; the Log
+    /// says what changed, or why nothing did.
+    fn edit(&mut self, id: &str, edit: MachineEdit) {
+        match self.rt.engine.edit_machine(id, edit) {
+            Ok((def, change)) => {
                 let name = def.config.name.clone();
                 if let Some(m) = self.rt.machines.get_mut(id) {
                     m.def = def;
                     m.overview.disk_info.invalidate();
                 }
-                self.rt.log.push(Severity::Info, Some(name), done);
-                true
+                self.rt
+                    .log
+                    .push(Severity::Info, Some(name), change.to_string());
             }
-            Err(e) => {
-                self.error(Some(id), format!("{e:#}"));
-                false
-            }
+            Err(e) => self.error(Some(id), error_text(&e)),
         }
-    }
-
-    fn add_disk(&mut self, id: &str, request: DiskRequest) {
-        let own_dir = self.rt.data_dir.as_deref().map(|d| machine_dir(d, id));
-        let mut created = None;
-        let saved = self.update_definition(id, |config| {
-            if config.disks.len() >= hangar_engine::config::MAX_DISKS {
-                anyhow::bail!(
-                    "a machine can have at most {} disks",
-                    hangar_engine::config::MAX_DISKS
-                );
-            }
-            let (disk, done) = match request {
-                DiskRequest::New { format, size } => {
-                    let dir = own_dir.context("Hangar has no data folder to keep new disks in")?;
-                    std::fs::create_dir_all(&dir)
-                        .with_context(|| format!("cannot create {}", dir.display()))?;
-                    let path = new_disk_path(&dir, format, &config.disks);
-                    disks::create(&path, format, size)
-                        .with_context(|| format!("cannot create the disk {}", path.display()))?;
-                    created = Some(path.clone());
-                    let done =
-                        format!("new {} {format} disk {}", format_size(size), path.display());
-                    (
-                        DiskConfig {
-                            path,
-                            format,
-                            read_only: false,
-                        },
-                        done,
-                    )
-                }
-                DiskRequest::Existing {
-                    path,
-                    format,
-                    read_only,
-                } => {
-                    // Looked at again: the file may have changed since the form read it.
-                    let info = disks::inspect(&path)
-                        .with_context(|| format!("cannot attach {}", path.display()))?;
-                    if info.format != format {
-                        anyhow::bail!(
-                            "{} is {} now, not {format}; choose it again",
-                            path.display(),
-                            info.format
-                        );
-                    }
-                    if config.disks.iter().any(|d| d.path == path) {
-                        anyhow::bail!("{} is attached already", path.display());
-                    }
-                    let done = format!("attached {} ({format})", path.display());
-                    (
-                        DiskConfig {
-                            path,
-                            format,
-                            read_only,
-                        },
-                        done,
-                    )
-                }
-            };
-            config.disks.push(disk);
-            Ok(done)
-        });
-        // A new file whose definition could not be saved goes again: no
-        // disk that no machine knows about.
-        if !saved {
-            if let Some(path) = created {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-
-    fn grow_disk(&mut self, id: &str, path: &std::path::Path, new_size: u64) {
-        // Through update_definition for its checks (the machine is stopped,
-        // the file is one of its disks); the definition is saved unchanged.
-        self.update_definition(id, |config| {
-            let disk = config
-                .disks
-                .iter()
-                .find(|d| d.path == path)
-                .with_context(|| format!("{} is not one of its disks", path.display()))?;
-            disks::grow(&disk.path, disk.format, new_size)
-                .with_context(|| format!("cannot grow {}", path.display()))?;
-            Ok(format!(
-                "grew {} to {}",
-                path.display(),
-                format_size(new_size)
-            ))
-        });
-    }
-
-    fn detach_disk(&mut self, id: &str, path: &std::path::Path) {
-        self.update_definition(id, |config| {
-            let before = config.disks.len();
-            config.disks.retain(|d| d.path != path);
-            if config.disks.len() == before {
-                anyhow::bail!("{} is not one of its disks", path.display());
-            }
-            Ok(format!("detached {} (the file stays)", path.display()))
-        });
-    }
-
-    fn set_network(&mut self, id: &str, network: Option<NetworkConfig>) {
-        self.update_definition(id, |config| {
-            if let Some(n) = &network {
-                n.validate()?;
-            }
-            config.network = network;
-            Ok(format!(
-                "network: {}",
-                super::port_forwards::network_text(config.network.as_ref())
-            ))
-        });
     }
 
     /// The open wizard, if any (UI scripts set its fields: automation.rs).

@@ -4,33 +4,12 @@
 use std::path::PathBuf;
 
 use hangar_engine::containers::ContainerConfig;
-use hangar_engine::{DiskFormat, GuestKey, MouseButtons, NetworkConfig, VmConfig};
+use hangar_engine::{GuestKey, MouseButtons, NetworkConfig, TemplateMachine, VmConfig};
 
 use super::display_tab::ZoomMode;
 use super::tabs::PaneKind;
-use super::template_clone::TemplateMachine;
 
-/// A disk to add to a stopped machine.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub enum DiskRequest {
-    /// A new empty disk in the machine's own folder.
-    New {
-        /// Raw (sparse file) or qcow2.
-        format: DiskFormat,
-        /// Size in bytes.
-        size: u64,
-    },
-    /// An image that exists already, used where it is (never copied, never
-    /// deleted by Hangar).
-    Existing {
-        /// The image.
-        path: PathBuf,
-        /// Its format, as inspected.
-        format: DiskFormat,
-        /// The guest may not write it.
-        read_only: bool,
-    },
-}
+pub use hangar_engine::DiskRequest;
 
 /// One user action. Deserialize: UI scripts (automation.rs) name them in JSON.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]

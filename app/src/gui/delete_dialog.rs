@@ -3,11 +3,13 @@
 //! machine's own folder that no other machine uses are ever deleted, and
 //! only when the box is ticked; the dialog says which stay and why.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use hangar_engine::Library;
 
 use super::command::{CommandQueue, UiCommand};
-use super::machine_disks::{delete_rows, format_size, machine_dir, DiskFileRow};
-use super::model::{Entry, Machines};
+use super::machine_disks::{format_size, DiskFileRow};
+use super::model::Machines;
 
 /// Label of the box that also deletes disk files.
 pub const DELETE_DISKS_LABEL: &str = "Also delete its disk files";
@@ -29,21 +31,10 @@ pub struct DeleteConfirmation {
 }
 
 impl DeleteConfirmation {
-    /// Ask about machine `id`.
-    pub fn new(id: &str, machines: &Machines, data_dir: Option<&Path>) -> Self {
-        let own_dir = data_dir.map(|d| machine_dir(d, id));
-        let disks = match machines.get(id) {
-            Some(m) => {
-                let others = machines.entries.iter().filter_map(|(other, e)| match e {
-                    Entry::Machine(o) if other != id => {
-                        Some((o.name(), o.def.config.disks.as_slice()))
-                    }
-                    _ => None,
-                });
-                delete_rows(&m.def.config.disks, own_dir.as_deref(), others)
-            }
-            None => Vec::new(),
-        };
+    /// Ask about machine `id`: what the library would delete now.
+    pub fn new(id: &str, machines: &Machines, library: &Library) -> Self {
+        let own_dir = library.machine_dir(id);
+        let disks = library.delete_plan(id).unwrap_or_default();
         Self {
             id: id.to_string(),
             name: machines.display_name(id),

@@ -75,27 +75,7 @@ impl NetworkForm {
     }
 }
 
-/// `127.0.0.1:2222 → guest:22`, one per forward.
-pub fn forward_text(f: &PortForward) -> String {
-    format!("127.0.0.1:{} → guest:{}", f.host_port, f.guest_port)
-}
-
-/// The network in a few words: `off`, `user-mode`, or user-mode and its
-/// forwards.
-pub fn network_text(network: Option<&NetworkConfig>) -> String {
-    match network {
-        None => "off".into(),
-        Some(n) if n.port_forwards.is_empty() => "user-mode (no forwarded ports)".into(),
-        Some(n) => format!(
-            "user-mode, {}",
-            n.port_forwards
-                .iter()
-                .map(forward_text)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
+pub use hangar_engine::library::{forward_text, network_text};
 
 /// Draw the form: the on/off box, then (when on) a row per forward with
 /// Remove, and Add port forward. Returns true if anything changed.

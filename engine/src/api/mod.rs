@@ -45,6 +45,11 @@ use crate::images::ImageStore;
 use crate::kinds::container::Containers;
 use crate::kinds::vm::{VmError, Vms};
 use crate::kinds::Workloads;
+use crate::kit::DefaultKit;
+use crate::library::{
+    Deleted, Library, LibraryError, MachineChange, MachineEdit, TemplateClone, TemplateMachine,
+};
+use crate::store::MachineDefinition;
 
 /// What to run: a workload's definition, of its kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,11 +271,27 @@ pub enum ContainersUnavailable {
     Failed(Arc<ContainerError>),
 }
 
+/// An error and its sources in one line, "outer: inner: innermost": the
+/// text events and the GUI show.
+pub fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
 /// What the engine needs to know about the host's directories.
 pub struct EngineOptions {
     /// Where containers live and how their helpers start, or why this
     /// engine runs none (shown to the user as is).
     pub containers: Result<ContainerSetup, String>,
+    /// The definitions this engine keeps ([`Library::open`]), or
+    /// [`Library::none`].
+    pub library: Library,
 }
 
 /// What the container kind needs.
@@ -288,6 +309,8 @@ pub struct Engine {
     capability: HostCapability,
     vms: Vms,
     containers: Result<Containers, ContainersUnavailable>,
+    library: Library,
+    waker: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Engine {
@@ -298,7 +321,8 @@ impl Engine {
         waker: impl Fn() + Send + Sync + 'static,
     ) -> (Self, Receiver<Event>) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let sink = EventSink::new(tx, Arc::new(waker));
+        let waker: Arc<dyn Fn() + Send + Sync> = Arc::new(waker);
+        let sink = EventSink::new(tx, waker.clone());
         let capability = HostProbe::probe();
         let containers = match options.containers {
             Ok(setup) => Containers::new(setup, sink.clone())
@@ -309,6 +333,8 @@ impl Engine {
             vms: Vms::new(sink, capability.clone()),
             capability,
             containers,
+            library: options.library,
+            waker,
         };
         (engine, rx)
     }
@@ -424,5 +450,51 @@ impl Engine {
     /// The directory of a container's files.
     pub fn container_dir(&self, id: &WorkloadId) -> Result<PathBuf, EngineError> {
         Ok(self.containers()?.dir(id))
+    }
+
+    /// The definitions this engine keeps.
+    pub fn library(&self) -> &Library {
+        &self.library
+    }
+
+    /// True while the engine runs a VM with this id (until its threads
+    /// have ended): its definition and disks are in use.
+    fn in_use(&self, id: &str) -> bool {
+        self.vms.state(&WorkloadId::from(id)).is_some()
+    }
+
+    /// Change a stopped machine's definition and save it; on failure the
+    /// definition stays as it was.
+    pub fn edit_machine(
+        &self,
+        id: &str,
+        edit: MachineEdit,
+    ) -> Result<(MachineDefinition, MachineChange), LibraryError> {
+        if self.in_use(id) {
+            return Err(LibraryError::Running("changing its disks or network"));
+        }
+        self.library.edit_machine(id, edit)
+    }
+
+    /// Delete a stopped machine's definition; with `with_disks`, also the
+    /// disk files in its own folder that no other machine uses (files
+    /// elsewhere are never deleted), and the folder if that empties it.
+    pub fn delete_machine(&self, id: &str, with_disks: bool) -> Result<Deleted, LibraryError> {
+        if self.in_use(id) {
+            return Err(LibraryError::Running("deleting it"));
+        }
+        self.library.delete_machine(id, with_disks)
+    }
+
+    /// Start copying a template's disk for a new machine
+    /// ([`Library::clone_template`]); the engine's waker is called as it
+    /// progresses.
+    pub fn clone_template(
+        &self,
+        request: &TemplateMachine,
+        kit: Option<&DefaultKit>,
+    ) -> Result<TemplateClone, LibraryError> {
+        let waker = self.waker.clone();
+        self.library.clone_template(request, kit, move || waker())
     }
 }
