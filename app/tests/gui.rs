@@ -9,7 +9,7 @@ use egui::accesskit::Role;
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use hangar::gui::app::AppEnv;
 use hangar::gui::model::Entry;
-use hangar::gui::tabs::{visible_panes, Pane, PaneKind};
+use hangar::gui::tabs::{visible_panes, Pane, View};
 use hangar::gui::wizard::CUSTOM_CMDLINE;
 use hangar_engine::{DefaultKit, HostProbe};
 
@@ -368,7 +368,7 @@ fn delete_asks_first_and_duplicate_makes_a_copy() {
     );
     assert!(h.query_by_label("Alpha — Overview").is_none());
     assert!(h.state().ui_state.tabs.tiles.tiles().all(|t| match t {
-        egui_tiles::Tile::Pane(p) => p.machine != alpha,
+        egui_tiles::Tile::Pane(p) => p.workload != alpha,
         egui_tiles::Tile::Container(_) => true,
     }));
     assert_eq!(library_state(&h, "Beta"), "stopped");
@@ -376,7 +376,7 @@ fn delete_asks_first_and_duplicate_makes_a_copy() {
 }
 
 fn sorted(mut panes: Vec<Pane>) -> Vec<Pane> {
-    panes.sort_by(|a, b| (&a.machine, a.kind as u8).cmp(&(&b.machine, b.kind as u8)));
+    panes.sort_by(|a, b| (&a.workload, a.view as u8).cmp(&(&b.workload, b.view as u8)));
     panes
 }
 
@@ -397,12 +397,12 @@ fn window_layout_is_restored() {
         visible,
         vec![
             Pane {
-                machine: a.clone(),
-                kind: PaneKind::Overview
+                workload: a.clone(),
+                view: View::Overview
             },
             Pane {
-                machine: b.clone(),
-                kind: PaneKind::Console
+                workload: b.clone(),
+                view: View::Console
             },
         ]
     );

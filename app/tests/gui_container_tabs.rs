@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable as _;
-use hangar::gui::tabs::{visible_panes, Pane, PaneKind};
+use hangar::gui::tabs::{visible_panes, Pane, View};
 
 use common::{
     click, gui_with_containers, is_root, library_state, settle, type_into, wait_until, ConfigDir,
@@ -71,8 +71,8 @@ fn logs_tab_follows_a_running_container() {
     assert_eq!(
         visible(&h),
         vec![Pane {
-            machine: id.clone(),
-            kind: PaneKind::ContainerLogs
+            workload: id.clone(),
+            view: View::Logs
         }],
         "the row's Logs button opens the Logs tab"
     );
@@ -120,8 +120,8 @@ fn logs_tab_follows_a_running_container() {
     assert_eq!(
         visible(&h),
         vec![Pane {
-            machine: id.clone(),
-            kind: PaneKind::ContainerConsole
+            workload: id.clone(),
+            view: View::Console
         }]
     );
     assert!(
@@ -205,8 +205,8 @@ fn overview_tab_shows_limits_figures_and_plots() {
     assert_eq!(
         visible(&h),
         vec![Pane {
-            machine: id.clone(),
-            kind: PaneKind::ContainerOverview
+            workload: id.clone(),
+            view: View::Overview
         }]
     );
     h.get_by_label(&format!("{id} — Overview"));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use egui::accesskit::Role;
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use hangar::gui::command::UiCommand;
-use hangar::gui::tabs::{visible_panes, Pane, PaneKind};
+use hangar::gui::tabs::{visible_panes, Pane, View};
 use hangar_engine::containers::{NetworkMode, PortForward, Volume};
 
 use common::{
@@ -102,8 +102,8 @@ fn container_runs_from_the_dialog_and_is_removed() {
     assert_eq!(
         visible_panes(&h.state().ui_state.tabs),
         vec![Pane {
-            machine: id.clone(),
-            kind: PaneKind::ContainerConsole
+            workload: id.clone(),
+            view: View::Console
         }],
         "Run opens the container's console"
     );

@@ -26,7 +26,7 @@ use hangar::gui::app::{AppEnv, HangarApp};
 use hangar::gui::command::UiCommand;
 use hangar::gui::display_tab::{ZoomMode, HINT_GRABBED, HINT_UNGRABBED, SCREEN_LABEL};
 use hangar::gui::model::{RunStatus, Severity};
-use hangar::gui::tabs::{visible_panes, Pane, PaneKind};
+use hangar::gui::tabs::{visible_panes, Pane, View};
 use hangar_engine::{DisplayConfig, VmConfig, VmExit};
 
 use common::{click, machine, machine_id, wait_until, ConfigDir, Gui, GUEST_TIMEOUT};
@@ -172,8 +172,7 @@ fn define_screen(dir: &ConfigDir, name: &str) {
 fn start_with_display(h: &mut Gui, name: &str) {
     let id = machine_id(h, name);
     h.state_mut().apply(UiCommand::Start(id.clone()));
-    h.state_mut()
-        .apply(UiCommand::OpenTab(id, PaneKind::Display));
+    h.state_mut().apply(UiCommand::OpenTab(id, View::Display));
     common::settle(h);
 }
 
@@ -291,8 +290,8 @@ fn display_tab_shows_the_screen_scales_and_saves_it() {
     assert_eq!(
         visible_panes(&h.state().ui_state.tabs),
         vec![Pane {
-            machine: id.clone(),
-            kind: PaneKind::Display
+            workload: id.clone(),
+            view: View::Display
         }]
     );
     h.get_by_label("Screen — Display");
@@ -650,24 +649,24 @@ fn two_display_tabs_side_by_side() {
     h.state_mut().apply(UiCommand::Start(a.clone()));
     h.state_mut().apply(UiCommand::Start(b.clone()));
     h.state_mut()
-        .apply(UiCommand::OpenTab(a.clone(), PaneKind::Display));
+        .apply(UiCommand::OpenTab(a.clone(), View::Display));
     common::settle(&mut h);
     common::select(&mut h, "Screen B");
     click(&mut h, "Display beside");
 
     let mut visible = visible_panes(&h.state().ui_state.tabs);
-    visible.sort_by(|x, y| x.machine.cmp(&y.machine));
+    visible.sort_by(|x, y| x.workload.cmp(&y.workload));
     let mut want = vec![
         Pane {
-            machine: a.clone(),
-            kind: PaneKind::Display,
+            workload: a.clone(),
+            view: View::Display,
         },
         Pane {
-            machine: b.clone(),
-            kind: PaneKind::Display,
+            workload: b.clone(),
+            view: View::Display,
         },
     ];
-    want.sort_by(|x, y| x.machine.cmp(&y.machine));
+    want.sort_by(|x, y| x.workload.cmp(&y.workload));
     assert_eq!(visible, want, "both Display tabs are visible");
 
     wait_for_drawing(&mut h, &rec, "Screen A");
@@ -724,8 +723,7 @@ fn two_display_tabs_side_by_side() {
     h.event(Event::ModifiersChanged(Modifiers::SHIFT));
     common::settle(&mut h);
     wait_echo(&mut h, "Screen A", &[0x2a]);
-    h.state_mut()
-        .apply(UiCommand::OpenTab(a, PaneKind::Console));
+    h.state_mut().apply(UiCommand::OpenTab(a, View::Console));
     common::settle(&mut h);
     assert!(!machine(&h, "Screen A").screen.is_grabbed());
     wait_echo(&mut h, "Screen A", &[0x2a, 0xaa]);

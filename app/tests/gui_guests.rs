@@ -11,7 +11,7 @@ use egui::accesskit::{Role, Toggled};
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use hangar::gui::app::STOP_TIMEOUT;
 use hangar::gui::model::{RunStatus, Severity};
-use hangar::gui::tabs::{visible_panes, Pane, PaneKind};
+use hangar::gui::tabs::{visible_panes, Pane, View};
 use hangar_engine::VmExit;
 
 use common::{
@@ -85,8 +85,8 @@ fn console_shows_output_and_sends_keys() {
     assert_eq!(
         visible_panes(&h.state().ui_state.tabs),
         vec![Pane {
-            machine: id.clone(),
-            kind: PaneKind::Console
+            workload: id.clone(),
+            view: View::Console
         }],
         "Start opens the console"
     );
@@ -146,26 +146,26 @@ fn two_consoles_side_by_side() {
     assert_eq!(
         visible_panes(&h.state().ui_state.tabs),
         vec![Pane {
-            machine: b.clone(),
-            kind: PaneKind::Console
+            workload: b.clone(),
+            view: View::Console
         }]
     );
     click(&mut h, "Console beside");
     h.step();
 
     let mut visible = visible_panes(&h.state().ui_state.tabs);
-    visible.sort_by(|x, y| x.machine.cmp(&y.machine));
+    visible.sort_by(|x, y| x.workload.cmp(&y.workload));
     let mut want = vec![
         Pane {
-            machine: a.clone(),
-            kind: PaneKind::Console,
+            workload: a.clone(),
+            view: View::Console,
         },
         Pane {
-            machine: b.clone(),
-            kind: PaneKind::Console,
+            workload: b.clone(),
+            view: View::Console,
         },
     ];
-    want.sort_by(|x, y| x.machine.cmp(&y.machine));
+    want.sort_by(|x, y| x.workload.cmp(&y.workload));
     assert_eq!(visible, want, "both consoles are visible");
 
     let screen = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0));
@@ -241,8 +241,8 @@ fn stop_force_stop_pause_and_resume() {
     assert_eq!(
         visible_panes(&h.state().ui_state.tabs),
         vec![Pane {
-            machine: machine_id(&h, "Spinner"),
-            kind: PaneKind::Console
+            workload: machine_id(&h, "Spinner"),
+            view: View::Console
         }]
     );
 

@@ -8,7 +8,7 @@
 use egui_tiles::Tile;
 use hangar::gui::automation::{parse_script, Step};
 use hangar::gui::command::UiCommand;
-use hangar::gui::tabs::PaneKind;
+use hangar::gui::tabs::View;
 use hangar::gui::ui_state::{ui_state_path, UiState};
 use hangar_testkit::saved_fixture as fixture;
 
@@ -17,26 +17,26 @@ fn ui_state_of_release_0_1_loads() {
     let state = UiState::load(&ui_state_path(&fixture("0.1").join("config")));
     assert_eq!(state.selected.as_deref(), Some("chatter"));
     assert!(state.show_log);
-    let mut panes: Vec<(String, PaneKind)> = state
+    let mut panes: Vec<(String, View)> = state
         .tabs
         .tiles
         .iter()
         .filter_map(|(_, t)| match t {
-            Tile::Pane(p) => Some((p.machine.clone(), p.kind)),
+            Tile::Pane(p) => Some((p.workload.clone(), p.view)),
             Tile::Container(_) => None,
         })
         .collect();
     panes.sort_by(|a, b| (&a.0, a.1 as u8).cmp(&(&b.0, b.1 as u8)));
     let want = [
-        ("419ab81b0142", PaneKind::ContainerConsole),
-        ("8d374ac1dd29", PaneKind::ContainerConsole),
-        ("8d374ac1dd29", PaneKind::ContainerLogs),
-        ("chatter", PaneKind::Overview),
-        ("ec37b74e5ea3", PaneKind::ContainerConsole),
-        ("echo", PaneKind::Console),
-        ("echo", PaneKind::Display),
+        ("419ab81b0142", View::Console),
+        ("8d374ac1dd29", View::Console),
+        ("8d374ac1dd29", View::Logs),
+        ("chatter", View::Overview),
+        ("ec37b74e5ea3", View::Console),
+        ("echo", View::Console),
+        ("echo", View::Display),
     ];
-    let want: Vec<(String, PaneKind)> = want.iter().map(|(m, k)| (m.to_string(), *k)).collect();
+    let want: Vec<(String, View)> = want.iter().map(|(m, k)| (m.to_string(), *k)).collect();
     assert_eq!(panes, want);
     // Two tab groups side by side (the Overview was opened beside).
     let root = state.tabs.root.unwrap();
@@ -60,8 +60,8 @@ fn ui_script_of_release_0_1_parses() {
     assert!(matches!(&steps[9], Step::Command(UiCommand::RunContainer(c)) if c.ports.len() == 1));
     assert_eq!(
         steps[14],
-        Step::Command(UiCommand::OpenTab("echo".into(), PaneKind::Display))
+        Step::Command(UiCommand::OpenTab("echo".into(), View::Display))
     );
-    assert_eq!(steps[15], Step::ContainerTab(PaneKind::ContainerLogs));
+    assert_eq!(steps[15], Step::ContainerTab(View::Logs));
     assert_eq!(steps[19], Step::Quit);
 }

@@ -28,7 +28,7 @@ use super::log_panel::{log_ui, notifications_ui};
 use super::model::{
     Container, Containers, Entry, Log, Machine, Machines, RunStatus, Severity, LOG_TARGET,
 };
-use super::tabs::{close_machine, open_pane, open_pane_beside, Pane, PaneKind, TabsBehavior};
+use super::tabs::{close_workload, open_pane, open_pane_beside, Pane, TabsBehavior, View};
 use super::template_clone::CloneJob;
 use super::ui_state::{ui_state_path, UiState};
 use super::wizard::{wizard_ui, WizardContext, WizardState};
@@ -217,20 +217,23 @@ impl HangarApp {
             Err(hangar_engine::LibraryError::NoStore) => {}
             Err(e) => log.push(Severity::Error, None, error_text(&e)),
         }
-        // Tabs of machines that are gone are dropped from the saved layout.
+        // Tabs of workloads that are gone are dropped from the saved layout.
         let stale: Vec<String> = ui_state
             .tabs
             .tiles
             .tiles()
             .filter_map(|t| match t {
-                egui_tiles::Tile::Pane(p) if machines.get(&p.machine).is_none() => {
-                    Some(p.machine.clone())
+                egui_tiles::Tile::Pane(p)
+                    if machines.get(&p.workload).is_none()
+                        && containers.get(&p.workload).is_none() =>
+                {
+                    Some(p.workload.clone())
                 }
                 _ => None,
             })
             .collect();
         for m in stale {
-            close_machine(&mut ui_state.tabs, &m);
+            close_workload(&mut ui_state.tabs, &m);
         }
         if ui_state
             .selected
@@ -483,7 +486,7 @@ impl HangarApp {
             }
             Event::Removed(id) => {
                 rt.containers.remove(&id.0);
-                close_machine(&mut self.ui_state.tabs, &id.0);
+                close_workload(&mut self.ui_state.tabs, &id.0);
                 rt.log.push(Severity::Info, Some(id.0), "removed".into());
             }
             Event::Error { id, message, .. } => {
@@ -541,8 +544,8 @@ impl HangarApp {
         open_pane(
             &mut self.ui_state.tabs,
             Pane {
-                machine: id.0,
-                kind: PaneKind::ContainerConsole,
+                workload: id.0,
+                view: View::Console,
             },
         );
     }
@@ -772,19 +775,27 @@ impl HangarApp {
             UiCommand::SetNetwork { id, network } => {
                 self.edit(&id, MachineEdit::SetNetwork(network))
             }
-            UiCommand::OpenTab(id, kind) => {
-                open_pane(&mut self.ui_state.tabs, Pane { machine: id, kind })
-            }
+            UiCommand::OpenTab(id, kind) => open_pane(
+                &mut self.ui_state.tabs,
+                Pane {
+                    workload: id,
+                    view: kind,
+                },
+            ),
             UiCommand::OpenBeside(id) => open_pane_beside(
                 &mut self.ui_state.tabs,
                 Pane {
-                    machine: id,
-                    kind: PaneKind::Console,
+                    workload: id,
+                    view: View::Console,
                 },
             ),
-            UiCommand::OpenTabBeside(id, kind) => {
-                open_pane_beside(&mut self.ui_state.tabs, Pane { machine: id, kind })
-            }
+            UiCommand::OpenTabBeside(id, kind) => open_pane_beside(
+                &mut self.ui_state.tabs,
+                Pane {
+                    workload: id,
+                    view: kind,
+                },
+            ),
             UiCommand::SerialInput(id, bytes) => self.send_to_engine(
                 &id,
                 Command::Input {
@@ -926,8 +937,8 @@ impl HangarApp {
         open_pane(
             &mut self.ui_state.tabs,
             Pane {
-                machine: id.to_string(),
-                kind: PaneKind::Console,
+                workload: id.to_string(),
+                view: View::Console,
             },
         );
         let started = self.try_engine(
@@ -1013,7 +1024,7 @@ impl HangarApp {
         };
         let name = deleted.name;
         self.rt.machines.entries.remove(id);
-        close_machine(&mut self.ui_state.tabs, id);
+        close_workload(&mut self.ui_state.tabs, id);
         if self.ui_state.selected.as_deref() == Some(id) {
             self.ui_state.selected = None;
         }

@@ -17,7 +17,7 @@
 //! | `{"screenshot": "out/library.png"}`    | save the window as an RGB PNG, once two frames have been drawn since the last change |
 //! | `{"wizard": {"name": "Build box", "source": "Template", "page": "Resources", "vcpus": 2, "memory_mib": 512}}` | set fields of the open wizard (every key optional; `source` is `Template` (the first ready one), `DefaultLinux`, `KernelFiles` or `DiskImage`; `page` is `Source`, `Resources` or `Summary`) |
 //! | `{"container_dialog": {"command": "sh", "ports": ["8080:80"], "volumes": ["/srv:/data:ro"], "show_import": true}}` | set fields of the open Run container dialog (every key optional; rows are added) |
-//! | `{"container_tab": "ContainerLogs"}`   | open a tab ([`PaneKind`]) of the container run last (its id is random) |
+//! | `{"container_tab": "ContainerLogs"}`   | open a tab ([`View`]) of the container run last (its id is random) |
 //! | `{"window_size": [1400, 900]}`         | resize the window (logical points)                          |
 //! | `{"mark": "idle"}`                     | print `hangar: mark idle frames=N t_ms=T uploads_full=… uploads_partial=… uploaded_pixels=…` to stderr (frames drawn so far, time since start, Display texture uploads so far) |
 //! | `"quit"`                               | close the window (the layout is saved as on a normal close) |
@@ -46,7 +46,7 @@ use super::app::HangarApp;
 use super::command::UiCommand;
 use super::container_dialog::{PortRow, VolumeRow};
 use super::frame_stats::FrameStats;
-use super::tabs::PaneKind;
+use super::tabs::View;
 use super::wizard::{OsSource, Page};
 
 /// Names a UI script to run.
@@ -104,7 +104,7 @@ pub enum Step {
     /// Set fields of the open Run container dialog.
     ContainerDialog(ContainerDialogFields),
     /// Open a tab of the container run last.
-    ContainerTab(PaneKind),
+    ContainerTab(View),
     /// Resize the window.
     WindowSize(f32, f32),
     /// Print a progress line with the frame count.
@@ -560,7 +560,7 @@ mod tests {
             steps,
             vec![
                 Step::Command(UiCommand::Select("a".into())),
-                Step::Command(UiCommand::OpenTab("a".into(), PaneKind::Overview)),
+                Step::Command(UiCommand::OpenTab("a".into(), View::Overview)),
                 Step::Command(UiCommand::OpenWizard),
                 Step::Wait(Duration::from_millis(5)),
                 Step::Wizard(WizardFields {
@@ -580,7 +580,7 @@ mod tests {
                     show_import: Some(true),
                     ..Default::default()
                 }),
-                Step::ContainerTab(PaneKind::ContainerLogs),
+                Step::ContainerTab(View::Logs),
                 Step::Quit,
             ]
         );

@@ -7,7 +7,7 @@ use hangar_engine::containers::ContainerConfig;
 use hangar_engine::{GuestKey, MouseButtons, NetworkConfig, TemplateMachine, VmConfig};
 
 use super::display_tab::ZoomMode;
-use super::tabs::PaneKind;
+use super::tabs::View;
 
 pub use hangar_engine::DiskRequest;
 
@@ -80,11 +80,11 @@ pub enum UiCommand {
         network: Option<NetworkConfig>,
     },
     /// Show a tab of a machine (open it if closed).
-    OpenTab(String, PaneKind),
+    OpenTab(String, View),
     /// Open a machine's console in a new column beside the other tabs.
     OpenBeside(String),
     /// Open a tab of a machine in a new column beside the other tabs.
-    OpenTabBeside(String, PaneKind),
+    OpenTabBeside(String, View),
     /// Bytes typed into a machine's console.
     SerialInput(String, Vec<u8>),
     /// A key pressed or released on a machine's keyboard (Display tab).

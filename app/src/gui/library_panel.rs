@@ -8,7 +8,7 @@ use hangar_engine::WorkloadState;
 use super::app::CONTAINER_STOP_GRACE;
 use super::command::{CommandQueue, UiCommand};
 use super::model::{Container, Containers, Entry, Machine, Machines, RunStatus};
-use super::tabs::PaneKind;
+use super::tabs::View;
 use super::template_clone::{clone_job_ui, CloneJob};
 
 /// Why Start is disabled for this machine, if it is.
@@ -154,7 +154,7 @@ fn container_row_ui(ui: &mut egui::Ui, c: &Container, commands: &mut CommandQueu
     ui.horizontal(|ui| {
         let row = ui.selectable_label(false, text).on_hover_text(hover);
         if row.clicked() {
-            commands.push(UiCommand::OpenTab(id.clone(), PaneKind::ContainerConsole));
+            commands.push(UiCommand::OpenTab(id.clone(), View::Console));
         }
         row.context_menu(|ui| {
             for (label, kind) in CONTAINER_VIEWS {
@@ -219,17 +219,17 @@ fn lifecycle_button_ui(ui: &mut egui::Ui, c: &Container, commands: &mut CommandQ
 const NO_SCREEN: &str = "This machine has no screen: its definition gives it none";
 
 /// The tabs a machine row's menu opens.
-const MACHINE_VIEWS: [(&str, PaneKind); 3] = [
-    ("Console", PaneKind::Console),
-    ("Display", PaneKind::Display),
-    ("Overview", PaneKind::Overview),
+const MACHINE_VIEWS: [(&str, View); 3] = [
+    ("Console", View::Console),
+    ("Display", View::Display),
+    ("Overview", View::Overview),
 ];
 
 /// The tabs a container row opens, as its buttons name them.
-const CONTAINER_VIEWS: [(&str, PaneKind); 3] = [
-    ("Console", PaneKind::ContainerConsole),
-    ("Logs", PaneKind::ContainerLogs),
-    ("Overview", PaneKind::ContainerOverview),
+const CONTAINER_VIEWS: [(&str, View); 3] = [
+    ("Console", View::Console),
+    ("Logs", View::Logs),
+    ("Overview", View::Overview),
 ];
 
 fn entry_ui(
@@ -267,13 +267,13 @@ fn entry_ui(
         commands.push(UiCommand::Select(id.to_string()));
     }
     if response.double_clicked() {
-        commands.push(UiCommand::OpenTab(id.to_string(), PaneKind::Console));
+        commands.push(UiCommand::OpenTab(id.to_string(), View::Console));
     }
     if let Entry::Machine(m) = entry {
         let has_screen = m.def.config.display.is_some();
         response.context_menu(|ui| {
             for (label, kind) in MACHINE_VIEWS {
-                let enabled = kind != PaneKind::Display || has_screen;
+                let enabled = kind != View::Display || has_screen;
                 if ui.add_enabled(enabled, egui::Button::new(label)).clicked() {
                     commands.push(UiCommand::OpenTab(id.to_string(), kind));
                     ui.close();
@@ -356,7 +356,7 @@ fn actions_ui(
     let has_screen = m.def.config.display.is_some();
     ui.horizontal_wrapped(|ui| {
         if ui.button("Console").clicked() {
-            commands.push(UiCommand::OpenTab(id.clone(), PaneKind::Console));
+            commands.push(UiCommand::OpenTab(id.clone(), View::Console));
         }
         let display = ui.add_enabled(has_screen, egui::Button::new("Display"));
         if display
@@ -364,10 +364,10 @@ fn actions_ui(
             .on_disabled_hover_text(NO_SCREEN)
             .clicked()
         {
-            commands.push(UiCommand::OpenTab(id.clone(), PaneKind::Display));
+            commands.push(UiCommand::OpenTab(id.clone(), View::Display));
         }
         if ui.button("Overview").clicked() {
-            commands.push(UiCommand::OpenTab(id.clone(), PaneKind::Overview));
+            commands.push(UiCommand::OpenTab(id.clone(), View::Overview));
         }
     });
     ui.horizontal_wrapped(|ui| {
@@ -384,7 +384,7 @@ fn actions_ui(
             .on_disabled_hover_text(NO_SCREEN)
             .clicked()
         {
-            commands.push(UiCommand::OpenTabBeside(id.clone(), PaneKind::Display));
+            commands.push(UiCommand::OpenTabBeside(id.clone(), View::Display));
         }
     });
     ui.horizontal_wrapped(|ui| {

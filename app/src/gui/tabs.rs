@@ -14,41 +14,46 @@ use super::display_tab::display_tab_ui;
 use super::model::{Containers, Machines};
 use super::overview_tab::overview_tab_ui;
 
-/// What a pane shows.
+/// What a pane shows of its workload. A VM has a console, a display and
+/// an overview; a container a console, its logs and an overview.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum PaneKind {
-    /// The serial console.
+pub enum View {
+    /// The serial console (a VM) or the process's terminal (a container).
+    // Layouts saved before panes were keyed by workload named container
+    // views apart.
+    #[serde(alias = "ContainerConsole")]
     Console,
     /// Configuration and live figures.
+    #[serde(alias = "ContainerOverview")]
     Overview,
-    /// The guest's screen, keyboard and mouse.
+    /// A VM's screen, keyboard and mouse.
     Display,
-    /// A container's output and input (`machine` is the container's id).
-    ContainerConsole,
     /// A container's captured output as plain text (its `console.log`).
-    ContainerLogs,
-    /// A container's settings, exit and live figures.
-    ContainerOverview,
+    #[serde(alias = "ContainerLogs")]
+    Logs,
 }
 
-impl PaneKind {
-    /// True for the views of a container (their `machine` is its id).
-    pub fn is_container(self) -> bool {
-        matches!(
-            self,
-            PaneKind::ContainerConsole | PaneKind::ContainerLogs | PaneKind::ContainerOverview
-        )
+impl View {
+    /// The word on the tab.
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Console => "Console",
+            View::Overview => "Overview",
+            View::Display => "Display",
+            View::Logs => "Logs",
+        }
     }
 }
 
-/// One tab: a view of one machine or container.
+/// One tab: a view of one workload (machine or container).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pane {
-    /// The machine's id (the container's id for a container's pane, see
-    /// [`PaneKind::is_container`]).
-    pub machine: String,
+    /// The workload's id: a machine's or a container's.
+    #[serde(alias = "machine")]
+    pub workload: String,
     /// Which view.
-    pub kind: PaneKind,
+    #[serde(alias = "kind")]
+    pub view: View,
 }
 
 /// A new, empty tab area.
@@ -118,12 +123,12 @@ fn focus_pane(tree: &mut Tree<Pane>, pane: &Pane) -> bool {
     tree.make_active(|_, tile| matches!(tile, Tile::Pane(p) if p == pane))
 }
 
-/// Close every tab of a machine (it was deleted).
-pub fn close_machine(tree: &mut Tree<Pane>, machine: &str) {
+/// Close every tab of a workload (it was deleted or removed).
+pub fn close_workload(tree: &mut Tree<Pane>, workload: &str) {
     let ids: Vec<TileId> = tree
         .tiles
         .iter()
-        .filter(|(_, t)| matches!(t, Tile::Pane(p) if p.machine == machine))
+        .filter(|(_, t)| matches!(t, Tile::Pane(p) if p.workload == workload))
         .map(|(id, _)| *id)
         .collect();
     for id in ids {
@@ -158,45 +163,34 @@ impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
         _tile_id: TileId,
         pane: &mut Pane,
     ) -> egui_tiles::UiResponse {
-        if pane.kind.is_container() {
-            match self.containers.get_mut(&pane.machine) {
-                Some(c) => match pane.kind {
-                    PaneKind::ContainerLogs => container_logs_tab_ui(ui, c),
-                    PaneKind::ContainerOverview => container_overview_tab_ui(ui, c),
-                    _ => container_console_tab_ui(ui, c, self.commands),
-                },
-                None => {
-                    ui.centered_and_justified(|ui| ui.label("This container no longer exists."));
-                }
+        if let Some(c) = self.containers.get_mut(&pane.workload) {
+            match pane.view {
+                View::Console => container_console_tab_ui(ui, c, self.commands),
+                View::Logs => container_logs_tab_ui(ui, c),
+                View::Overview => container_overview_tab_ui(ui, c),
+                View::Display => no_such_view(ui, "A container has no display."),
             }
-            return egui_tiles::UiResponse::None;
-        }
-        match self.machines.get_mut(&pane.machine) {
-            Some(machine) => match pane.kind {
-                PaneKind::Console => console_tab_ui(ui, &pane.machine, machine, self.commands),
-                PaneKind::Overview => overview_tab_ui(ui, machine, self.data_dir, self.commands),
-                PaneKind::Display => display_tab_ui(ui, &pane.machine, machine, self.commands),
-                PaneKind::ContainerConsole
-                | PaneKind::ContainerLogs
-                | PaneKind::ContainerOverview => {}
-            },
-            None => {
-                ui.centered_and_justified(|ui| ui.label("This machine no longer exists."));
+        } else if let Some(machine) = self.machines.get_mut(&pane.workload) {
+            let id = &pane.workload;
+            match pane.view {
+                View::Console => console_tab_ui(ui, id, machine, self.commands),
+                View::Overview => overview_tab_ui(ui, machine, self.data_dir, self.commands),
+                View::Display => display_tab_ui(ui, id, machine, self.commands),
+                View::Logs => no_such_view(ui, "A machine's log is its Console."),
             }
+        } else {
+            no_such_view(ui, "This machine or container no longer exists.");
         }
         egui_tiles::UiResponse::None
     }
 
     fn tab_title_for_pane(&mut self, pane: &Pane) -> egui::WidgetText {
-        let name = self.machines.display_name(&pane.machine);
-        match pane.kind {
-            PaneKind::Console => format!("{name} — Console").into(),
-            PaneKind::Overview => format!("{name} — Overview").into(),
-            PaneKind::Display => format!("{name} — Display").into(),
-            PaneKind::ContainerConsole => format!("{} — Console", pane.machine).into(),
-            PaneKind::ContainerLogs => format!("{} — Logs", pane.machine).into(),
-            PaneKind::ContainerOverview => format!("{} — Overview", pane.machine).into(),
-        }
+        // Containers are named by id; machines by name.
+        let name = match self.containers.get(&pane.workload) {
+            Some(_) => pane.workload.clone(),
+            None => self.machines.display_name(&pane.workload),
+        };
+        format!("{name} — {}", pane.view.title()).into()
     }
 
     fn is_tab_closable(&self, _tiles: &egui_tiles::Tiles<Pane>, _tile_id: TileId) -> bool {
@@ -211,52 +205,56 @@ impl egui_tiles::Behavior<Pane> for TabsBehavior<'_> {
     }
 }
 
+fn no_such_view(ui: &mut egui::Ui, why: &str) {
+    ui.centered_and_justified(|ui| ui.label(why));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pane(m: &str, kind: PaneKind) -> Pane {
+    fn pane(m: &str, view: View) -> Pane {
         Pane {
-            machine: m.into(),
-            kind,
+            workload: m.into(),
+            view,
         }
     }
 
     #[test]
     fn test_open_twice_keeps_one_tab() {
         let mut tree = empty_tree();
-        open_pane(&mut tree, pane("a", PaneKind::Console));
-        open_pane(&mut tree, pane("a", PaneKind::Overview));
-        open_pane(&mut tree, pane("a", PaneKind::Console));
+        open_pane(&mut tree, pane("a", View::Console));
+        open_pane(&mut tree, pane("a", View::Overview));
+        open_pane(&mut tree, pane("a", View::Console));
         let panes = tree
             .tiles
             .tiles()
             .filter(|t| matches!(t, Tile::Pane(_)))
             .count();
         assert_eq!(panes, 2);
-        assert_eq!(visible_panes(&tree), vec![pane("a", PaneKind::Console)]);
+        assert_eq!(visible_panes(&tree), vec![pane("a", View::Console)]);
     }
 
     #[test]
     fn test_beside_shows_both_and_close_machine_removes_its_tabs() {
         let mut tree = empty_tree();
-        open_pane(&mut tree, pane("a", PaneKind::Console));
-        open_pane_beside(&mut tree, pane("b", PaneKind::Console));
+        open_pane(&mut tree, pane("a", View::Console));
+        open_pane_beside(&mut tree, pane("b", View::Console));
         let mut visible = visible_panes(&tree);
-        visible.sort_by(|x, y| x.machine.cmp(&y.machine));
+        visible.sort_by(|x, y| x.workload.cmp(&y.workload));
         assert_eq!(
             visible,
-            vec![pane("a", PaneKind::Console), pane("b", PaneKind::Console)]
+            vec![pane("a", View::Console), pane("b", View::Console)]
         );
-        close_machine(&mut tree, "a");
-        assert_eq!(visible_panes(&tree), vec![pane("b", PaneKind::Console)]);
+        close_workload(&mut tree, "a");
+        assert_eq!(visible_panes(&tree), vec![pane("b", View::Console)]);
     }
 
     #[test]
     fn test_tree_round_trips_through_json() {
         let mut tree = empty_tree();
-        open_pane(&mut tree, pane("a", PaneKind::Console));
-        open_pane_beside(&mut tree, pane("b", PaneKind::Overview));
+        open_pane(&mut tree, pane("a", View::Console));
+        open_pane_beside(&mut tree, pane("b", View::Overview));
         let json = serde_json::to_string(&tree).unwrap();
         let back: Tree<Pane> = serde_json::from_str(&json).unwrap();
         assert_eq!(visible_panes(&back).len(), 2);
