@@ -37,11 +37,12 @@ const SECTOR_SIZE: u64 = 512;
 #[derive(Debug, Error)]
 pub enum DiskError {
     /// A file could not be opened, read, written or created.
-    #[error("cannot use {path}: {source}")]
+    #[error("cannot use {path}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What the system said.
+        #[source]
         source: io::Error,
     },
     /// The path is taken; Hangar never replaces an existing file.

@@ -10,7 +10,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use hangar_engine::disks;
-use hangar_engine::DiskConfig;
+use hangar_engine::{error_text, DiskConfig};
 
 pub use hangar_engine::library::{format_size, machine_dir, DiskFileRow};
 
@@ -40,7 +40,7 @@ pub struct DiskSizes {
 /// Sizes of `disk`, read as its definition's format says (a raw disk as a
 /// plain file, whatever a guest wrote into it).
 pub fn disk_sizes(disk: &DiskConfig) -> Result<DiskSizes, String> {
-    let info = disks::inspect_as(&disk.path, disk.format).map_err(|e| e.to_string())?;
+    let info = disks::inspect_as(&disk.path, disk.format).map_err(|e| error_text(&e))?;
     Ok(DiskSizes {
         virtual_size: info.virtual_size,
         allocated: info.allocated,
