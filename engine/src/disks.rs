@@ -430,12 +430,8 @@ fn create_atomically(
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("hangar-disks-unit-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir(name: &str) -> hangar_testkit::TempDir {
+        hangar_testkit::TempDir::new(&format!("disks-unit-{name}"))
     }
 
     #[test]
@@ -463,7 +459,6 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"user data");
         // Only the one file: no temporary left behind by the refusals.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -481,7 +476,6 @@ mod tests {
         ));
         grow(&path, DiskFormat::Raw, 2 << 30).unwrap();
         assert_eq!(inspect(&path).unwrap().virtual_size, 2 << 30);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -499,7 +493,6 @@ mod tests {
         let plain = dir.join("plain.img");
         create(&plain, DiskFormat::Raw, 1 << 20).unwrap();
         assert!(inspect_as(&plain, DiskFormat::Qcow2).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -523,7 +516,6 @@ mod tests {
         drop(_r2);
         grow(&path, DiskFormat::Raw, 2 << 20).unwrap();
         assert!(lock(&path, true).is_ok());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -561,6 +553,5 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.to_string().contains("not a qcow2 image"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

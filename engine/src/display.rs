@@ -394,8 +394,7 @@ mod tests {
         let mut guest = vec![0u8; stride * 200];
         guest[..4].copy_from_slice(&[0x30, 0x20, 0x10, 0]);
         d.update_from(&reader(&guest), stride, &[1]);
-        let dir = std::env::temp_dir().join(format!("hangar-png-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = hangar_testkit::TempDir::new("png");
         let path = dir.join("shot.png");
         d.save_png(&path).unwrap();
         let decoder =

@@ -599,14 +599,14 @@ mod tests {
 
     #[test]
     fn test_png_round_trips_size() {
-        let dir = std::env::temp_dir().join(format!("hangar-png-{}", std::process::id()));
-        let path = dir.join("x.png");
+        // save_png makes the folder it is given.
+        let dir = hangar_testkit::TempDir::new("png");
+        let path = dir.join("shots/x.png");
         let image = egui::ColorImage::filled([3, 2], egui::Color32::from_rgb(1, 2, 3));
         save_png(&path, &image).unwrap();
         let decoder =
             png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let reader = decoder.read_info().unwrap();
         assert_eq!((reader.info().width, reader.info().height), (3, 2));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

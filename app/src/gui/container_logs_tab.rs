@@ -453,9 +453,8 @@ mod tests {
 
     #[test]
     fn the_view_keeps_the_last_mebibyte_and_clears_without_touching_the_file() {
-        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hangar-logs-")
-            .unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.as_path().join(CONSOLE_LOG_FILE);
+        let dir = hangar_testkit::TempDir::new("logs");
+        let path = dir.join(CONSOLE_LOG_FILE);
         // 1.5 MiB of numbered lines.
         let mut text = String::new();
         let mut n = 0;

@@ -43,6 +43,12 @@ impl TempDir {
     }
 }
 
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        self.path()
+    }
+}
+
 /// Says on stderr, where a passing test's output is not swallowed, that
 /// the calling test did not run and why. The test then returns and counts
 /// as passed, so this line is the only trace: it must be loud.
