@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::{bounded, PENDING_OUTPUT_LIMIT};
+use super::{at_most, bounded, I8042Error, PENDING_OUTPUT_LIMIT};
+use crate::devices::Persist;
 
 // Keyboard commands (written to 0x60) and replies.
 const KBD_CMD_SET_LEDS: u8 = 0xed;
@@ -78,36 +79,6 @@ impl Ps2Keyboard {
             scancode_set: KBD_DEFAULT_SCANCODE_SET,
             typematic: KBD_DEFAULT_TYPEMATIC,
             last_sent: 0,
-        }
-    }
-
-    pub(super) fn from_state(s: &Ps2KeyboardState) -> Self {
-        Self {
-            replies: bounded(&s.replies),
-            scancodes: bounded(&s.scancodes),
-            scanning: s.scanning,
-            awaiting_argument: s.awaiting_argument.filter(|&c| takes_argument(c)),
-            leds: s.leds & 0x07,
-            scancode_set: if (1..=3).contains(&s.scancode_set) {
-                s.scancode_set
-            } else {
-                KBD_DEFAULT_SCANCODE_SET
-            },
-            typematic: s.typematic & 0x7f,
-            last_sent: s.last_sent,
-        }
-    }
-
-    pub(super) fn state(&self) -> Ps2KeyboardState {
-        Ps2KeyboardState {
-            replies: self.replies.iter().copied().collect(),
-            scancodes: self.scancodes.iter().copied().collect(),
-            scanning: self.scanning,
-            awaiting_argument: self.awaiting_argument,
-            leds: self.leds,
-            scancode_set: self.scancode_set,
-            typematic: self.typematic,
-            last_sent: self.last_sent,
         }
     }
 
@@ -219,6 +190,50 @@ impl Ps2Keyboard {
             .or_else(|| self.scancodes.pop_front())?;
         self.last_sent = byte;
         Some(byte)
+    }
+}
+
+impl Persist for Ps2Keyboard {
+    type State = Ps2KeyboardState;
+    type Args = ();
+    type Error = I8042Error;
+
+    fn save(&self) -> Ps2KeyboardState {
+        Ps2KeyboardState {
+            replies: self.replies.iter().copied().collect(),
+            scancodes: self.scancodes.iter().copied().collect(),
+            scanning: self.scanning,
+            awaiting_argument: self.awaiting_argument,
+            leds: self.leds,
+            scancode_set: self.scancode_set,
+            typematic: self.typematic,
+            last_sent: self.last_sent,
+        }
+    }
+
+    fn restore((): (), s: &Ps2KeyboardState) -> Result<Self, I8042Error> {
+        if let Some(command) = s.awaiting_argument.filter(|&c| !takes_argument(c)) {
+            return Err(I8042Error::NoArgument {
+                waiting: "the keyboard",
+                command,
+            });
+        }
+        if !(1..=3).contains(&s.scancode_set) {
+            return Err(I8042Error::OutOfRange {
+                field: "the keyboard's scancode set",
+                value: s.scancode_set.into(),
+            });
+        }
+        Ok(Self {
+            replies: bounded("the keyboard's replies", &s.replies)?,
+            scancodes: bounded("the keyboard's scancodes", &s.scancodes)?,
+            scanning: s.scanning,
+            awaiting_argument: s.awaiting_argument,
+            leds: at_most("the keyboard's LEDs", s.leds, 0x07)?,
+            scancode_set: s.scancode_set,
+            typematic: at_most("the keyboard's typematic byte", s.typematic, 0x7f)?,
+            last_sent: s.last_sent,
+        })
     }
 }
 

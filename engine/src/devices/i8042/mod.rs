@@ -37,7 +37,7 @@ pub use self::keyboard::Ps2KeyboardState;
 use self::mouse::Ps2Mouse;
 pub use self::mouse::{MouseButtons, Ps2MouseState};
 use super::keymap::{set1_scancodes, GuestKey};
-use super::{BusDevice, GuestRequest, IrqLine};
+use super::{BusDevice, GuestRequest, IrqLine, Persist};
 
 /// The data port (0x60); the status/command port is at offset 4 (0x64).
 pub const I8042_BASE: u16 = 0x60;
@@ -172,8 +172,77 @@ pub struct I8042State {
     pub mouse: Ps2MouseState,
 }
 
-fn bounded<T: Copy>(items: &[T]) -> VecDeque<T> {
-    items.iter().copied().take(PENDING_OUTPUT_LIMIT).collect()
+/// What a restored controller is connected to: what
+/// [`I8042Controller::new`] takes.
+pub struct I8042Args {
+    /// Raised for keyboard (and controller) bytes.
+    pub kbd_irq: IrqLine,
+    /// Raised for aux (mouse) bytes.
+    pub aux_irq: IrqLine,
+}
+
+/// Why a keyboard controller state cannot be restored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum I8042Error {
+    /// Controller RAM is 32 bytes.
+    #[error("controller RAM of {0} bytes, the 8042 has {CONTROLLER_RAM_SIZE}")]
+    RamSize(usize),
+    /// More bytes waiting than the device ever buffers.
+    #[error("{queue} holds {len} bytes, at most {PENDING_OUTPUT_LIMIT}")]
+    QueueTooLong {
+        /// Which buffer.
+        queue: &'static str,
+        /// Its length in the state.
+        len: usize,
+    },
+    /// Waiting for an argument of a command that takes none.
+    #[error("{waiting} waits for an argument of command {command:#04x}, which takes none")]
+    NoArgument {
+        /// Which device waits.
+        waiting: &'static str,
+        /// The command.
+        command: u8,
+    },
+    /// A value the device cannot hold.
+    #[error("{field} is {value}, out of its range")]
+    OutOfRange {
+        /// Which value.
+        field: &'static str,
+        /// What the state says.
+        value: i64,
+    },
+    /// Movement bytes that are not the rest of one packet and whole packets.
+    #[error("{len} movement bytes with {started} finishing a packet are not whole {packet_len}-byte packets")]
+    PacketsNotWhole {
+        /// Bytes queued.
+        len: usize,
+        /// Bytes that finish the packet being sent.
+        started: u8,
+        /// Bytes of a packet.
+        packet_len: usize,
+    },
+}
+
+/// A queue of at most [`PENDING_OUTPUT_LIMIT`] items from a state.
+fn bounded<T: Copy>(queue: &'static str, items: &[T]) -> Result<VecDeque<T>, I8042Error> {
+    if items.len() > PENDING_OUTPUT_LIMIT {
+        return Err(I8042Error::QueueTooLong {
+            queue,
+            len: items.len(),
+        });
+    }
+    Ok(items.iter().copied().collect())
+}
+
+/// `value` if it is at most `max`, else why not.
+fn at_most(field: &'static str, value: u8, max: u8) -> Result<u8, I8042Error> {
+    if value > max {
+        return Err(I8042Error::OutOfRange {
+            field,
+            value: value.into(),
+        });
+    }
+    Ok(value)
 }
 
 /// The 8042 keyboard controller at ports 0x60 and 0x64, with a keyboard on
@@ -210,49 +279,6 @@ impl I8042Controller {
             mouse: Ps2Mouse::new(),
             kbd_irq,
             aux_irq,
-        }
-    }
-
-    /// Rebuild the controller from a snapshot. If a byte is waiting and its
-    /// interrupt is enabled, the interrupt is raised again: the guest's
-    /// handler reads the status first, so a duplicate is harmless while a
-    /// lost one would stall the keyboard.
-    pub fn from_state(state: &I8042State, kbd_irq: IrqLine, aux_irq: IrqLine) -> Self {
-        let mut ram = [0u8; CONTROLLER_RAM_SIZE];
-        let n = state.ram.len().min(CONTROLLER_RAM_SIZE);
-        ram[..n].copy_from_slice(&state.ram[..n]);
-        let mut controller = Self {
-            ram,
-            output_port: state.output_port,
-            last_write_was_command: state.last_write_was_command,
-            awaiting_data_for: state.awaiting_data_for.filter(|&c| takes_data(c)),
-            output_buffer: state.output_buffer,
-            last_read: state.last_read,
-            controller_replies: bounded(&state.controller_replies),
-            keyboard: Ps2Keyboard::from_state(&state.keyboard),
-            mouse: Ps2Mouse::from_state(&state.mouse),
-            kbd_irq,
-            aux_irq,
-        };
-        match controller.output_buffer {
-            Some(byte) => controller.raise_irq(byte.channel),
-            None => controller.fill_output_buffer(),
-        }
-        controller
-    }
-
-    /// The state of the controller, the keyboard and the mouse.
-    pub fn state(&self) -> I8042State {
-        I8042State {
-            ram: self.ram.to_vec(),
-            output_port: self.output_port,
-            last_write_was_command: self.last_write_was_command,
-            awaiting_data_for: self.awaiting_data_for,
-            output_buffer: self.output_buffer,
-            last_read: self.last_read,
-            controller_replies: self.controller_replies.iter().copied().collect(),
-            keyboard: self.keyboard.state(),
-            mouse: self.mouse.state(),
         }
     }
 
@@ -576,6 +602,59 @@ fn interrupt_bit_set(ctr: u8, channel: Channel) -> bool {
         Channel::Aux => CTR_AUX_INT,
     };
     ctr & bit != 0
+}
+
+impl Persist for I8042Controller {
+    type State = I8042State;
+    type Args = I8042Args;
+    type Error = I8042Error;
+
+    /// The state of the controller, the keyboard and the mouse.
+    fn save(&self) -> I8042State {
+        I8042State {
+            ram: self.ram.to_vec(),
+            output_port: self.output_port,
+            last_write_was_command: self.last_write_was_command,
+            awaiting_data_for: self.awaiting_data_for,
+            output_buffer: self.output_buffer,
+            last_read: self.last_read,
+            controller_replies: self.controller_replies.iter().copied().collect(),
+            keyboard: self.keyboard.save(),
+            mouse: self.mouse.save(),
+        }
+    }
+
+    /// If a byte is waiting and its interrupt is enabled, the interrupt is
+    /// raised again: the guest's handler reads the status first, so a
+    /// duplicate is harmless while a lost one would stall the keyboard.
+    fn restore(args: I8042Args, state: &I8042State) -> Result<Self, I8042Error> {
+        let ram = <[u8; CONTROLLER_RAM_SIZE]>::try_from(state.ram.as_slice())
+            .map_err(|_| I8042Error::RamSize(state.ram.len()))?;
+        if let Some(command) = state.awaiting_data_for.filter(|&c| !takes_data(c)) {
+            return Err(I8042Error::NoArgument {
+                waiting: "the controller",
+                command,
+            });
+        }
+        let mut controller = Self {
+            ram,
+            output_port: state.output_port,
+            last_write_was_command: state.last_write_was_command,
+            awaiting_data_for: state.awaiting_data_for,
+            output_buffer: state.output_buffer,
+            last_read: state.last_read,
+            controller_replies: bounded("the controller's replies", &state.controller_replies)?,
+            keyboard: Ps2Keyboard::restore((), &state.keyboard)?,
+            mouse: Ps2Mouse::restore((), &state.mouse)?,
+            kbd_irq: args.kbd_irq,
+            aux_irq: args.aux_irq,
+        };
+        match controller.output_buffer {
+            Some(byte) => controller.raise_irq(byte.channel),
+            None => controller.fill_output_buffer(),
+        }
+        Ok(controller)
+    }
 }
 
 impl BusDevice for I8042Controller {

@@ -7,7 +7,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::{bounded, PENDING_OUTPUT_LIMIT};
+use super::{at_most, bounded, I8042Error, PENDING_OUTPUT_LIMIT};
+use crate::devices::Persist;
 
 // Mouse commands (0xD4, then the byte at 0x60) and replies.
 const AUX_CMD_SET_SCALING_1_1: u8 = 0xe6;
@@ -49,6 +50,8 @@ const PACKET_X_SIGN: u8 = 0x10;
 const PACKET_Y_SIGN: u8 = 0x20;
 const PACKET_X_OVERFLOW: u8 = 0x40;
 const PACKET_Y_OVERFLOW: u8 = 0x80;
+/// Bytes of the longest packet (IntelliMouse, with the wheel byte).
+const MAX_PACKET_LEN: u8 = 4;
 /// Motion per packet the host side sends: |x|, |y| <= 255 needs no
 /// overflow bit (9-bit two's complement reaches -256..=255).
 const PACKET_MAX_MOTION: i32 = 255;
@@ -118,7 +121,7 @@ pub struct Ps2MouseState {
 impl Default for Ps2MouseState {
     /// A mouse just after power-on (reset).
     fn default() -> Self {
-        Ps2Mouse::new().state()
+        Ps2Mouse::new().save()
     }
 }
 
@@ -160,61 +163,6 @@ impl Ps2Mouse {
             buttons: MouseButtons::default(),
             remote_motion: [0; 3],
             last_sent: 0,
-        }
-    }
-
-    pub(super) fn from_state(s: &Ps2MouseState) -> Self {
-        let mut mouse = Self {
-            replies: bounded(&s.replies),
-            packets: bounded(&s.packets),
-            packet_bytes_left: 0,
-            reporting: s.reporting,
-            remote_mode: s.remote_mode,
-            wrap_mode: s.wrap_mode,
-            scaling_2_1: s.scaling_2_1,
-            sample_rate: s.sample_rate,
-            resolution: s.resolution & 0x03,
-            intellimouse: s.intellimouse,
-            magic_progress: if usize::from(s.magic_progress) < INTELLIMOUSE_MAGIC.len() {
-                s.magic_progress
-            } else {
-                0
-            },
-            awaiting_argument: s.awaiting_argument.filter(|&c| aux_takes_argument(c)),
-            buttons: s.buttons,
-            remote_motion: s
-                .remote_motion
-                .map(|v| v.clamp(-REMOTE_MOTION_LIMIT, REMOTE_MOTION_LIMIT)),
-            last_sent: s.last_sent,
-        };
-        // The started packet's rest can be no longer than a packet, and
-        // the bytes after it must be whole packets.
-        let started = usize::from(s.packet_bytes_left)
-            .min(mouse.packet_len() - 1)
-            .min(mouse.packets.len());
-        let whole = (mouse.packets.len() - started) / mouse.packet_len() * mouse.packet_len();
-        mouse.packets.truncate(started + whole);
-        mouse.packet_bytes_left = u8::try_from(started).unwrap_or(0);
-        mouse
-    }
-
-    pub(super) fn state(&self) -> Ps2MouseState {
-        Ps2MouseState {
-            replies: self.replies.iter().copied().collect(),
-            packets: self.packets.iter().copied().collect(),
-            packet_bytes_left: self.packet_bytes_left,
-            reporting: self.reporting,
-            remote_mode: self.remote_mode,
-            wrap_mode: self.wrap_mode,
-            scaling_2_1: self.scaling_2_1,
-            sample_rate: self.sample_rate,
-            resolution: self.resolution,
-            intellimouse: self.intellimouse,
-            magic_progress: self.magic_progress,
-            awaiting_argument: self.awaiting_argument,
-            buttons: self.buttons,
-            remote_motion: self.remote_motion,
-            last_sent: self.last_sent,
         }
     }
 
@@ -475,6 +423,98 @@ impl Ps2Mouse {
         }?;
         self.last_sent = byte;
         Some(byte)
+    }
+}
+
+impl Persist for Ps2Mouse {
+    type State = Ps2MouseState;
+    type Args = ();
+    type Error = I8042Error;
+
+    fn save(&self) -> Ps2MouseState {
+        Ps2MouseState {
+            replies: self.replies.iter().copied().collect(),
+            packets: self.packets.iter().copied().collect(),
+            packet_bytes_left: self.packet_bytes_left,
+            reporting: self.reporting,
+            remote_mode: self.remote_mode,
+            wrap_mode: self.wrap_mode,
+            scaling_2_1: self.scaling_2_1,
+            sample_rate: self.sample_rate,
+            resolution: self.resolution,
+            intellimouse: self.intellimouse,
+            magic_progress: self.magic_progress,
+            awaiting_argument: self.awaiting_argument,
+            buttons: self.buttons,
+            remote_motion: self.remote_motion,
+            last_sent: self.last_sent,
+        }
+    }
+
+    fn restore((): (), s: &Ps2MouseState) -> Result<Self, I8042Error> {
+        if let Some(command) = s.awaiting_argument.filter(|&c| !aux_takes_argument(c)) {
+            return Err(I8042Error::NoArgument {
+                waiting: "the mouse",
+                command,
+            });
+        }
+        // The mouse buffers 16 bytes in all, replies and packets together.
+        let buffered = s.replies.len() + s.packets.len();
+        if buffered > PENDING_OUTPUT_LIMIT {
+            return Err(I8042Error::QueueTooLong {
+                queue: "the mouse's buffer",
+                len: buffered,
+            });
+        }
+        let limits = -REMOTE_MOTION_LIMIT..=REMOTE_MOTION_LIMIT;
+        if let Some(&v) = s.remote_motion.iter().find(|v| !limits.contains(v)) {
+            return Err(I8042Error::OutOfRange {
+                field: "the mouse's remote motion",
+                value: v.into(),
+            });
+        }
+        let mouse = Self {
+            replies: bounded("the mouse's replies", &s.replies)?,
+            packets: bounded("the mouse's packets", &s.packets)?,
+            // A reset during a wheel packet leaves up to three of its
+            // bytes to send, whatever the mode is now.
+            packet_bytes_left: at_most(
+                "the rest of the mouse's packet",
+                s.packet_bytes_left,
+                MAX_PACKET_LEN - 1,
+            )?,
+            reporting: s.reporting,
+            remote_mode: s.remote_mode,
+            wrap_mode: s.wrap_mode,
+            scaling_2_1: s.scaling_2_1,
+            sample_rate: s.sample_rate,
+            resolution: at_most("the mouse's resolution", s.resolution, 3)?,
+            intellimouse: s.intellimouse,
+            magic_progress: at_most(
+                "the mouse's IntelliMouse knock",
+                s.magic_progress,
+                INTELLIMOUSE_MAGIC.len() as u8 - 1,
+            )?,
+            awaiting_argument: s.awaiting_argument,
+            buttons: s.buttons,
+            remote_motion: s.remote_motion,
+            last_sent: s.last_sent,
+        };
+        // After the started packet's rest come whole packets only.
+        let started = usize::from(mouse.packet_bytes_left);
+        let whole = mouse
+            .packets
+            .len()
+            .checked_sub(started)
+            .is_some_and(|rest| rest % mouse.packet_len() == 0);
+        if !whole {
+            return Err(I8042Error::PacketsNotWhole {
+                len: mouse.packets.len(),
+                started: mouse.packet_bytes_left,
+                packet_len: mouse.packet_len(),
+            });
+        }
+        Ok(mouse)
     }
 }
 

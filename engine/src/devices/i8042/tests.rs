@@ -242,7 +242,7 @@ fn test_mouse_and_keyboard_bytes_interleave_on_their_own_irqs() {
 
 #[test]
 fn test_snapshot_without_mouse_gets_a_fresh_one() {
-    let state = Rig::new().dev.state();
+    let state = Rig::new().dev.save();
     let mut json: serde_json::Value = serde_json::to_value(&state).unwrap();
     json.as_object_mut().unwrap().remove("mouse");
     let parsed: I8042State = serde_json::from_value(json).unwrap();
@@ -324,7 +324,7 @@ fn test_filler_ports_read_zero_and_ignore_writes() {
         assert_eq!(b[0], 0);
         assert_eq!(r.dev.write(offset, &[0xfe]), None);
     }
-    assert_eq!(r.dev.state(), Rig::new().dev.state());
+    assert_eq!(r.dev.save(), Rig::new().dev.save());
 }
 
 #[test]
@@ -401,7 +401,7 @@ fn test_state_round_trip() {
     r.data(0x20); // typematic, a keyboard command with argument
     r.data(0xf0); // the keyboard waits for the set argument
     r.command(0x61); // the controller waits for a RAM byte
-    let state = r.dev.state();
+    let state = r.dev.save();
     let json = serde_json::to_string(&state).unwrap();
     let parsed: I8042State = serde_json::from_str(&json).unwrap();
     assert_eq!(parsed, state);
@@ -410,11 +410,18 @@ fn test_state_round_trip() {
     let kbd_observer = kbd.try_clone().unwrap();
     let aux = IrqLine::new(I8042_AUX_IRQ).unwrap();
     let mut restored = Rig {
-        dev: I8042Controller::from_state(&parsed, kbd, aux.try_clone().unwrap()),
+        dev: I8042Controller::restore(
+            I8042Args {
+                kbd_irq: kbd,
+                aux_irq: aux.try_clone().unwrap(),
+            },
+            &parsed,
+        )
+        .unwrap(),
         kbd_irq: kbd_observer,
         aux_irq: aux,
     };
-    assert_eq!(restored.dev.state(), state);
+    assert_eq!(restored.dev.save(), state);
     assert_eq!(restored.kbd_irqs(), 1, "waiting byte re-raised");
     let mut original = r;
     let waiting = original.drain();
@@ -427,32 +434,94 @@ fn test_state_round_trip() {
         // The keyboard still waits for 0xF0's argument: "which set?"
         assert_eq!(rig.kbd(0x00), vec![0xfa, 0x41]);
     }
-    assert_eq!(restored.dev.state(), original.dev.state());
+    assert_eq!(restored.dev.save(), original.dev.save());
+}
+
+/// A change that spoils a state, and the error restoring it gives.
+type Spoil<S> = (fn(&mut S), I8042Error);
+
+/// A controller restored from `state` on fresh interrupt lines.
+fn restore(state: &I8042State) -> Result<I8042Controller, I8042Error> {
+    let kbd_irq = IrqLine::new(I8042_KBD_IRQ).unwrap();
+    let aux_irq = IrqLine::new(I8042_AUX_IRQ).unwrap();
+    I8042Controller::restore(I8042Args { kbd_irq, aux_irq }, state)
 }
 
 #[test]
-fn test_from_state_sanitizes_hostile_snapshot() {
-    let mut state = Rig::new().dev.state();
-    state.ram = vec![0xff; 3];
-    state.awaiting_data_for = Some(0xaa);
-    state.controller_replies = vec![
-        OutputByte {
-            value: 1,
-            channel: Channel::Aux
-        };
-        1000
+fn test_restore_refuses_hostile_snapshots() {
+    let good = Rig::new().dev.save();
+    let too_many = |queue| I8042Error::QueueTooLong { queue, len: 1000 };
+    let hostile: [Spoil<I8042State>; 7] = [
+        (|s| s.ram = vec![0xff; 3], I8042Error::RamSize(3)),
+        (
+            |s| s.ram = vec![0xff; 33],
+            I8042Error::RamSize(CONTROLLER_RAM_SIZE + 1),
+        ),
+        (
+            |s| s.awaiting_data_for = Some(0xaa),
+            I8042Error::NoArgument {
+                waiting: "the controller",
+                command: 0xaa,
+            },
+        ),
+        (
+            |s| {
+                s.controller_replies = vec![
+                    OutputByte {
+                        value: 1,
+                        channel: Channel::Aux
+                    };
+                    1000
+                ]
+            },
+            too_many("the controller's replies"),
+        ),
+        (
+            |s| s.keyboard.scancodes = vec![0x1e; 1000],
+            too_many("the keyboard's scancodes"),
+        ),
+        (
+            |s| s.keyboard.scancode_set = 9,
+            I8042Error::OutOfRange {
+                field: "the keyboard's scancode set",
+                value: 9,
+            },
+        ),
+        (
+            |s| s.keyboard.awaiting_argument = Some(0x42),
+            I8042Error::NoArgument {
+                waiting: "the keyboard",
+                command: 0x42,
+            },
+        ),
     ];
-    state.keyboard.scancodes = vec![0x1e; 1000];
-    state.keyboard.scancode_set = 9;
-    state.keyboard.awaiting_argument = Some(0x42);
-    let kbd = IrqLine::new(I8042_KBD_IRQ).unwrap();
-    let aux = IrqLine::new(I8042_AUX_IRQ).unwrap();
-    let dev = I8042Controller::from_state(&state, kbd, aux);
-    let s = dev.state();
-    assert_eq!(s.ram.len(), CONTROLLER_RAM_SIZE);
-    assert_eq!(s.awaiting_data_for, None);
-    assert!(s.controller_replies.len() <= PENDING_OUTPUT_LIMIT);
-    assert!(s.keyboard.scancodes.len() <= PENDING_OUTPUT_LIMIT);
-    assert_eq!(s.keyboard.scancode_set, 2);
-    assert_eq!(s.keyboard.awaiting_argument, None);
+    for (spoil, error) in hostile {
+        let mut state = good.clone();
+        spoil(&mut state);
+        assert_eq!(restore(&state).err(), Some(error));
+    }
+    // The limits themselves are states the devices can be in.
+    let mut full = good.clone();
+    full.keyboard.replies = vec![0xfa; PENDING_OUTPUT_LIMIT];
+    full.keyboard.scancodes = vec![0x1e; PENDING_OUTPUT_LIMIT];
+    full.keyboard.leds = 0x07;
+    full.keyboard.typematic = 0x7f;
+    full.keyboard.scancode_set = 3;
+    full.keyboard.awaiting_argument = Some(0xf3);
+    full.awaiting_data_for = Some(0xd4);
+    let mut r = Rig {
+        kbd_irq: IrqLine::new(I8042_KBD_IRQ).unwrap(),
+        aux_irq: IrqLine::new(I8042_AUX_IRQ).unwrap(),
+        dev: restore(&full).unwrap(),
+    };
+    let mut expected = full.clone();
+    // Restoring latched the first keyboard reply into the output buffer.
+    expected.keyboard.replies.remove(0);
+    expected.keyboard.last_sent = 0xfa;
+    expected.output_buffer = Some(OutputByte {
+        value: 0xfa,
+        channel: Channel::Keyboard,
+    });
+    assert_eq!(r.dev.save(), expected);
+    assert_eq!(r.drain().len(), 2 * PENDING_OUTPUT_LIMIT);
 }

@@ -12,13 +12,14 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::BlockBackend;
-use super::blk::{VirtioBlk, QUEUE_SIZE_MAX};
+use super::blk::{BlkError, BlkState, VirtioBlk, QUEUE_SIZE_MAX};
 use super::device::{
     ActivateError, ActiveQueue, QueueInterrupt, VirtioDevice, VirtioDeviceState, VIRTIO_ID_BLOCK,
 };
 use super::worker::{drain_queue, IoWorker, WorkerLoop, WorkerPoll};
 use super::IoCounters;
 use crate::devices::bus::lock;
+use crate::devices::Persist;
 
 /// A disk: request handling shared with its I/O thread.
 pub struct BlockDevice {
@@ -40,6 +41,38 @@ impl BlockDevice {
             counters,
             worker: None,
         }
+    }
+}
+
+/// What a restored disk is connected to: what [`BlockDevice::new`] takes
+/// (the serial is in the state).
+pub struct BlockDeviceArgs {
+    /// Names its thread and log lines.
+    pub name: String,
+    /// The image, the one the state was saved with.
+    pub backend: Box<dyn BlockBackend>,
+}
+
+impl Persist for BlockDevice {
+    type State = BlkState;
+    type Args = BlockDeviceArgs;
+    type Error = BlkError;
+
+    /// Features, config and serial; the queue is the transport's.
+    fn save(&self) -> BlkState {
+        lock(&self.blk).save()
+    }
+
+    /// An inactive disk: the transport hands it its queue.
+    fn restore(args: BlockDeviceArgs, state: &BlkState) -> Result<Self, BlkError> {
+        let blk = VirtioBlk::restore(args.backend, state)?;
+        let counters = blk.counters().clone();
+        Ok(Self {
+            name: args.name,
+            blk: Arc::new(Mutex::new(blk)),
+            counters,
+            worker: None,
+        })
     }
 }
 
@@ -152,8 +185,8 @@ impl VirtioDevice for BlockDevice {
         }
     }
 
-    fn state(&self) -> VirtioDeviceState {
-        VirtioDeviceState::Blk(lock(&self.blk).state())
+    fn save_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Blk(self.save())
     }
 
     fn io_counters(&self) -> Option<Arc<IoCounters>> {

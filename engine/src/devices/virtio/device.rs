@@ -59,7 +59,8 @@ pub enum ActivateError {
     Backend(String),
 }
 
-/// A device's own state, for snapshots (the transport keeps the rest).
+/// A device's own state, for snapshots (the transport keeps the rest);
+/// each device type restores from its own variant ([`crate::devices::Persist`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum VirtioDeviceState {
     /// A virtio-blk disk.
@@ -97,8 +98,9 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device (or the VM is going away): stop the
     /// worker and forget the queues. Must be safe to call when inactive.
     fn reset(&mut self);
-    /// The device's own state.
-    fn state(&self) -> VirtioDeviceState;
+    /// The device's own state: its [`crate::devices::Persist::save`], for
+    /// the transport, which holds devices as trait objects.
+    fn save_state(&self) -> VirtioDeviceState;
     /// Counters for the user interface (bytes moved), if the device has any.
     fn io_counters(&self) -> Option<Arc<super::IoCounters>> {
         None

@@ -40,6 +40,7 @@ use super::device::{
 use super::worker::{IoWorker, StuckRing, WorkerLoop, WorkerPoll};
 use super::IoCounters;
 use crate::devices::bus::lock;
+use crate::devices::Persist;
 
 /// Largest size of each queue.
 pub const QUEUE_SIZE_MAX: u16 = 256;
@@ -82,6 +83,24 @@ pub struct NetState {
     pub mac: [u8; 6],
     /// Features the driver accepted.
     pub acked_features: u64,
+}
+
+/// What a restored card is connected to: what [`NetDevice::new`] takes
+/// (the MAC address is in the state).
+pub struct NetDeviceArgs {
+    /// Names its thread and log lines.
+    pub name: String,
+    /// A connected stream to passt (a new one: frames in flight on the old
+    /// connection are gone, as on a real link that went down and up).
+    pub backend: UnixStream,
+}
+
+/// Why a card's state cannot be restored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NetError {
+    /// The driver accepted features the card never offers.
+    #[error("features {0:#x} accepted that the card does not offer")]
+    FeaturesNotOffered(u64),
 }
 
 /// What the I/O thread and the vCPUs (config reads) both see.
@@ -414,15 +433,37 @@ impl VirtioDevice for NetDevice {
         }
     }
 
-    fn state(&self) -> VirtioDeviceState {
-        VirtioDeviceState::Net(NetState {
-            mac: self.mac,
-            acked_features: self.acked_features,
-        })
+    fn save_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Net(self.save())
     }
 
     fn io_counters(&self) -> Option<Arc<IoCounters>> {
         Some(self.shared.counters.clone())
+    }
+}
+
+impl Persist for NetDevice {
+    type State = NetState;
+    type Args = NetDeviceArgs;
+    type Error = NetError;
+
+    /// MAC address and features; the queues are the transport's.
+    fn save(&self) -> NetState {
+        NetState {
+            mac: self.mac,
+            acked_features: self.acked_features,
+        }
+    }
+
+    /// An inactive card: the transport hands it its queues.
+    fn restore(args: NetDeviceArgs, state: &NetState) -> Result<Self, NetError> {
+        let mut card = Self::new(args.name, state.mac, args.backend);
+        let unknown = state.acked_features & !card.device_features();
+        if unknown != 0 {
+            return Err(NetError::FeaturesNotOffered(unknown));
+        }
+        card.acked_features = state.acked_features;
+        Ok(card)
     }
 }
 

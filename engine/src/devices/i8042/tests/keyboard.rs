@@ -34,7 +34,7 @@ fn test_atkbd_probe_sequence_translated() {
     // LEDs for Caps Lock later on.
     assert_eq!(r.kbd(0xed), vec![0xfa]);
     assert_eq!(r.kbd(0x04), vec![0xfa]);
-    assert_eq!(r.dev.state().keyboard.leds, 0x04);
+    assert_eq!(r.dev.save().keyboard.leds, 0x04);
 }
 
 #[test]
@@ -50,7 +50,7 @@ fn test_keyboard_reset_sends_ack_then_self_test_ok() {
     r.kbd(0xed);
     r.kbd(0x07);
     assert_eq!(r.kbd(0xff), vec![0xfa, 0xaa]);
-    let kbd = r.dev.state().keyboard;
+    let kbd = r.dev.save().keyboard;
     assert_eq!(kbd.leds, 0);
     assert!(kbd.scanning);
     assert_eq!(kbd.scancode_set, 2);
@@ -70,7 +70,7 @@ fn test_scancode_set_get_and_set() {
     assert_eq!(r.kbd(0xf0), vec![0xfa]);
     assert_eq!(r.kbd(0x07), vec![0xfe], "no set 7");
     assert_eq!(r.kbd(0xf6), vec![0xfa]);
-    assert_eq!(r.dev.state().keyboard.scancode_set, 2);
+    assert_eq!(r.dev.save().keyboard.scancode_set, 2);
 }
 
 #[test]

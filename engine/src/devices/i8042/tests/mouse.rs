@@ -48,7 +48,7 @@ fn test_psmouse_probe_finds_imps2_wheel_mouse() {
     assert_eq!(r.aux(0xf2), vec![0xfa, 0x03], "still ImPS/2");
     // psmouse_activate.
     assert_eq!(r.aux(0xf4), vec![0xfa]);
-    let mouse = r.dev.state().mouse;
+    let mouse = r.dev.save().mouse;
     assert!(mouse.reporting && mouse.intellimouse);
     assert_eq!((mouse.sample_rate, mouse.resolution), (100, 3));
     // Movement now arrives as 4-byte packets.
@@ -351,7 +351,7 @@ fn test_mouse_state_round_trip() {
     // behind the begun packet.
     r.command(0xd4);
     r.data(0xe8);
-    let state = r.dev.state();
+    let state = r.dev.save();
     let m = &state.mouse;
     // One byte read, one latched in the output buffer, two in the mouse.
     assert_eq!(
@@ -377,9 +377,16 @@ fn test_mouse_state_round_trip() {
     let mut restored = Rig {
         kbd_irq: kbd.try_clone().unwrap(),
         aux_irq: aux.try_clone().unwrap(),
-        dev: I8042Controller::from_state(&parsed, kbd, aux),
+        dev: I8042Controller::restore(
+            I8042Args {
+                kbd_irq: kbd,
+                aux_irq: aux,
+            },
+            &parsed,
+        )
+        .unwrap(),
     };
-    assert_eq!(restored.dev.state(), state);
+    assert_eq!(restored.dev.save(), state);
     let mut original = r;
     let waiting = original.aux_drain();
     assert_eq!(waiting, vec![0xff, 0x00, 0xff, 0xfa]);
@@ -392,42 +399,104 @@ fn test_mouse_state_round_trip() {
         assert!(rig.dev.inject_mouse(-20, 0, 0, buttons));
         assert_eq!(rig.aux_drain(), vec![0x1d, 0xd8, 0x00, 0x00]);
     }
-    assert_eq!(restored.dev.state(), original.dev.state());
-    assert_eq!(restored.dev.state().mouse.resolution, 1);
+    assert_eq!(restored.dev.save(), original.dev.save());
+    assert_eq!(restored.dev.save().mouse.resolution, 1);
 }
 
 #[test]
-fn test_from_state_sanitizes_hostile_mouse_snapshot() {
-    let mut state = Rig::new().dev.state();
-    state.mouse.replies = vec![0xfa; 1000];
-    state.mouse.packets = vec![0x08; 1000];
-    state.mouse.packet_bytes_left = 200;
-    state.mouse.magic_progress = 9;
-    state.mouse.resolution = 77;
+fn test_restore_refuses_hostile_mouse_snapshots() {
+    let good = Rig::new().dev.save();
+    let out_of_range = |field, value| I8042Error::OutOfRange { field, value };
+    let hostile: [Spoil<Ps2MouseState>; 8] = [
+        (
+            |m| m.replies = vec![0xfa; 1000],
+            I8042Error::QueueTooLong {
+                queue: "the mouse's buffer",
+                len: 1000,
+            },
+        ),
+        (
+            |m| {
+                m.replies = vec![0xfa; 10];
+                m.packets = vec![0x08; 9];
+            },
+            I8042Error::QueueTooLong {
+                queue: "the mouse's buffer",
+                len: 19,
+            },
+        ),
+        (
+            |m| {
+                m.packets = vec![0x08; 6];
+                m.packet_bytes_left = 200;
+            },
+            out_of_range("the rest of the mouse's packet", 200),
+        ),
+        (
+            |m| {
+                m.packets = vec![0x08; 2];
+                m.packet_bytes_left = 3;
+            },
+            I8042Error::PacketsNotWhole {
+                len: 2,
+                started: 3,
+                packet_len: 3,
+            },
+        ),
+        (
+            |m| m.packets = vec![0x08; 4],
+            I8042Error::PacketsNotWhole {
+                len: 4,
+                started: 0,
+                packet_len: 3,
+            },
+        ),
+        (
+            |m| m.magic_progress = 9,
+            out_of_range("the mouse's IntelliMouse knock", 9),
+        ),
+        (
+            |m| m.resolution = 77,
+            out_of_range("the mouse's resolution", 77),
+        ),
+        (
+            |m| m.remote_motion = [0, i32::MIN, 0],
+            out_of_range("the mouse's remote motion", i32::MIN.into()),
+        ),
+    ];
+    for (spoil, error) in hostile {
+        let mut state = good.clone();
+        spoil(&mut state.mouse);
+        assert_eq!(restore(&state).err(), Some(error));
+    }
+    let mut state = good.clone();
     state.mouse.awaiting_argument = Some(0x42);
-    state.mouse.remote_motion = [i32::MIN, i32::MAX, i32::MIN];
+    assert_eq!(
+        restore(&state).err(),
+        Some(I8042Error::NoArgument {
+            waiting: "the mouse",
+            command: 0x42
+        })
+    );
+    // The edges are states a mouse can be in, and it runs from them: the
+    // remote read reports overflow without panic.
     for intellimouse in [false, true] {
-        state.mouse.intellimouse = intellimouse;
-        let kbd = IrqLine::new(I8042_KBD_IRQ).unwrap();
-        let aux = IrqLine::new(I8042_AUX_IRQ).unwrap();
-        let mut dev = I8042Controller::from_state(&state, kbd, aux);
-        let m = dev.state().mouse;
-        let len = if intellimouse { 4 } else { 3 };
-        assert!(m.replies.len() <= PENDING_OUTPUT_LIMIT);
-        assert!(m.packets.len() <= PENDING_OUTPUT_LIMIT);
-        assert!(usize::from(m.packet_bytes_left) < len);
-        assert_eq!(
-            (m.packets.len() - usize::from(m.packet_bytes_left)) % len,
-            0
-        );
-        assert_eq!(m.magic_progress, 0);
-        assert!(m.resolution <= 3);
-        assert_eq!(m.awaiting_argument, None);
-        assert!(m
-            .remote_motion
-            .iter()
-            .all(|v| v.abs() <= REMOTE_MOTION_LIMIT));
-        // And it runs: the remote read reports overflow without panic.
+        let mut state = good.clone();
+        let m = &mut state.mouse;
+        m.intellimouse = intellimouse;
+        // A reset during a wheel packet leaves three of its bytes.
+        m.packet_bytes_left = 3;
+        // Then whole packets: four standard ones or three wheel ones.
+        m.packets = vec![0x08; 3 + 12];
+        m.replies = vec![0xfa];
+        m.magic_progress = 2;
+        m.resolution = 3;
+        m.awaiting_argument = Some(0xe8);
+        m.remote_motion = [-REMOTE_MOTION_LIMIT, REMOTE_MOTION_LIMIT, 0];
+        let mut dev = restore(&state).unwrap();
+        assert_eq!(dev.save(), state);
+        dev.write(COMMAND_OFFSET, &[0xd4]);
+        dev.write(DATA_OFFSET, &[0x01]);
         dev.write(COMMAND_OFFSET, &[0xd4]);
         dev.write(DATA_OFFSET, &[0xeb]);
     }
@@ -497,7 +566,7 @@ fn test_adversarial_mouse_traffic_never_panics_and_stays_bounded() {
                 r.dev.write((v >> 24) % 6, &[byte]);
             }
         }
-        let m = r.dev.state().mouse;
+        let m = r.dev.save().mouse;
         let len = if m.intellimouse { 4 } else { 3 };
         assert!(r.dev.mouse.pending() <= PENDING_OUTPUT_LIMIT);
         assert!(usize::from(m.packet_bytes_left) < len);
@@ -513,11 +582,8 @@ fn test_adversarial_mouse_traffic_never_panics_and_stays_bounded() {
         assert!(r.dev.pending_output() <= 4 * PENDING_OUTPUT_LIMIT + 1);
         if step % 1000 == 0 {
             // Snapshots taken anywhere restore to the same state.
-            let state = r.dev.state();
-            let kbd = IrqLine::new(I8042_KBD_IRQ).unwrap();
-            let aux = IrqLine::new(I8042_AUX_IRQ).unwrap();
-            let restored = I8042Controller::from_state(&state, kbd, aux);
-            assert_eq!(restored.state(), state);
+            let state = r.dev.save();
+            assert_eq!(restore(&state).unwrap().save(), state);
         }
     }
     // The walk reached the interesting states.

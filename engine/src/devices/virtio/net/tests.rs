@@ -259,7 +259,7 @@ fn config_space_and_features() {
     assert_eq!(h.dev.device_type(), VIRTIO_ID_NET);
     assert_eq!(h.dev.queue_max_sizes(), vec![256, 256]);
     assert!(matches!(
-        h.dev.state(),
+        h.dev.save_state(),
         VirtioDeviceState::Net(NetState { mac: MAC, .. })
     ));
 }
@@ -578,4 +578,41 @@ fn avail_index_far_ahead_breaks_the_ring_without_spinning() {
     h.backend_send(&f);
     h.rx.wait_used(1);
     h.assert_received(BUF, &f);
+}
+
+#[test]
+fn state_round_trips_and_unknown_features_are_refused() {
+    let mem = memory();
+    let h = harness(&mem);
+    let state = h.dev.save();
+    assert_eq!(state.mac, MAC);
+    assert_eq!(state.acked_features, h.dev.device_features());
+    let json = serde_json::to_string(&state).unwrap();
+    let parsed: NetState = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed, state);
+    let (ours, _peer) = UnixStream::pair().unwrap();
+    let args = NetDeviceArgs {
+        name: "virtio-net-rst".into(),
+        backend: ours,
+    };
+    let restored = NetDevice::restore(args, &parsed).unwrap();
+    assert_eq!(restored.save(), state);
+    assert!(restored.link_up());
+    let mut cfg = [0u8; 6];
+    restored.read_config(0, &mut cfg);
+    assert_eq!(cfg, MAC);
+
+    let forged = NetState {
+        acked_features: state.acked_features | 1 << 11,
+        ..state
+    };
+    let (ours, _peer) = UnixStream::pair().unwrap();
+    let args = NetDeviceArgs {
+        name: "virtio-net-rst".into(),
+        backend: ours,
+    };
+    assert_eq!(
+        NetDevice::restore(args, &forged).err(),
+        Some(NetError::FeaturesNotOffered(1 << 11))
+    );
 }
