@@ -432,9 +432,18 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// Start the I/O threads of restored virtio devices that were running
-    /// when they were saved; call once the VM is ready to run. Every device
-    /// is tried; the first failure is returned.
+    /// Stop every started virtio device's I/O thread at a request
+    /// boundary and keep its queues ([`VirtioPciDevice::pause`]): with the
+    /// vCPUs stopped too, guest memory and a [`Persist::save`] now agree.
+    pub fn pause_virtio(&self) {
+        for slot in &self.virtio {
+            lock(&slot.device).pause();
+        }
+    }
+
+    /// Start the I/O threads of paused virtio devices, and of restored ones
+    /// that were running when saved; call once the VM is ready to run.
+    /// Every device is tried; the first failure is returned.
     pub fn resume_virtio(&self) -> Result<(), DeviceManagerError> {
         let mut first_failure = None;
         for slot in &self.virtio {
@@ -549,7 +558,7 @@ impl Persist for DeviceManager {
 
     /// The state of every device. A started virtio device whose I/O thread
     /// runs saves no queue positions, and such a state is refused on
-    /// restore.
+    /// restore: pause them first ([`DeviceManager::pause_virtio`]).
     fn save(&self) -> DeviceStates {
         let pci_host_bridge = lock(lock(&self.pci_bus).host_bridge()).save();
         DeviceStates {

@@ -417,21 +417,34 @@ fn test_a_started_disk_restores_at_its_ring_positions() {
             ..
         })
     ));
-    // Once stopped at a request boundary, the position is the used index.
-    original.shut_down_virtio();
-    let mut stopped = running;
-    stopped.virtio[0].positions = Some(vec![QueuePosition {
-        next_avail: 3,
-        next_used: 3,
-    }]);
+    // Paused at a request boundary, the disk knows where its queue stands.
+    original.pause_virtio();
+    let stopped = original.save();
+    assert_eq!(
+        stopped.virtio[0].positions,
+        Some(vec![QueuePosition {
+            next_avail: 3,
+            next_used: 3,
+        }])
+    );
+    // The guest goes on publishing: nothing serves it now.
+    submit_write(&original, &mem, 3, 3, 3);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 3);
     let restored = restore(&stopped, &mem, &routes).unwrap();
     assert_eq!(restored.save(), stopped, "restored but not yet running");
+    // The restored VM owns the rings from here on.
+    original.shut_down_virtio();
     restored.resume_virtio().unwrap();
-    submit_write(&restored, &mem, 3, 3, 3);
+    // Its new thread takes the request whose doorbell rang before it ran.
     wait_used(&mem, 4);
-    // The new thread took up at slot 3: head 0 used once more, in order.
-    let used_id: u32 = mem.read_obj(GuestAddress(USED + 4 + 3 * 8)).unwrap();
-    assert_eq!(used_id, 0);
+    submit_write(&restored, &mem, 4, 4, 4);
+    wait_used(&mem, 5);
+    // Slots 3 and 4 used once each, with the chain's head, in order.
+    for n in 0..5u64 {
+        let id: u32 = mem.read_obj(GuestAddress(USED + 4 + n * 8)).unwrap();
+        assert_eq!(id, 0, "used slot {n}");
+    }
     restored.shut_down_virtio();
 
     // Rings outside guest memory are no queue to restore.

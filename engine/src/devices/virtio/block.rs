@@ -16,7 +16,7 @@ use super::blk::{BlkError, BlkState, VirtioBlk, QUEUE_SIZE_MAX};
 use super::device::{
     ActivateError, ActiveQueue, QueueInterrupt, VirtioDevice, VirtioDeviceState, VIRTIO_ID_BLOCK,
 };
-use super::worker::{drain_queue, IoWorker, WorkerLoop, WorkerPoll};
+use super::worker::{drain_queue_until, IoWorker, WorkerLoop, WorkerPoll};
 use super::IoCounters;
 use crate::devices::bus::lock;
 use crate::devices::Persist;
@@ -26,7 +26,7 @@ pub struct BlockDevice {
     name: String,
     blk: Arc<Mutex<VirtioBlk<Box<dyn BlockBackend>>>>,
     counters: Arc<IoCounters>,
-    worker: Option<IoWorker>,
+    worker: Option<IoWorker<BlockQueueLoop>>,
 }
 
 impl BlockDevice {
@@ -98,7 +98,7 @@ impl WorkerLoop for BlockQueueLoop {
         poll.add(self.notify.as_raw_fd(), 0, EventSet::IN)
     }
 
-    fn handle(&mut self, _poll: &WorkerPoll, _fired: &[(u64, EventSet)]) -> bool {
+    fn handle(&mut self, poll: &WorkerPoll, _fired: &[(u64, EventSet)]) -> bool {
         // Consume the doorbell count; the ring says what is there.
         let _ = self.notify.read();
         if self.broken {
@@ -107,7 +107,8 @@ impl WorkerLoop for BlockQueueLoop {
         let mut blk = lock(&self.blk);
         let name = &self.name;
         let errors_logged = &mut self.errors_logged;
-        let result = drain_queue(&mut self.queue, &self.memory, |chain| {
+        let stop = || poll.stop_requested();
+        let result = drain_queue_until(&mut self.queue, &self.memory, stop, |chain| {
             let outcome = blk.process_request(&self.memory, chain);
             if let Some(e) = outcome.error {
                 if *errors_logged < MAX_LOGGED_ERRORS {
@@ -185,6 +186,17 @@ impl VirtioDevice for BlockDevice {
         }
     }
 
+    fn pause(&mut self) -> Vec<ActiveQueue> {
+        let Some(state) = self.worker.take().and_then(|mut w| w.pause()) else {
+            return Vec::new();
+        };
+        vec![ActiveQueue {
+            index: 0,
+            queue: state.queue,
+            notify: state.notify,
+        }]
+    }
+
     fn save_state(&self) -> VirtioDeviceState {
         VirtioDeviceState::Blk(self.save())
     }
@@ -193,3 +205,6 @@ impl VirtioDevice for BlockDevice {
         Some(self.counters.clone())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -286,7 +286,7 @@ pub struct NetDevice {
     acked_features: u64,
     shared: Arc<Shared>,
     backend: Arc<Mutex<Backend>>,
-    worker: Option<IoWorker>,
+    worker: Option<IoWorker<NetLoop>>,
 }
 
 impl NetDevice {
@@ -431,6 +431,26 @@ impl VirtioDevice for NetDevice {
         if let Some(mut w) = self.worker.take() {
             w.stop();
         }
+    }
+
+    /// Frames half sent or not yet delivered stay in the backend's
+    /// buffers, which the card keeps: the next worker goes on with them.
+    fn pause(&mut self) -> Vec<ActiveQueue> {
+        let Some(state) = self.worker.take().and_then(|mut w| w.pause()) else {
+            return Vec::new();
+        };
+        vec![
+            ActiveQueue {
+                index: RX_QUEUE,
+                queue: state.rx,
+                notify: state.rx_notify,
+            },
+            ActiveQueue {
+                index: TX_QUEUE,
+                queue: state.tx,
+                notify: state.tx_notify,
+            },
+        ]
     }
 
     fn save_state(&self) -> VirtioDeviceState {
@@ -623,8 +643,9 @@ impl NetLoop {
     }
 
     /// Send the guest's frames: flush, then take chains while a largest
-    /// frame still fits the transmit buffer.
-    fn process_tx(&mut self, backend: &mut Backend) {
+    /// frame still fits the transmit buffer, and none once the thread is
+    /// asked to stop.
+    fn process_tx(&mut self, backend: &mut Backend, poll: &WorkerPoll) {
         if let Err(e) = backend.flush() {
             self.stop_backend(backend, &e.to_string());
         }
@@ -638,8 +659,13 @@ impl NetLoop {
                 break Err(e);
             }
             let mut stalled = false;
+            let mut stopping = false;
             let mut add_err = None;
             loop {
+                if poll.stop_requested() {
+                    stopping = true;
+                    break;
+                }
                 if backend.stream.is_some() && !backend.tx_room() {
                     stalled = true;
                     break;
@@ -665,6 +691,10 @@ impl NetLoop {
                 self.stop_backend(backend, &e.to_string());
                 // Dropping from now on: go round to take the rest.
                 continue;
+            }
+            if stopping {
+                // The rest is the next worker's; the guest may ring again.
+                break self.tx.enable_notification(&*self.memory).map(|_| ());
             }
             if stalled {
                 if backend.tx_room() {
@@ -762,8 +792,9 @@ impl NetLoop {
     }
 
     /// Deliver the backend's frames while the guest has receive buffers,
-    /// reading the socket as frames are used up.
-    fn process_rx(&mut self, backend: &mut Backend) {
+    /// reading the socket as frames are used up; none once the thread is
+    /// asked to stop (the frame waits in the buffer for the next worker).
+    fn process_rx(&mut self, backend: &mut Backend, poll: &WorkerPoll) {
         let mut used_any = false;
         let mut notifications_off = false;
         let mut rx_stuck = StuckRing::default();
@@ -784,6 +815,7 @@ impl NetLoop {
                         break;
                     }
                 },
+                RxFrame::Complete { .. } if poll.stop_requested() => break,
                 RxFrame::Complete { start, len } => {
                     if self.rx_broken {
                         // Nowhere to put it: leave the socket unread.
@@ -959,8 +991,8 @@ impl WorkerLoop for NetLoop {
         let mut backend = lock(&backend);
         // Both sides, whatever fired: each is cheap when idle, and a
         // doorbell on one side can free the other (buffers, ring slots).
-        self.process_tx(&mut backend);
-        self.process_rx(&mut backend);
+        self.process_tx(&mut backend, poll);
+        self.process_rx(&mut backend, poll);
         if hangup && backend.stream.is_some() {
             // The peer is gone but what it sent could not all be read (no
             // receive buffers): epoll would report the hang-up forever.

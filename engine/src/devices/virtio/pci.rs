@@ -129,8 +129,8 @@ pub enum VirtioPciError {
     /// A started device whose status does not say the driver started it.
     #[error("the device is started but its status {0:#x} lacks FEATURES_OK or DRIVER_OK")]
     ActiveStatus(u8),
-    /// A started device saved while its I/O thread ran its queues: where
-    /// they stood is unknown.
+    /// A started device saved while its I/O thread ran its queues (not
+    /// paused): where they stood is unknown.
     #[error("the device was saved while its I/O thread ran: its queue positions are unknown")]
     PositionsUnknown,
     /// A started queue the saved registers cannot make.
@@ -238,8 +238,9 @@ pub struct VirtioPciState {
     #[serde(default)]
     pub active: bool,
     /// A started device's queue positions, one per queue, once its queues
-    /// were handed back to the transport (restored, not yet resumed);
-    /// `None` while an I/O thread runs them: such a state is refused.
+    /// were handed back to the transport (paused, or restored and not yet
+    /// resumed); `None` while an I/O thread runs them: such a state is
+    /// refused.
     #[serde(default)]
     pub positions: Option<Vec<QueuePosition>>,
     /// Why the device gave up, until the driver resets it.
@@ -375,8 +376,8 @@ pub struct VirtioPciDevice {
     driver_features: u64,
     queue_select: u16,
     active: bool,
-    /// A started device's queues while no I/O thread has them (restored,
-    /// not yet resumed).
+    /// A started device's queues while no I/O thread has them (paused, or
+    /// restored and not yet resumed).
     paused: Option<Vec<ActiveQueue>>,
 }
 
@@ -533,28 +534,37 @@ impl VirtioPciDevice {
         }
     }
 
-    /// Start the device's I/O thread on the queues it was handed back
-    /// (after a restore), ringing every doorbell once: requests the guest
-    /// published while no thread served the queues are served now. A
-    /// device that fails to start shows NEEDS_RESET to its driver.
+    /// Take a started device's queues back from its I/O thread, which
+    /// stops at a request boundary ([`VirtioDevice::pause`]); a save now
+    /// records where they stand. Nothing to do for a device not started,
+    /// or one paused already. Doorbells rung meanwhile wait in their
+    /// eventfds.
+    pub fn pause(&mut self) {
+        if self.active && self.paused.is_none() {
+            self.paused = Some(self.device.pause());
+        }
+    }
+
+    /// Start the device's I/O thread again on the queues it was handed
+    /// back (by [`VirtioPciDevice::pause`] or a restore), ringing each
+    /// doorbell once: requests the guest published while no thread served
+    /// the queues are served now. A device that fails to start shows
+    /// NEEDS_RESET to its driver.
     pub fn resume(&mut self) -> Result<(), VirtioPciError> {
         let Some(queues) = self.paused.take() else {
             return Ok(());
         };
         let interrupt: Arc<dyn QueueInterrupt> = self.interrupts.clone();
-        if let Err(e) = self.device.activate(self.memory.clone(), queues, interrupt) {
+        if let Err(e) = self.device.resume(self.memory.clone(), queues, interrupt) {
             self.active = false;
             self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
             return Err(VirtioPciError::Resume(e));
         }
-        for e in &self.notify {
-            let _ = e.write(1);
-        }
         Ok(())
     }
 
-    /// Whether the device has queues no I/O thread serves (restored, not
-    /// yet resumed).
+    /// Whether the device has queues no I/O thread serves (paused, or
+    /// restored and not yet resumed).
     pub fn is_paused(&self) -> bool {
         self.paused.is_some()
     }
