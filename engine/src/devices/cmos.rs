@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BusDevice, GuestRequest, IrqLine};
+use super::{BusDevice, GuestRequest, IrqLine, Persist};
 
 /// The index port (0x70); the data port is the next one.
 pub const CMOS_BASE: u16 = 0x70;
@@ -124,6 +124,23 @@ pub struct CmosState {
     pub flags_computed_until: i64,
 }
 
+/// What a restored RTC is connected to.
+pub struct CmosArgs {
+    /// Its interrupt line (IRQ 8).
+    pub irq: IrqLine,
+}
+
+/// Why an RTC state cannot be restored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CmosError {
+    /// CMOS RAM is 128 bytes.
+    #[error("CMOS RAM of {0} bytes, the RTC has {RAM_SIZE}")]
+    RamSize(usize),
+    /// The index port selects registers 0..=127.
+    #[error("selected register {0:#04x} is past the RTC's 128")]
+    Index(u8),
+}
+
 /// An MC146818 RTC with 128 bytes of CMOS RAM.
 pub struct Cmos {
     index: u8,
@@ -163,38 +180,26 @@ impl Cmos {
         cmos
     }
 
-    /// Rebuild the RTC from a snapshot. The clock keeps the snapshot's
-    /// offset from host time, so it has moved on by the time the VM was
-    /// stopped, like a battery-backed clock.
-    pub fn from_state(state: &CmosState, irq: IrqLine) -> Self {
-        Self::from_state_with_clock(state, irq, Box::new(SystemTime::now))
-    }
-
-    fn from_state_with_clock(state: &CmosState, irq: IrqLine, clock: Clock) -> Self {
-        let mut ram = [0u8; RAM_SIZE];
-        // A snapshot from elsewhere may have the wrong RAM size: take what fits.
-        let n = state.ram.len().min(RAM_SIZE);
-        ram[..n].copy_from_slice(&state.ram[..n]);
-        Self {
-            index: state.index & 0x7f,
+    /// [`Persist::restore`] with another time source, so tests can fix time.
+    fn restore_with_clock(
+        args: CmosArgs,
+        state: &CmosState,
+        clock: Clock,
+    ) -> Result<Self, CmosError> {
+        let ram = <[u8; RAM_SIZE]>::try_from(state.ram.as_slice())
+            .map_err(|_| CmosError::RamSize(state.ram.len()))?;
+        if usize::from(state.index) >= RAM_SIZE {
+            return Err(CmosError::Index(state.index));
+        }
+        Ok(Self {
+            index: state.index,
             nmi_masked: state.nmi_masked,
             ram,
             clock_offset_secs: state.clock_offset_secs,
             flags_computed_until: state.flags_computed_until,
-            irq,
+            irq: args.irq,
             clock,
-        }
-    }
-
-    /// The RTC's registers, RAM and clock offset.
-    pub fn state(&self) -> CmosState {
-        CmosState {
-            index: self.index,
-            nmi_masked: self.nmi_masked,
-            ram: self.ram.to_vec(),
-            clock_offset_secs: self.clock_offset_secs,
-            flags_computed_until: self.flags_computed_until,
-        }
+        })
     }
 
     /// Whether the guest has masked NMIs (bit 7 of the last index write).
@@ -446,6 +451,29 @@ impl Cmos {
         // Enabling an interrupt whose flag is already up asserts it.
         let flags = self.ram[REG_C];
         self.set_flags(flags);
+    }
+}
+
+impl Persist for Cmos {
+    type State = CmosState;
+    type Args = CmosArgs;
+    type Error = CmosError;
+
+    /// The RTC's registers, RAM and clock offset.
+    fn save(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            nmi_masked: self.nmi_masked,
+            ram: self.ram.to_vec(),
+            clock_offset_secs: self.clock_offset_secs,
+            flags_computed_until: self.flags_computed_until,
+        }
+    }
+
+    /// The clock keeps the state's offset from host time, so it has moved
+    /// on by the time the VM was stopped, like a battery-backed clock.
+    fn restore(args: CmosArgs, state: &CmosState) -> Result<Self, CmosError> {
+        Self::restore_with_clock(args, state, Box::new(SystemTime::now))
     }
 }
 
@@ -717,7 +745,7 @@ mod tests {
         write_reg(&mut c, 0x0b, REG_B_24H);
         let set_at = days_from_civil(2030, 1, 1) * SECONDS_PER_DAY + 8 * 3600 + 30 * 60;
         assert_eq!(
-            c.state().clock_offset_secs,
+            c.save().clock_offset_secs,
             set_at - (LEAP_DAY_AFTERNOON + 5)
         );
 
@@ -727,9 +755,10 @@ mod tests {
         assert_eq!(read_reg(&mut c, 0x32), 0x20);
 
         // The offset survives a snapshot and keeps running with host time.
-        let state = c.state();
+        let state = c.save();
         let irq = IrqLine::new(CMOS_IRQ).unwrap();
-        let mut restored = Cmos::from_state_with_clock(&state, irq, clock.source());
+        let mut restored =
+            Cmos::restore_with_clock(CmosArgs { irq }, &state, clock.source()).unwrap();
         clock.advance(60);
         assert_eq!(read_reg(&mut restored, 0x02), 0x32);
     }
@@ -757,9 +786,9 @@ mod tests {
         write_reg(&mut c, 0x0b, REG_B_SET | REG_B_24H);
         write_reg(&mut c, 0x08, 0x13); // month 13
         write_reg(&mut c, 0x0b, REG_B_24H);
-        assert_eq!(c.state().clock_offset_secs, 0);
+        assert_eq!(c.save().clock_offset_secs, 0);
         write_reg(&mut c, 0x00, 0x5a); // bad BCD
-        assert_eq!(c.state().clock_offset_secs, 0);
+        assert_eq!(c.save().clock_offset_secs, 0);
         assert_eq!(read_reg(&mut c, 0x00), 0x56);
     }
 
@@ -912,7 +941,7 @@ mod tests {
         // 0xc0 selects register 0x40 with NMIs masked.
         assert_eq!(read_reg(&mut c, 0xc0), 0xab);
         assert!(c.nmi_masked());
-        assert_eq!(c.state().index, 0x40);
+        assert_eq!(c.save().index, 0x40);
         assert_eq!(read_reg(&mut c, 0x40), 0xab);
         assert!(!c.nmi_masked());
         // 0x8a is register A with NMIs masked, as Linux's CMOS_READ does.
@@ -977,14 +1006,15 @@ mod tests {
         write_reg(&mut c, 0x50, 0x77);
         write_reg(&mut c, 0x09, 40); // year 2040
         write_reg(&mut c, 0x85, 0x00); // select an alarm register, mask NMIs
-        let state = c.state();
+        let state = c.save();
         let json = serde_json::to_string(&state).unwrap();
         let parsed: CmosState = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed, state);
 
         let irq = IrqLine::new(CMOS_IRQ).unwrap();
-        let mut restored = Cmos::from_state_with_clock(&parsed, irq, clock.source());
-        assert_eq!(restored.state(), state);
+        let mut restored =
+            Cmos::restore_with_clock(CmosArgs { irq }, &parsed, clock.source()).unwrap();
+        assert_eq!(restored.save(), state);
         assert!(restored.nmi_masked());
         assert_eq!(read_reg(&mut restored, 0x50), 0x77);
         assert_eq!(read_reg(&mut restored, 0x09), 40);
@@ -992,27 +1022,38 @@ mod tests {
     }
 
     #[test]
-    fn test_from_state_tolerates_wrong_ram_size() {
-        let irq = IrqLine::new(CMOS_IRQ).unwrap();
+    fn test_restore_refuses_wrong_ram_size_and_index() {
+        let restore = |state: &CmosState| {
+            let irq = IrqLine::new(CMOS_IRQ).unwrap();
+            Cmos::restore(CmosArgs { irq }, state)
+        };
         let state = CmosState {
-            index: 0xff,
+            index: 0x7f,
             nmi_masked: false,
-            ram: vec![0x11; 3],
+            ram: vec![0x11; RAM_SIZE],
             clock_offset_secs: i64::MAX,
             flags_computed_until: i64::MIN,
         };
-        let mut c = Cmos::from_state(&state, irq);
-        assert_eq!(c.state().ram.len(), RAM_SIZE);
-        assert_eq!(c.state().index, 0x7f);
+        for len in [0, 3, RAM_SIZE - 1, RAM_SIZE + 1, 1000] {
+            let wrong = CmosState {
+                ram: vec![0x22; len],
+                ..state.clone()
+            };
+            assert_eq!(restore(&wrong).err(), Some(CmosError::RamSize(len)));
+        }
+        for index in [0x80, 0xff] {
+            let wrong = CmosState {
+                index,
+                ..state.clone()
+            };
+            assert_eq!(restore(&wrong).err(), Some(CmosError::Index(index)));
+        }
+        // Any clock offset is a time the guest may have set: absurd ones
+        // restore and read without panicking.
+        let mut c = restore(&state).unwrap();
+        assert_eq!(c.save(), state);
         read_reg(&mut c, 0x00);
         read_reg(&mut c, 0x0c);
-        let irq = IrqLine::new(CMOS_IRQ).unwrap();
-        let long = CmosState {
-            ram: vec![0x22; 1000],
-            ..state
-        };
-        let c = Cmos::from_state(&long, irq);
-        assert_eq!(c.state().ram.len(), RAM_SIZE);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{BusDevice, GuestRequest};
+use super::{BusDevice, GuestRequest, Persist};
 
 /// The marker port; the exit port is the next one.
 pub const DEBUG_PORT_BASE: u16 = 0x402;
@@ -28,6 +28,19 @@ pub struct DebugPortState {
     pub last_marker: Option<u8>,
 }
 
+/// Why a debug port state cannot be restored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DebugPortError {
+    /// A marker count without a last marker, or a last marker with no count.
+    #[error("{markers_seen} markers seen but last marker {last_marker:?}")]
+    MarkerCount {
+        /// The count in the state.
+        markers_seen: u64,
+        /// The last marker in the state.
+        last_marker: Option<u8>,
+    },
+}
+
 /// The debug port device. It turns one-byte writes into [`GuestRequest`]s;
 /// any other access is ignored and reads return 0.
 #[derive(Debug, Default)]
@@ -40,17 +53,29 @@ impl DebugPort {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
-    /// Rebuild the port from a snapshot.
-    pub fn from_state(state: &DebugPortState) -> Self {
-        Self {
-            state: state.clone(),
-        }
-    }
+impl Persist for DebugPort {
+    type State = DebugPortState;
+    type Args = ();
+    type Error = DebugPortError;
 
     /// Markers seen so far.
-    pub fn state(&self) -> DebugPortState {
+    fn save(&self) -> DebugPortState {
         self.state.clone()
+    }
+
+    fn restore((): (), state: &DebugPortState) -> Result<Self, DebugPortError> {
+        // Every marker counts, so a count and a last marker come together.
+        if (state.markers_seen == 0) != state.last_marker.is_none() {
+            return Err(DebugPortError::MarkerCount {
+                markers_seen: state.markers_seen,
+                last_marker: state.last_marker,
+            });
+        }
+        Ok(Self {
+            state: state.clone(),
+        })
     }
 }
 
@@ -86,8 +111,8 @@ mod tests {
     fn test_marker_write_returns_marker_request() {
         let mut port = DebugPort::new();
         assert_eq!(port.write(0, &[0x2a]), Some(GuestRequest::Marker(0x2a)));
-        assert_eq!(port.state().markers_seen, 1);
-        assert_eq!(port.state().last_marker, Some(0x2a));
+        assert_eq!(port.save().markers_seen, 1);
+        assert_eq!(port.save().last_marker, Some(0x2a));
     }
 
     #[test]
@@ -95,7 +120,7 @@ mod tests {
         let mut port = DebugPort::new();
         assert_eq!(port.write(1, &[0]), Some(GuestRequest::Exit(0)));
         assert_eq!(port.write(1, &[0xff]), Some(GuestRequest::Exit(0xff)));
-        assert_eq!(port.state().markers_seen, 0);
+        assert_eq!(port.save().markers_seen, 0);
     }
 
     #[test]
@@ -104,7 +129,7 @@ mod tests {
         assert_eq!(port.write(0, &[]), None);
         assert_eq!(port.write(0, &[1, 2]), None);
         assert_eq!(port.write(1, &[1, 2, 3, 4]), None);
-        assert_eq!(port.state(), DebugPortState::default());
+        assert_eq!(port.save(), DebugPortState::default());
     }
 
     #[test]
@@ -138,12 +163,30 @@ mod tests {
         for m in 1..=5 {
             port.write(0, &[m]);
         }
-        let state = port.state();
+        let state = port.save();
         let json = serde_json::to_string(&state).unwrap();
         let parsed: DebugPortState = serde_json::from_str(&json).unwrap();
-        let mut restored = DebugPort::from_state(&parsed);
-        assert_eq!(restored.state(), state);
+        let mut restored = DebugPort::restore((), &parsed).unwrap();
+        assert_eq!(restored.save(), state);
         restored.write(0, &[9]);
-        assert_eq!(restored.state().markers_seen, 6);
+        assert_eq!(restored.save().markers_seen, 6);
+    }
+
+    #[test]
+    fn test_restore_refuses_a_count_without_a_marker() {
+        for (markers_seen, last_marker) in [(0, Some(1)), (3, None)] {
+            let state = DebugPortState {
+                markers_seen,
+                last_marker,
+            };
+            assert_eq!(
+                DebugPort::restore((), &state).err(),
+                Some(DebugPortError::MarkerCount {
+                    markers_seen,
+                    last_marker
+                })
+            );
+        }
+        assert!(DebugPort::restore((), &DebugPortState::default()).is_ok());
     }
 }

@@ -54,9 +54,19 @@ impl IrqLine {
     }
 
     /// From now on, raise the line through `sink` rather than the eventfd.
-    /// False if it was given one already.
+    /// False if it was given one already. An edge raised before, which
+    /// waits in the eventfd (a restored device raising its pending
+    /// interrupt again), goes to `sink` now.
     pub fn deliver_through(&self, sink: Arc<dyn InterruptSink>) -> bool {
-        self.direct.set(sink).is_ok()
+        if self.direct.set(sink).is_err() {
+            return false;
+        }
+        if self.evt.read().is_ok() {
+            if let Err(e) = self.trigger() {
+                log::warn!("cannot raise IRQ {}: {e}", self.gsi);
+            }
+        }
+        true
     }
 
     /// Assert the interrupt once.
@@ -114,5 +124,17 @@ mod tests {
         assert_eq!(*sink.0.lock().expect("recorder"), [4, 4]);
         // Nothing went to the eventfd any more.
         assert!(line.eventfd().read().is_err(), "EAGAIN: no count");
+    }
+
+    #[test]
+    fn an_edge_raised_before_the_sink_reaches_it() {
+        let line = IrqLine::new(1).expect("eventfd");
+        line.trigger().expect("eventfd write");
+        line.trigger().expect("eventfd write");
+        let sink = Arc::new(Recorder(Mutex::new(Vec::new())));
+        assert!(line.deliver_through(sink.clone()));
+        // Edges merge on a real line too: one pulse for what was waiting.
+        assert_eq!(*sink.0.lock().expect("recorder"), [1]);
+        assert!(line.eventfd().read().is_err(), "EAGAIN: taken");
     }
 }

@@ -2,30 +2,38 @@
 //! gets. Devices themselves only see their offset and their [`IrqLine`].
 
 use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{lock, Bus, BusError};
-use super::cmos::{Cmos, CmosState, CMOS_BASE, CMOS_IRQ, CMOS_LEN};
-use super::debug_port::{DebugPort, DEBUG_PORT_BASE, DEBUG_PORT_LEN};
+use super::cmos::{Cmos, CmosArgs, CmosError, CmosState, CMOS_BASE, CMOS_IRQ, CMOS_LEN};
+use super::debug_port::{
+    DebugPort, DebugPortError, DebugPortState, DEBUG_PORT_BASE, DEBUG_PORT_LEN,
+};
 use super::i8042::{
-    I8042Controller, I8042State, MouseButtons, I8042_AUX_IRQ, I8042_BASE, I8042_KBD_IRQ, I8042_LEN,
+    I8042Args, I8042Controller, I8042Error, I8042State, MouseButtons, I8042_AUX_IRQ, I8042_BASE,
+    I8042_KBD_IRQ, I8042_LEN,
 };
 use super::keymap::GuestKey;
 use super::pci::{
-    PciBarAllocError, PciBarAllocator, PciBus, PciBusError, PciConfigIo, PciConfigIoState,
-    PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN,
+    PciBarAllocError, PciBarAllocator, PciBus, PciBusError, PciConfigError, PciConfigIo,
+    PciConfigIoError, PciConfigIoState, PciHostBridge, PciHostBridgeState, PCI_CONFIG_IO_BASE,
+    PCI_CONFIG_IO_LEN,
 };
 use super::serial::{
-    SerialConsole, SerialConsoleState, SERIAL_COM1_BASE, SERIAL_COM1_IRQ, SERIAL_COM1_LEN,
+    SerialConsole, SerialConsoleArgs, SerialConsoleError, SerialConsoleState, SerialOutput,
+    SERIAL_COM1_BASE, SERIAL_COM1_IRQ, SERIAL_COM1_LEN,
 };
 use super::virtio::{
-    IoCounters, MsiRouting, PciMmioWindow, VirtioDevice, VirtioPciDevice, VirtioPciError,
-    VirtioPciState,
+    BlkError, BlockBackend, BlockDevice, BlockDeviceArgs, IoCounters, MsiRouting, NetDevice,
+    NetDeviceArgs, NetError, PciMmioWindow, VirtioDevice, VirtioDeviceState, VirtioPciArgs,
+    VirtioPciDevice, VirtioPciError, VirtioPciState,
 };
-use super::IrqLine;
+use super::{IrqLine, Persist};
 
 /// Where a VM's linear framebuffer goes: the bottom of the 32-bit MMIO gap
 /// (RAM ends below it; the APICs sit at its top).
@@ -66,6 +74,71 @@ pub enum DeviceManagerError {
     /// The virtio transport could not be built.
     #[error("cannot set up a virtio device")]
     Virtio(#[source] VirtioPciError),
+    /// COM1's state was refused.
+    #[error("cannot restore COM1")]
+    Serial(#[source] SerialConsoleError),
+    /// The keyboard controller's state was refused.
+    #[error("cannot restore the keyboard controller")]
+    I8042(#[source] I8042Error),
+    /// The RTC's state was refused.
+    #[error("cannot restore the RTC")]
+    Cmos(#[source] CmosError),
+    /// The debug port's state was refused.
+    #[error("cannot restore the debug port")]
+    DebugPort(#[source] DebugPortError),
+    /// The host bridge's state was refused.
+    #[error("cannot restore the PCI host bridge")]
+    HostBridge(#[source] PciConfigError),
+    /// The configuration ports' state was refused.
+    #[error("cannot restore the PCI configuration ports")]
+    PciConfigIo(#[source] PciConfigIoError),
+    /// Not one backend per saved virtio device.
+    #[error("{saved} virtio devices were saved but {given} backends given")]
+    VirtioCount {
+        /// Devices in the state.
+        saved: usize,
+        /// Backends in the arguments.
+        given: usize,
+    },
+    /// A backend of another kind than the device saved in its place.
+    #[error("virtio device {0} was saved as another kind of device than its backend")]
+    VirtioKind(String),
+    /// A disk's state was refused.
+    #[error("cannot restore disk {name}")]
+    Disk {
+        /// The disk.
+        name: String,
+        /// Why.
+        #[source]
+        source: BlkError,
+    },
+    /// A network card's state was refused.
+    #[error("cannot restore network card {name}")]
+    Net {
+        /// The card.
+        name: String,
+        /// Why.
+        #[source]
+        source: NetError,
+    },
+    /// A virtio transport's state was refused.
+    #[error("cannot restore virtio device {name}")]
+    VirtioState {
+        /// The device.
+        name: String,
+        /// Why.
+        #[source]
+        source: VirtioPciError,
+    },
+    /// A restored virtio device did not start.
+    #[error("cannot restart virtio device {name}")]
+    Resume {
+        /// The device.
+        name: String,
+        /// Why.
+        #[source]
+        source: VirtioPciError,
+    },
 }
 
 /// The state of every device, for snapshots.
@@ -77,12 +150,51 @@ pub struct DeviceStates {
     pub i8042: I8042State,
     /// RTC and CMOS RAM.
     pub cmos: CmosState,
+    /// Hangar's debug port.
+    #[serde(default)]
+    pub debug_port: DebugPortState,
+    /// PCI bus 0's host bridge.
+    #[serde(default)]
+    pub pci_host_bridge: PciHostBridgeState,
     /// The PCI configuration ports (the address register).
     #[serde(default)]
     pub pci_config_io: PciConfigIoState,
     /// Each virtio device's transport, in the order they were added.
     #[serde(default)]
     pub virtio: Vec<VirtioPciState>,
+}
+
+/// What backs a virtio device being restored, in the order the devices
+/// were added (the order of [`DeviceStates::virtio`]).
+pub enum VirtioBackend {
+    /// A disk on its image.
+    Block {
+        /// Its name (thread names and log lines).
+        name: String,
+        /// The image it was saved with.
+        backend: Box<dyn BlockBackend>,
+    },
+    /// A network card on a new connection to passt.
+    Net {
+        /// Its name.
+        name: String,
+        /// The connected stream.
+        stream: UnixStream,
+    },
+}
+
+/// What a restored [`DeviceManager`] is connected to. The guest's RAM
+/// sizes, which [`DeviceManager::new`] also takes, are not needed: the
+/// CMOS state holds the bytes the BIOS wrote from them.
+pub struct DeviceManagerArgs {
+    /// Receives everything the guest writes to COM1.
+    pub serial_out: SerialOutput,
+    /// Guest memory, for the virtio devices' rings.
+    pub memory: GuestMemoryMmap,
+    /// Routes the virtio devices' MSI-X messages.
+    pub routing: Arc<dyn MsiRouting>,
+    /// One backend per saved virtio device.
+    pub virtio: Vec<VirtioBackend>,
 }
 
 /// A virtio device as the VM sees it: its name, where its BAR is, and its
@@ -103,6 +215,7 @@ pub struct DeviceManager {
     serial: Arc<Mutex<SerialConsole>>,
     i8042: Arc<Mutex<I8042Controller>>,
     cmos: Arc<Mutex<Cmos>>,
+    debug_port: Arc<Mutex<DebugPort>>,
     /// Bus 0 (its host bridge, and the PCI devices to come).
     pci_bus: Arc<Mutex<PciBus>>,
     pci_config_io: Arc<Mutex<PciConfigIo>>,
@@ -111,6 +224,30 @@ pub struct DeviceManager {
     virtio: Vec<VirtioSlot>,
     next_gsi: u32,
     irq_lines: Vec<IrqLine>,
+}
+
+/// The legacy devices' interrupt lines as they are handed out, with a
+/// second handle on each kept for registering with the hypervisor.
+#[derive(Default)]
+struct LegacyLines(Vec<IrqLine>);
+
+impl LegacyLines {
+    fn line(&mut self, gsi: u32) -> Result<IrqLine, DeviceManagerError> {
+        let l = IrqLine::new(gsi).map_err(DeviceManagerError::Irq)?;
+        self.0.push(l.try_clone().map_err(DeviceManagerError::Irq)?);
+        Ok(l)
+    }
+}
+
+/// The PC's legacy devices and PCI bus 0, before they go on the buses.
+struct LegacyDevices {
+    serial: SerialConsole,
+    i8042: I8042Controller,
+    cmos: Cmos,
+    debug_port: DebugPort,
+    pci_bus: Arc<Mutex<PciBus>>,
+    pci_config_io: PciConfigIo,
+    irq_lines: LegacyLines,
 }
 
 impl DeviceManager {
@@ -122,30 +259,32 @@ impl DeviceManager {
         ram_below_4g: u64,
         ram_above_4g: u64,
     ) -> Result<Self, DeviceManagerError> {
-        let mut irq_lines = Vec::new();
-        let mut line = |gsi| -> Result<IrqLine, DeviceManagerError> {
-            let l = IrqLine::new(gsi).map_err(DeviceManagerError::Irq)?;
-            irq_lines.push(l.try_clone().map_err(DeviceManagerError::Irq)?);
-            Ok(l)
-        };
-        let serial = Arc::new(Mutex::new(SerialConsole::new(
-            line(SERIAL_COM1_IRQ)?,
-            serial_out,
-        )));
-        let i8042 = Arc::new(Mutex::new(I8042Controller::new(
-            line(I8042_KBD_IRQ)?,
-            line(I8042_AUX_IRQ)?,
-        )));
-        let cmos = Arc::new(Mutex::new(Cmos::new(
-            ram_below_4g,
-            ram_above_4g,
-            line(CMOS_IRQ)?,
-        )));
-        let debug = Arc::new(Mutex::new(DebugPort::default()));
+        let mut lines = LegacyLines::default();
+        let serial = SerialConsole::new(lines.line(SERIAL_COM1_IRQ)?, serial_out);
+        let i8042 = I8042Controller::new(lines.line(I8042_KBD_IRQ)?, lines.line(I8042_AUX_IRQ)?);
+        let cmos = Cmos::new(ram_below_4g, ram_above_4g, lines.line(CMOS_IRQ)?);
         // A PCI host bridge behind the type-1 ports: Linux, booted without
         // ACPI, finds PCI through them alone.
         let pci_bus = Arc::new(Mutex::new(PciBus::new()));
-        let pci_config_io = Arc::new(Mutex::new(PciConfigIo::new(pci_bus.clone())));
+        let pci_config_io = PciConfigIo::new(pci_bus.clone());
+        Self::assemble(LegacyDevices {
+            serial,
+            i8042,
+            cmos,
+            debug_port: DebugPort::default(),
+            pci_bus,
+            pci_config_io,
+            irq_lines: lines,
+        })
+    }
+
+    /// Put the legacy devices on the buses and open the PCI window.
+    fn assemble(devices: LegacyDevices) -> Result<Self, DeviceManagerError> {
+        let serial = Arc::new(Mutex::new(devices.serial));
+        let i8042 = Arc::new(Mutex::new(devices.i8042));
+        let cmos = Arc::new(Mutex::new(devices.cmos));
+        let debug_port = Arc::new(Mutex::new(devices.debug_port));
+        let pci_config_io = Arc::new(Mutex::new(devices.pci_config_io));
 
         let mut io_bus = Bus::new();
         let place = |bus: &mut Bus, dev, base: u16, len| {
@@ -160,7 +299,12 @@ impl DeviceManager {
         )?;
         place(&mut io_bus, i8042.clone(), I8042_BASE, I8042_LEN)?;
         place(&mut io_bus, cmos.clone(), CMOS_BASE, CMOS_LEN)?;
-        place(&mut io_bus, debug, DEBUG_PORT_BASE, DEBUG_PORT_LEN)?;
+        place(
+            &mut io_bus,
+            debug_port.clone(),
+            DEBUG_PORT_BASE,
+            DEBUG_PORT_LEN,
+        )?;
         place(
             &mut io_bus,
             pci_config_io.clone(),
@@ -186,13 +330,14 @@ impl DeviceManager {
             serial,
             i8042,
             cmos,
-            pci_bus,
+            debug_port,
+            pci_bus: devices.pci_bus,
             pci_config_io,
             pci_window,
             bar_allocator,
             virtio: Vec::new(),
             next_gsi: FIRST_MSI_GSI,
-            irq_lines,
+            irq_lines: devices.irq_lines.0,
         })
     }
 
@@ -204,8 +349,22 @@ impl DeviceManager {
         &mut self,
         name: String,
         device: Box<dyn VirtioDevice>,
-        memory: vm_memory::GuestMemoryMmap,
+        memory: GuestMemoryMmap,
         routing: Arc<dyn MsiRouting>,
+    ) -> Result<(), DeviceManagerError> {
+        self.place_virtio(name, device, memory, routing, None)
+    }
+
+    /// [`Self::add_virtio_device`], or with `saved` its restore: the same
+    /// slot, GSIs and BAR allocation as when it was first added, in the
+    /// same order, and the transport's registers from `saved`.
+    fn place_virtio(
+        &mut self,
+        name: String,
+        device: Box<dyn VirtioDevice>,
+        memory: GuestMemoryMmap,
+        routing: Arc<dyn MsiRouting>,
+        saved: Option<&VirtioPciState>,
     ) -> Result<(), DeviceManagerError> {
         let vectors = u32::from(VirtioPciDevice::vector_count(
             device.queue_max_sizes().len(),
@@ -225,15 +384,38 @@ impl DeviceManager {
             .collect::<Result<Vec<_>, _>>()
             .map_err(DeviceManagerError::Irq)?;
         let counters = device.io_counters();
-        let mut transport = VirtioPciDevice::new(name.clone(), device, memory, lines, routing)
-            .map_err(DeviceManagerError::Virtio)?;
+        let mut transport = match saved {
+            None => VirtioPciDevice::new(name.clone(), device, memory, lines, routing)
+                .map_err(DeviceManagerError::Virtio)?,
+            Some(state) => {
+                let args = VirtioPciArgs {
+                    label: name.clone(),
+                    device,
+                    memory,
+                    vector_lines: lines,
+                    routing,
+                };
+                VirtioPciDevice::restore(args, state).map_err(|source| {
+                    DeviceManagerError::VirtioState {
+                        name: name.clone(),
+                        source,
+                    }
+                })?
+            }
+        };
+        // Allocated for a restored device too, so later devices get the
+        // BARs they would have had; its BAR itself is where the guest left
+        // it, in the saved registers.
         let bar = self
             .bar_allocator
             .allocate(super::virtio::pci::BAR_SIZE)
             .map_err(DeviceManagerError::PciSpace)?;
-        transport
-            .set_bar_address(bar)
-            .map_err(DeviceManagerError::Virtio)?;
+        if saved.is_none() {
+            transport
+                .set_bar_address(bar)
+                .map_err(DeviceManagerError::Virtio)?;
+        }
+        let bar = transport.bar_address();
         let transport = Arc::new(Mutex::new(transport));
         lock(&self.pci_bus)
             .add_device(transport.clone())
@@ -248,6 +430,31 @@ impl DeviceManager {
             counters,
         });
         Ok(())
+    }
+
+    /// Stop every started virtio device's I/O thread at a request
+    /// boundary and keep its queues ([`VirtioPciDevice::pause`]): with the
+    /// vCPUs stopped too, guest memory and a [`Persist::save`] now agree.
+    pub fn pause_virtio(&self) {
+        for slot in &self.virtio {
+            lock(&slot.device).pause();
+        }
+    }
+
+    /// Start the I/O threads of paused virtio devices, and of restored ones
+    /// that were running when saved; call once the VM is ready to run.
+    /// Every device is tried; the first failure is returned.
+    pub fn resume_virtio(&self) -> Result<(), DeviceManagerError> {
+        let mut first_failure = None;
+        for slot in &self.virtio {
+            if let Err(source) = lock(&slot.device).resume() {
+                first_failure.get_or_insert(DeviceManagerError::Resume {
+                    name: slot.name.clone(),
+                    source,
+                });
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// The virtio devices, in the order they were added.
@@ -342,19 +549,115 @@ impl DeviceManager {
     pub fn inject_mouse(&self, dx: i32, dy: i32, wheel: i32, buttons: MouseButtons) -> bool {
         lock(&self.i8042).inject_mouse(dx, dy, wheel, buttons)
     }
+}
 
-    /// The state of every device.
-    pub fn state(&self) -> DeviceStates {
+impl Persist for DeviceManager {
+    type State = DeviceStates;
+    type Args = DeviceManagerArgs;
+    type Error = DeviceManagerError;
+
+    /// The state of every device. A started virtio device whose I/O thread
+    /// runs saves no queue positions, and such a state is refused on
+    /// restore: pause them first ([`DeviceManager::pause_virtio`]).
+    fn save(&self) -> DeviceStates {
+        let pci_host_bridge = lock(lock(&self.pci_bus).host_bridge()).save();
         DeviceStates {
-            serial: lock(&self.serial).state(),
-            i8042: lock(&self.i8042).state(),
-            cmos: lock(&self.cmos).state(),
-            pci_config_io: lock(&self.pci_config_io).state(),
-            virtio: self
-                .virtio
-                .iter()
-                .map(|s| lock(&s.device).state())
-                .collect(),
+            serial: lock(&self.serial).save(),
+            i8042: lock(&self.i8042).save(),
+            cmos: lock(&self.cmos).save(),
+            debug_port: lock(&self.debug_port).save(),
+            pci_host_bridge,
+            pci_config_io: lock(&self.pci_config_io).save(),
+            virtio: self.virtio.iter().map(|s| lock(&s.device).save()).collect(),
         }
     }
+
+    /// The same devices at the same ports, IRQs, PCI slots, GSIs and BARs,
+    /// in their saved states. Started virtio devices come back without I/O
+    /// threads: [`DeviceManager::resume_virtio`] starts them.
+    fn restore(args: DeviceManagerArgs, state: &DeviceStates) -> Result<Self, DeviceManagerError> {
+        if args.virtio.len() != state.virtio.len() {
+            return Err(DeviceManagerError::VirtioCount {
+                saved: state.virtio.len(),
+                given: args.virtio.len(),
+            });
+        }
+        // The lines in the order `new` makes them.
+        let mut lines = LegacyLines::default();
+        let serial_args = SerialConsoleArgs {
+            irq: lines.line(SERIAL_COM1_IRQ)?,
+            out: args.serial_out,
+        };
+        let serial = SerialConsole::restore(serial_args, &state.serial)
+            .map_err(DeviceManagerError::Serial)?;
+        let i8042_args = I8042Args {
+            kbd_irq: lines.line(I8042_KBD_IRQ)?,
+            aux_irq: lines.line(I8042_AUX_IRQ)?,
+        };
+        let i8042 = I8042Controller::restore(i8042_args, &state.i8042)
+            .map_err(DeviceManagerError::I8042)?;
+        let cmos_args = CmosArgs {
+            irq: lines.line(CMOS_IRQ)?,
+        };
+        let cmos = Cmos::restore(cmos_args, &state.cmos).map_err(DeviceManagerError::Cmos)?;
+        let debug_port =
+            DebugPort::restore((), &state.debug_port).map_err(DeviceManagerError::DebugPort)?;
+        let bridge = PciHostBridge::restore((), &state.pci_host_bridge)
+            .map_err(DeviceManagerError::HostBridge)?;
+        let pci_bus = Arc::new(Mutex::new(PciBus::with_host_bridge(bridge)));
+        let pci_config_io = PciConfigIo::restore(pci_bus.clone(), &state.pci_config_io)
+            .map_err(DeviceManagerError::PciConfigIo)?;
+        let mut manager = Self::assemble(LegacyDevices {
+            serial,
+            i8042,
+            cmos,
+            debug_port,
+            pci_bus,
+            pci_config_io,
+            irq_lines: lines,
+        })?;
+        for (backend, saved) in args.virtio.into_iter().zip(&state.virtio) {
+            let (name, device): (String, Box<dyn VirtioDevice>) = match (backend, &saved.device) {
+                (VirtioBackend::Block { name, backend }, VirtioDeviceState::Blk(s)) => {
+                    let args = BlockDeviceArgs {
+                        name: name.clone(),
+                        backend,
+                    };
+                    let disk = BlockDevice::restore(args, s).map_err(|source| {
+                        DeviceManagerError::Disk {
+                            name: name.clone(),
+                            source,
+                        }
+                    })?;
+                    (name, Box::new(disk))
+                }
+                (VirtioBackend::Net { name, stream }, VirtioDeviceState::Net(s)) => {
+                    let args = NetDeviceArgs {
+                        name: name.clone(),
+                        backend: stream,
+                    };
+                    let card =
+                        NetDevice::restore(args, s).map_err(|source| DeviceManagerError::Net {
+                            name: name.clone(),
+                            source,
+                        })?;
+                    (name, Box::new(card))
+                }
+                (VirtioBackend::Block { name, .. } | VirtioBackend::Net { name, .. }, _) => {
+                    return Err(DeviceManagerError::VirtioKind(name));
+                }
+            };
+            manager.place_virtio(
+                name,
+                device,
+                args.memory.clone(),
+                args.routing.clone(),
+                Some(saved),
+            )?;
+        }
+        Ok(manager)
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,8 @@
 //! A device never sees the VM: it gets an offset inside its own range, an
 //! [`IrqLine`] if it raises interrupts, and (later) guest memory. Address and
 //! IRQ allocation happen in one place, [`manager::DeviceManager`]. Every
-//! device's state is a serde struct so that a whole VM can be saved later.
+//! device implements [`Persist`]: its state is a serde struct it can be
+//! rebuilt from, so that a whole VM can be saved and restored.
 
 pub mod bus;
 pub mod cmos;
@@ -13,6 +14,7 @@ pub mod irq;
 pub mod keymap;
 pub mod manager;
 pub mod pci;
+pub mod persist;
 pub mod serial;
 #[cfg(test)]
 mod test_rng;
@@ -20,6 +22,7 @@ pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use irq::IrqLine;
+pub use persist::Persist;
 
 /// Something a guest asked of the machine through a device register.
 ///

@@ -3,7 +3,7 @@
 //! The register model is `vm_superio::Serial`; this wrapper adapts it to the
 //! bus (offsets, access sizes), keeps errors from the host side (a broken
 //! output writer, a full eventfd) away from the guest, and mirrors its state
-//! in a serde struct for snapshots.
+//! in a serde struct for snapshots ([`Persist`]).
 
 use std::io::Write;
 
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use vm_superio::serial::{Error as SerialError, NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 
-use super::{BusDevice, GuestRequest, IrqLine};
+use super::{BusDevice, GuestRequest, IrqLine, Persist};
 
 /// COM1's first port.
 pub const SERIAL_COM1_BASE: u16 = 0x3f8;
@@ -21,8 +21,10 @@ pub const SERIAL_COM1_LEN: u64 = 8;
 pub const SERIAL_COM1_IRQ: u32 = 4;
 
 /// Depth of the 16550A receive FIFO as `vm_superio` models it; a state with
-/// more pending input than this cannot be restored as is.
+/// more pending input than this cannot be restored.
 const RX_FIFO_CAPACITY: usize = 64;
+/// The Interrupt Enable Register's bits; the rest read as zero.
+const IER_VALID_BITS: u8 = 0x0f;
 
 /// The UART's registers and pending input, for snapshots.
 ///
@@ -95,22 +97,45 @@ impl From<&SerialConsoleState> for SerialState {
 /// The writer that receives everything the guest transmits.
 pub type SerialOutput = Box<dyn Write + Send>;
 
-/// The UART's interrupt line, or none for a UART that could not be restored.
+/// What a restored UART is connected to: what [`SerialConsole::new`] takes.
+pub struct SerialConsoleArgs {
+    /// The interrupt line it raises.
+    pub irq: IrqLine,
+    /// Where the guest's output goes.
+    pub out: SerialOutput,
+}
+
+/// Why a UART state cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialConsoleError {
+    /// More pending input than the receive FIFO holds.
+    #[error("{len} bytes of pending input, the FIFO holds {RX_FIFO_CAPACITY}")]
+    RxFifoTooLong {
+        /// Bytes in the state.
+        len: usize,
+    },
+    /// Interrupt Enable Register bits the UART does not have.
+    #[error("interrupt enable register {0:#04x} has reserved bits set")]
+    InterruptEnable(u8),
+    /// `vm_superio` refused the registers.
+    #[error("the UART refused the registers")]
+    Uart(#[source] SerialError<std::io::Error>),
+}
+
+/// The UART's interrupt line.
 ///
 /// A failed eventfd write is logged here and reported to `vm_superio` as
 /// success: the guest cannot do anything about it, and `vm_superio` would
 /// otherwise abandon a restore half-way (its `from_state` consumes the line
 /// and the writer when raising a pending interrupt fails).
-struct UartIrq(Option<IrqLine>);
+struct UartIrq(IrqLine);
 
 impl Trigger for UartIrq {
     type E = std::io::Error;
 
     fn trigger(&self) -> std::io::Result<()> {
-        if let Some(line) = &self.0 {
-            if let Err(e) = line.trigger() {
-                log::warn!("serial: cannot raise IRQ {}: {e}", line.gsi());
-            }
+        if let Err(e) = self.0.trigger() {
+            log::warn!("serial: cannot raise IRQ {}: {e}", self.0.gsi());
         }
         Ok(())
     }
@@ -132,43 +157,9 @@ impl SerialConsole {
     /// output to `out`.
     pub fn new(irq: IrqLine, out: SerialOutput) -> Self {
         Self {
-            uart: Serial::new(UartIrq(Some(irq)), out),
+            uart: Serial::new(UartIrq(irq), out),
             output_errors: 0,
         }
-    }
-
-    /// Rebuild a UART from a snapshot, raising its pending interrupt again.
-    ///
-    /// A state from an untrusted file may hold more input than the FIFO can
-    /// take; the excess is dropped.
-    pub fn from_state(state: &SerialConsoleState, irq: IrqLine, out: SerialOutput) -> Self {
-        let mut uart_state = SerialState::from(state);
-        if uart_state.in_buffer.len() > RX_FIFO_CAPACITY {
-            log::warn!(
-                "serial: snapshot holds {} input bytes, keeping the first {RX_FIFO_CAPACITY}",
-                uart_state.in_buffer.len()
-            );
-            uart_state.in_buffer.truncate(RX_FIFO_CAPACITY);
-        }
-        let uart = match Serial::from_state(&uart_state, UartIrq(Some(irq)), NoEvents, out) {
-            Ok(uart) => uart,
-            // Unreachable: the FIFO fits and `UartIrq` never fails. Should
-            // `vm_superio` grow another error, come up disconnected rather
-            // than panic.
-            Err(e) => {
-                log::warn!("serial: cannot restore state ({e}); COM1 is disconnected");
-                Serial::new(UartIrq(None), sink_output())
-            }
-        };
-        Self {
-            uart,
-            output_errors: 0,
-        }
-    }
-
-    /// The UART's registers and pending input.
-    pub fn state(&self) -> SerialConsoleState {
-        self.uart.state().into()
     }
 
     /// Offer host input (typed keys) to the guest. Returns how many bytes
@@ -203,8 +194,43 @@ impl SerialConsole {
     }
 }
 
-fn sink_output() -> SerialOutput {
-    Box::new(std::io::sink())
+impl Persist for SerialConsole {
+    type State = SerialConsoleState;
+    type Args = SerialConsoleArgs;
+    type Error = SerialConsoleError;
+
+    /// The UART's registers and pending input.
+    fn save(&self) -> SerialConsoleState {
+        self.uart.state().into()
+    }
+
+    /// Rebuild the UART, raising its pending interrupt again.
+    fn restore(
+        args: SerialConsoleArgs,
+        state: &SerialConsoleState,
+    ) -> Result<Self, SerialConsoleError> {
+        if state.rx_fifo.len() > RX_FIFO_CAPACITY {
+            return Err(SerialConsoleError::RxFifoTooLong {
+                len: state.rx_fifo.len(),
+            });
+        }
+        if state.interrupt_enable & !IER_VALID_BITS != 0 {
+            return Err(SerialConsoleError::InterruptEnable(state.interrupt_enable));
+        }
+        // `UartIrq` never fails and the FIFO fits, so `vm_superio` has
+        // nothing left to refuse; should it grow a check, it is an error.
+        let uart = Serial::from_state(
+            &SerialState::from(state),
+            UartIrq(args.irq),
+            NoEvents,
+            args.out,
+        )
+        .map_err(SerialConsoleError::Uart)?;
+        Ok(Self {
+            uart,
+            output_errors: 0,
+        })
+    }
 }
 
 /// The register offset for a one-byte access inside the UART's range.
@@ -347,7 +373,7 @@ mod tests {
         assert_eq!(read(&mut dev, RBR), 0);
         assert_eq!(dev.fifo_space(), 1);
         assert_eq!(dev.enqueue_input(&input[RX_FIFO_CAPACITY..]), 1);
-        assert_eq!(dev.state().rx_fifo.last(), Some(&(RX_FIFO_CAPACITY as u8)));
+        assert_eq!(dev.save().rx_fifo.last(), Some(&(RX_FIFO_CAPACITY as u8)));
     }
 
     #[test]
@@ -413,7 +439,7 @@ mod tests {
         assert_eq!(read(&mut dev, 0), 0x01);
         write(&mut dev, LCR, 0x03);
         assert!(buf.bytes().is_empty(), "divisor writes are not output");
-        assert_eq!(dev.state().baud_divisor_low, 0x01);
+        assert_eq!(dev.save().baud_divisor_low, 0x01);
     }
 
     #[test]
@@ -465,7 +491,7 @@ mod tests {
         write(&mut dev, LCR, 0x1b);
         write(&mut dev, IER, IER_RDA);
         dev.enqueue_input(b"pending");
-        let state = dev.state();
+        let state = dev.save();
         assert_eq!(state.rx_fifo, b"pending");
 
         let json = serde_json::to_string(&state).unwrap();
@@ -474,8 +500,12 @@ mod tests {
 
         let irq = IrqLine::new(SERIAL_COM1_IRQ).unwrap();
         let observer = irq.try_clone().unwrap();
-        let mut restored = SerialConsole::from_state(&parsed, irq, Box::new(io::sink()));
-        assert_eq!(restored.state(), state);
+        let args = SerialConsoleArgs {
+            irq,
+            out: Box::new(io::sink()),
+        };
+        let mut restored = SerialConsole::restore(args, &parsed).unwrap();
+        assert_eq!(restored.save(), state);
         // The pending RDA interrupt is raised again on restore.
         assert_eq!(irq_count(&observer), 1);
         assert_eq!(read(&mut restored, SCR), 0x42);
@@ -485,18 +515,39 @@ mod tests {
     #[test]
     fn test_default_state_matches_a_new_console() {
         let (dev, _buf, _irq) = console();
-        assert_eq!(dev.state(), SerialConsoleState::default());
+        assert_eq!(dev.save(), SerialConsoleState::default());
     }
 
     #[test]
-    fn test_from_state_with_oversized_fifo_truncates() {
-        let state = SerialConsoleState {
+    fn test_restore_refuses_what_the_uart_cannot_hold() {
+        let restore = |state: &SerialConsoleState| {
+            let irq = IrqLine::new(SERIAL_COM1_IRQ).unwrap();
+            let out = Box::new(io::sink());
+            SerialConsole::restore(SerialConsoleArgs { irq, out }, state)
+        };
+        let oversized = SerialConsoleState {
             rx_fifo: vec![7; 1000],
             ..SerialConsoleState::default()
         };
-        let irq = IrqLine::new(SERIAL_COM1_IRQ).unwrap();
-        let dev = SerialConsole::from_state(&state, irq, Box::new(io::sink()));
-        assert_eq!(dev.state().rx_fifo.len(), RX_FIFO_CAPACITY);
+        assert!(matches!(
+            restore(&oversized),
+            Err(SerialConsoleError::RxFifoTooLong { len: 1000 })
+        ));
+        let reserved = SerialConsoleState {
+            interrupt_enable: 0x10,
+            ..SerialConsoleState::default()
+        };
+        assert!(matches!(
+            restore(&reserved),
+            Err(SerialConsoleError::InterruptEnable(0x10))
+        ));
+        // A FIFO filled to the brim is a state a UART can be in.
+        let full = SerialConsoleState {
+            rx_fifo: vec![7; RX_FIFO_CAPACITY],
+            ..SerialConsoleState::default()
+        };
+        let dev = restore(&full).unwrap();
+        assert_eq!(dev.save().rx_fifo.len(), RX_FIFO_CAPACITY);
         assert_eq!(dev.fifo_space(), 0);
     }
 }

@@ -11,6 +11,7 @@ use super::configuration::{
     PciBar, PciConfigError, PciConfiguration, PciConfigurationState, PciHeader,
 };
 use crate::devices::bus::lock;
+use crate::devices::Persist;
 
 /// Devices on the bus (device numbers 0..=31).
 pub const PCI_SLOTS: usize = 32;
@@ -65,14 +66,27 @@ pub enum PciBusError {
 /// Bus 0 and its devices.
 pub struct PciBus {
     slots: Vec<Option<SharedPciDevice>>,
+    /// The bridge in slot 0, by its type: its owner saves and restores it.
+    host_bridge: Arc<Mutex<PciHostBridge>>,
 }
 
 impl PciBus {
     /// A bus with only the host bridge, at device 0.
     pub fn new() -> Self {
+        Self::with_host_bridge(PciHostBridge::new())
+    }
+
+    /// A bus with only `bridge`, at device 0 (a restored one, say).
+    pub fn with_host_bridge(bridge: PciHostBridge) -> Self {
+        let host_bridge = Arc::new(Mutex::new(bridge));
         let mut slots: Vec<Option<SharedPciDevice>> = vec![None; PCI_SLOTS];
-        slots[usize::from(HOST_BRIDGE_SLOT)] = Some(Arc::new(Mutex::new(PciHostBridge::new())));
-        Self { slots }
+        slots[usize::from(HOST_BRIDGE_SLOT)] = Some(host_bridge.clone());
+        Self { slots, host_bridge }
+    }
+
+    /// The host bridge at device 0.
+    pub fn host_bridge(&self) -> &Arc<Mutex<PciHostBridge>> {
+        &self.host_bridge
     }
 
     /// Put `device` in the lowest free slot; returns its device number.
@@ -182,19 +196,33 @@ impl PciHostBridge {
             }),
         }
     }
+}
 
-    /// Rebuild the bridge from a snapshot.
-    pub fn from_state(state: &PciHostBridgeState) -> Result<Self, PciConfigError> {
-        Ok(Self {
-            config: PciConfiguration::from_state(&state.config)?,
-        })
-    }
+impl Persist for PciHostBridge {
+    type State = PciHostBridgeState;
+    type Args = ();
+    type Error = PciConfigError;
 
     /// Its configuration space.
-    pub fn state(&self) -> PciHostBridgeState {
+    fn save(&self) -> PciHostBridgeState {
         PciHostBridgeState {
-            config: self.config.state(),
+            config: self.config.save(),
         }
+    }
+
+    /// The state must be of this bridge: the Q35 header, as the guest may
+    /// have changed its few writable bits.
+    fn restore((): (), state: &PciHostBridgeState) -> Result<Self, PciConfigError> {
+        let config = PciConfiguration::restore((), &state.config)?;
+        config.check_layout(&PciHostBridge::new().config)?;
+        Ok(Self { config })
+    }
+}
+
+impl Default for PciHostBridgeState {
+    /// A bridge out of reset, for snapshots from before it was saved.
+    fn default() -> Self {
+        PciHostBridge::new().save()
     }
 }
 

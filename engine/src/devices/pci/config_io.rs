@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bus::PciBus;
 use crate::devices::bus::lock;
-use crate::devices::{BusDevice, GuestRequest};
+use crate::devices::{BusDevice, GuestRequest, Persist};
 
 /// CONFIG_ADDRESS's port; CONFIG_DATA is at +4.
 pub const PCI_CONFIG_IO_BASE: u16 = 0xcf8;
@@ -53,6 +53,17 @@ pub struct PciConfigIoState {
     pub reset_control: u8,
 }
 
+/// Why a state of the ports cannot be restored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PciConfigIoError {
+    /// CONFIG_ADDRESS with reserved or hardwired bits set.
+    #[error("CONFIG_ADDRESS {0:#010x} has reserved bits set")]
+    ConfigAddress(u32),
+    /// The reset control register with bits it does not keep.
+    #[error("reset control {0:#04x} has bits the register does not keep")]
+    ResetControl(u8),
+}
+
 /// The configuration ports in front of a [`PciBus`].
 pub struct PciConfigIo {
     state: PciConfigIoState,
@@ -64,23 +75,10 @@ pub struct PciConfigIo {
 impl PciConfigIo {
     /// Ports in front of `bus`, nothing selected.
     pub fn new(bus: Arc<Mutex<PciBus>>) -> Self {
-        Self::from_state(&PciConfigIoState::default(), bus)
-    }
-
-    /// Rebuild the ports from a snapshot.
-    pub fn from_state(state: &PciConfigIoState, bus: Arc<Mutex<PciBus>>) -> Self {
         Self {
-            state: PciConfigIoState {
-                config_address: state.config_address & ADDR_KEPT,
-                reset_control: state.reset_control & RESET_KEPT,
-            },
+            state: PciConfigIoState::default(),
             bus,
         }
-    }
-
-    /// CONFIG_ADDRESS and the reset control register.
-    pub fn state(&self) -> PciConfigIoState {
-        self.state
     }
 
     /// The selected (bus, device, function, register), or `None` when
@@ -116,6 +114,31 @@ impl PciConfigIo {
         if let Some((bus, dev, func, reg)) = self.target() {
             lock(&self.bus).write_config(bus, dev, func, reg, byte as u64, data);
         }
+    }
+}
+
+impl Persist for PciConfigIo {
+    type State = PciConfigIoState;
+    /// The bus the ports reach.
+    type Args = Arc<Mutex<PciBus>>;
+    type Error = PciConfigIoError;
+
+    /// CONFIG_ADDRESS and the reset control register.
+    fn save(&self) -> PciConfigIoState {
+        self.state
+    }
+
+    fn restore(
+        bus: Arc<Mutex<PciBus>>,
+        state: &PciConfigIoState,
+    ) -> Result<Self, PciConfigIoError> {
+        if state.config_address & !ADDR_KEPT != 0 {
+            return Err(PciConfigIoError::ConfigAddress(state.config_address));
+        }
+        if state.reset_control & !RESET_KEPT != 0 {
+            return Err(PciConfigIoError::ResetControl(state.reset_control));
+        }
+        Ok(Self { state: *state, bus })
     }
 }
 

@@ -13,6 +13,7 @@ use super::msix::{
     MsixCapability, MsixControl, MSG_CTL_ENABLE, MSG_CTL_FUNCTION_MASK, MSIX_CAP_LEN,
     MSIX_MAX_VECTORS,
 };
+use crate::devices::Persist;
 
 /// Dwords in a configuration header.
 pub const NUM_CONFIG_REGISTERS: usize = 64;
@@ -135,6 +136,17 @@ pub enum PciConfigError {
         /// The length it must have.
         expected: usize,
     },
+    /// A snapshot's capability offset is outside the capability area or
+    /// not dword aligned.
+    #[error("a capability at {0:#x} is outside configuration space's capability area")]
+    CapabilityOffset(u8),
+    /// A snapshot's capabilities end past configuration space.
+    #[error("capabilities end at {0:#x}, past the 256-byte header")]
+    CapabilitiesEnd(u16),
+    /// A snapshot is of another device: its identity, masks, BARs or
+    /// capabilities differ from the device it is restored onto.
+    #[error("configuration state is of another device: its {0} differ")]
+    LayoutMismatch(&'static str),
 }
 
 /// What a BAR decodes.
@@ -285,59 +297,38 @@ impl PciConfiguration {
         }
     }
 
-    /// Rebuild a header from a snapshot.
-    pub fn from_state(state: &PciConfigurationState) -> Result<Self, PciConfigError> {
-        let check = |what, got, expected| {
-            if got == expected {
-                Ok(())
-            } else {
-                Err(PciConfigError::StateLength {
-                    what,
-                    got,
-                    expected,
-                })
-            }
-        };
-        check("registers", state.registers.len(), NUM_CONFIG_REGISTERS)?;
-        check(
-            "writable masks",
-            state.writable_bits.len(),
-            NUM_CONFIG_REGISTERS,
-        )?;
-        check("BARs", state.bars.len(), NUM_BARS)?;
-        // Sizes divide addresses later: a zero would panic.
-        if let Some(bad) = state
-            .bars
+    /// Check that `self`, restored from a snapshot, is the header `fresh`
+    /// (the device as its constructor builds it) in some state the guest
+    /// could have brought it to: same identity and read-only bits, same
+    /// masks, BARs and capabilities.
+    pub fn check_layout(&self, fresh: &PciConfiguration) -> Result<(), PciConfigError> {
+        if self.writable_bits != fresh.writable_bits {
+            return Err(PciConfigError::LayoutMismatch("writable bits"));
+        }
+        if self.bars != fresh.bars {
+            return Err(PciConfigError::LayoutMismatch("BARs"));
+        }
+        if (
+            self.last_capability,
+            self.msix_capability,
+            self.capabilities_end,
+        ) != (
+            fresh.last_capability,
+            fresh.msix_capability,
+            fresh.capabilities_end,
+        ) {
+            return Err(PciConfigError::LayoutMismatch("capabilities"));
+        }
+        let read_only_differ = self
+            .registers
             .iter()
-            .flatten()
-            .find(|d| !d.size.is_power_of_two())
-        {
-            return Err(PciConfigError::BarSize(bad.size));
+            .zip(&fresh.registers)
+            .zip(&self.writable_bits)
+            .any(|((a, b), w)| (a ^ b) & !w != 0);
+        if read_only_differ {
+            return Err(PciConfigError::LayoutMismatch("read-only registers"));
         }
-        let mut c = Self {
-            registers: [0; NUM_CONFIG_REGISTERS],
-            writable_bits: [0; NUM_CONFIG_REGISTERS],
-            bars: [None; NUM_BARS],
-            last_capability: state.last_capability,
-            msix_capability: state.msix_capability,
-            capabilities_end: state.capabilities_end.min(256),
-        };
-        c.registers.copy_from_slice(&state.registers);
-        c.writable_bits.copy_from_slice(&state.writable_bits);
-        c.bars.copy_from_slice(&state.bars);
-        Ok(c)
-    }
-
-    /// The registers, masks, BARs and capabilities.
-    pub fn state(&self) -> PciConfigurationState {
-        PciConfigurationState {
-            registers: self.registers.to_vec(),
-            writable_bits: self.writable_bits.to_vec(),
-            bars: self.bars.to_vec(),
-            last_capability: self.last_capability,
-            msix_capability: self.msix_capability,
-            capabilities_end: self.capabilities_end,
-        }
+        Ok(())
     }
 
     /// Dword `reg` (0..64); past the header, all-ones.
@@ -651,5 +642,105 @@ impl PciConfiguration {
             at = self.byte(usize::from(at) + 1) & !0x3;
         }
         out
+    }
+}
+
+/// Whether BAR slot `index` may hold `def`, as [`PciConfiguration::add_bar`]
+/// would have allowed it.
+fn check_bar(
+    bars: &[Option<BarDefinition>],
+    index: usize,
+    def: BarDefinition,
+) -> Result<(), PciConfigError> {
+    let (min, max) = match def.kind {
+        PciBarKind::Io => (BAR_IO_MIN_SIZE, BAR_IO_MAX_SIZE),
+        PciBarKind::Memory32 { .. } => (BAR_MEM_MIN_SIZE, 1 << 31),
+        PciBarKind::Memory64 { .. } => (BAR_MEM_MIN_SIZE, 1 << 63),
+    };
+    // Sizes divide addresses later: a zero would panic.
+    if !def.size.is_power_of_two() || def.size < min || def.size > max {
+        return Err(PciConfigError::BarSize(def.size));
+    }
+    if matches!(def.kind, PciBarKind::Memory64 { .. }) {
+        // The upper half takes the next slot.
+        match bars.get(index + 1) {
+            None => return Err(PciConfigError::BarIndex(index)),
+            Some(Some(_)) => return Err(PciConfigError::BarInUse(index + 1)),
+            Some(None) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether `offset` is where a capability can start.
+fn check_capability_offset(offset: Option<u8>) -> Result<(), PciConfigError> {
+    match offset {
+        Some(o) if usize::from(o) < CAP_START || o % 4 != 0 => {
+            Err(PciConfigError::CapabilityOffset(o))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Persist for PciConfiguration {
+    type State = PciConfigurationState;
+    type Args = ();
+    type Error = PciConfigError;
+
+    /// The registers, masks, BARs and capabilities.
+    fn save(&self) -> PciConfigurationState {
+        PciConfigurationState {
+            registers: self.registers.to_vec(),
+            writable_bits: self.writable_bits.to_vec(),
+            bars: self.bars.to_vec(),
+            last_capability: self.last_capability,
+            msix_capability: self.msix_capability,
+            capabilities_end: self.capabilities_end,
+        }
+    }
+
+    /// A header that holds together; whether it is the right device's is
+    /// for the device to check ([`PciConfiguration::check_layout`]).
+    fn restore((): (), state: &PciConfigurationState) -> Result<Self, PciConfigError> {
+        let length = |what, got: usize, expected| {
+            if got == expected {
+                Ok(())
+            } else {
+                Err(PciConfigError::StateLength {
+                    what,
+                    got,
+                    expected,
+                })
+            }
+        };
+        length("registers", state.registers.len(), NUM_CONFIG_REGISTERS)?;
+        length(
+            "writable masks",
+            state.writable_bits.len(),
+            NUM_CONFIG_REGISTERS,
+        )?;
+        length("BARs", state.bars.len(), NUM_BARS)?;
+        for (index, def) in state.bars.iter().enumerate() {
+            if let Some(def) = def {
+                check_bar(&state.bars, index, *def)?;
+            }
+        }
+        check_capability_offset(state.last_capability)?;
+        check_capability_offset(state.msix_capability)?;
+        if usize::from(state.capabilities_end) > NUM_CONFIG_REGISTERS * 4 {
+            return Err(PciConfigError::CapabilitiesEnd(state.capabilities_end));
+        }
+        let mut c = Self {
+            registers: [0; NUM_CONFIG_REGISTERS],
+            writable_bits: [0; NUM_CONFIG_REGISTERS],
+            bars: [None; NUM_BARS],
+            last_capability: state.last_capability,
+            msix_capability: state.msix_capability,
+            capabilities_end: state.capabilities_end,
+        };
+        c.registers.copy_from_slice(&state.registers);
+        c.writable_bits.copy_from_slice(&state.writable_bits);
+        c.bars.copy_from_slice(&state.bars);
+        Ok(c)
     }
 }

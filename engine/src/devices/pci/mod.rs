@@ -16,7 +16,9 @@ pub use bus::{
     PciBarAllocError, PciBarAllocator, PciBus, PciBusError, PciDevice, PciHostBridge,
     PciHostBridgeState, SharedPciDevice,
 };
-pub use config_io::{PciConfigIo, PciConfigIoState, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
+pub use config_io::{
+    PciConfigIo, PciConfigIoError, PciConfigIoState, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN,
+};
 pub use configuration::{
     BarDefinition, PciBar, PciBarKind, PciConfigError, PciConfiguration, PciConfigurationState,
     PciHeader,

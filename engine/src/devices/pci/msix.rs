@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::Persist;
+
 /// Capability ID of MSI-X.
 pub const MSIX_CAP_ID: u8 = 0x11;
 /// Bytes of the MSI-X capability in configuration space.
@@ -46,6 +48,12 @@ pub enum MsixError {
         /// Vectors in the snapshot.
         vectors: usize,
     },
+    /// A snapshot's entry has bits set that always read as zero.
+    #[error("MSI-X vector {0} has reserved bits set")]
+    ReservedBits(usize),
+    /// A snapshot has pending bits for vectors the table does not have.
+    #[error("MSI-X state has pending bits past its {0} vectors")]
+    PendingPastTable(usize),
 }
 
 /// Where the table and PBA are and how many vectors there are: the fields
@@ -218,46 +226,6 @@ impl MsixTable {
         })
     }
 
-    /// Rebuild a table from a snapshot.
-    pub fn from_state(state: &MsixTableState) -> Result<Self, MsixError> {
-        let n = state.entries.len();
-        if n == 0 || n > usize::from(MSIX_MAX_VECTORS) {
-            return Err(MsixError::TableSize(n));
-        }
-        if state.pending.len() != n.div_ceil(64) {
-            return Err(MsixError::PbaLength {
-                got: state.pending.len(),
-                vectors: n,
-            });
-        }
-        let mut table = Self {
-            entries: state.entries.clone(),
-            pending: state.pending.clone(),
-        };
-        // Clear what the guest could not have set: reserved bits, and
-        // pending bits past the last vector.
-        for e in &mut table.entries {
-            let copy = *e;
-            for i in 0..4 {
-                e.set_dword(i, copy.dword(i));
-            }
-        }
-        if !n.is_multiple_of(64) {
-            if let Some(last) = table.pending.last_mut() {
-                *last &= (1u64 << (n % 64)) - 1;
-            }
-        }
-        Ok(table)
-    }
-
-    /// The table's vectors and pending bits.
-    pub fn state(&self) -> MsixTableState {
-        MsixTableState {
-            entries: self.entries.clone(),
-            pending: self.pending.clone(),
-        }
-    }
-
     /// Number of vectors.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -396,4 +364,52 @@ impl MsixTable {
 
     /// A guest write to the PBA: read-only, so ignored.
     pub fn write_pba(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+impl Persist for MsixTable {
+    type State = MsixTableState;
+    type Args = ();
+    type Error = MsixError;
+
+    /// The table's vectors and pending bits.
+    fn save(&self) -> MsixTableState {
+        MsixTableState {
+            entries: self.entries.clone(),
+            pending: self.pending.clone(),
+        }
+    }
+
+    fn restore((): (), state: &MsixTableState) -> Result<Self, MsixError> {
+        let n = state.entries.len();
+        if n == 0 || n > usize::from(MSIX_MAX_VECTORS) {
+            return Err(MsixError::TableSize(n));
+        }
+        if state.pending.len() != n.div_ceil(64) {
+            return Err(MsixError::PbaLength {
+                got: state.pending.len(),
+                vectors: n,
+            });
+        }
+        // What the guest writes goes through `set_dword`, which clears the
+        // reserved bits: an entry it would change was never written.
+        for (i, e) in state.entries.iter().enumerate() {
+            let mut clean = *e;
+            for d in 0..4 {
+                clean.set_dword(d, e.dword(d));
+            }
+            if clean != *e {
+                return Err(MsixError::ReservedBits(i));
+            }
+        }
+        if !n.is_multiple_of(64) {
+            let last = state.pending.last().copied().unwrap_or(0);
+            if last & !((1u64 << (n % 64)) - 1) != 0 {
+                return Err(MsixError::PendingPastTable(n));
+            }
+        }
+        Ok(Self {
+            entries: state.entries.clone(),
+            pending: state.pending.clone(),
+        })
+    }
 }

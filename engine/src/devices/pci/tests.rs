@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::devices::test_rng::Rng;
-use crate::devices::{Bus, BusDevice, BusError, GuestRequest};
+use crate::devices::{Bus, BusDevice, BusError, GuestRequest, Persist};
 
 const VENDOR: u16 = 0x1af4;
 const DEVICE: u16 = 0x1041;
@@ -267,7 +267,7 @@ fn test_linux_type1_probe_and_bus_scan() {
     // Reserved address bits read as zero.
     m.outl(0xffff_ffff, 0xcf8);
     assert_eq!(m.inl(0xcf8), 0x8fff_fffc);
-    assert_eq!(m.ports.lock().unwrap().state().config_address, 0x8fff_fffc);
+    assert_eq!(m.ports.lock().unwrap().save().config_address, 0x8fff_fffc);
 }
 
 #[test]
@@ -595,13 +595,15 @@ fn test_states_round_trip_through_serde() {
     m.outb(0x02, 0xcf9);
 
     let dev = m.dev.lock().unwrap();
-    let state = dev.config.state();
+    let state = dev.config.save();
     let json = serde_json::to_string(&state).unwrap();
     let back: PciConfigurationState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, state);
-    let restored = PciConfiguration::from_state(&back).unwrap();
+    let restored = PciConfiguration::restore((), &back).unwrap();
     assert_eq!(restored, dev.config);
     assert!(restored.msix_control().unwrap().enabled);
+    // What the guest wrote is still the same device.
+    assert_eq!(restored.check_layout(&TestDevice::new().config), Ok(()));
     // A restored header keeps its masks: sizing still works.
     let mut r = restored;
     r.write_register(4, 0, &[0xff; 4]);
@@ -616,58 +618,156 @@ fn test_states_round_trip_through_serde() {
             function_masked: false,
         },
     );
-    let ts = table.state();
+    let ts = table.save();
     let back: MsixTableState = serde_json::from_str(&serde_json::to_string(&ts).unwrap()).unwrap();
-    assert_eq!(MsixTable::from_state(&back).unwrap(), table);
+    assert_eq!(MsixTable::restore((), &back).unwrap(), table);
 
-    let ps = m.ports.lock().unwrap().state();
+    let ps = m.ports.lock().unwrap().save();
     assert_eq!(ps.reset_control, 0x02);
     let back: PciConfigIoState =
         serde_json::from_str(&serde_json::to_string(&ps).unwrap()).unwrap();
-    let ports = PciConfigIo::from_state(&back, m.pci.clone());
-    assert_eq!(ports.state(), ps);
+    let ports = PciConfigIo::restore(m.pci.clone(), &back).unwrap();
+    assert_eq!(ports.save(), ps);
 
     let pci = m.pci.lock().unwrap();
-    let host = pci.device(0).unwrap().lock().unwrap();
-    let host = host
-        .as_any()
+    let hs = {
+        let host = pci.device(0).unwrap().lock().unwrap();
+        let host = host
+            .as_any()
+            .unwrap()
+            .downcast_ref::<PciHostBridge>()
+            .unwrap();
+        host.save()
+    };
+    // Slot 0 holds the bridge the bus hands out for saving.
+    pci.host_bridge()
+        .lock()
         .unwrap()
-        .downcast_ref::<PciHostBridge>()
-        .unwrap();
-    let hs = host.state();
+        .write_config_register(3, 0, &[0x10]);
+    let hs_changed = pci.host_bridge().lock().unwrap().save();
+    assert_ne!(hs_changed, hs);
+    assert_eq!(pci.read_config(0, 0, 0, 3) & 0xff, 0x10);
+    pci.host_bridge()
+        .lock()
+        .unwrap()
+        .write_config_register(3, 0, &[0]);
     let back: PciHostBridgeState =
         serde_json::from_str(&serde_json::to_string(&hs).unwrap()).unwrap();
-    assert_eq!(PciHostBridge::from_state(&back).unwrap().state(), hs);
+    assert_eq!(PciHostBridge::restore((), &back).unwrap().save(), hs);
+    assert_eq!(PciHostBridgeState::default(), PciHostBridge::new().save());
 
     // Broken snapshots are refused, not trusted.
     let mut bad = state.clone();
     bad.registers.pop();
     assert!(matches!(
-        PciConfiguration::from_state(&bad),
+        PciConfiguration::restore((), &bad),
         Err(PciConfigError::StateLength { .. })
     ));
-    let mut bad = state;
+    let mut bad = state.clone();
     bad.bars[0] = Some(configuration::BarDefinition {
         kind: PciBarKind::Io,
         size: 0,
     });
     assert_eq!(
-        PciConfiguration::from_state(&bad),
+        PciConfiguration::restore((), &bad),
         Err(PciConfigError::BarSize(0))
+    );
+    let mut bad = state.clone();
+    bad.bars[4] = None;
+    bad.bars[5] = Some(configuration::BarDefinition {
+        kind: PciBarKind::Memory64 {
+            prefetchable: false,
+        },
+        size: 0x1000,
+    });
+    assert_eq!(
+        PciConfiguration::restore((), &bad),
+        Err(PciConfigError::BarIndex(5))
+    );
+    // BARs 2 and 4 are 64-bit: slots 3 and 5 are their upper halves.
+    for upper in [3, 5] {
+        let mut bad = state.clone();
+        bad.bars[upper] = bad.bars[1];
+        assert_eq!(
+            PciConfiguration::restore((), &bad),
+            Err(PciConfigError::BarInUse(upper))
+        );
+    }
+    let mut bad = state.clone();
+    bad.capabilities_end = 257;
+    assert_eq!(
+        PciConfiguration::restore((), &bad),
+        Err(PciConfigError::CapabilitiesEnd(257))
+    );
+    for offset in [0x3c, 0x41] {
+        let mut bad = state.clone();
+        bad.msix_capability = Some(offset);
+        assert_eq!(
+            PciConfiguration::restore((), &bad),
+            Err(PciConfigError::CapabilityOffset(offset))
+        );
+    }
+    // A header that holds together but is another device's.
+    let mut other = state.clone();
+    other.registers[0] ^= 1;
+    let other = PciConfiguration::restore((), &other).unwrap();
+    assert_eq!(
+        other.check_layout(&TestDevice::new().config),
+        Err(PciConfigError::LayoutMismatch("read-only registers"))
+    );
+    assert_eq!(
+        PciHostBridge::restore(
+            (),
+            &PciHostBridgeState {
+                config: state.clone()
+            }
+        )
+        .err(),
+        Some(PciConfigError::LayoutMismatch("writable bits"))
     );
     let mut bad = ts.clone();
     bad.pending.push(0);
     assert!(matches!(
-        MsixTable::from_state(&bad),
+        MsixTable::restore((), &bad),
         Err(MsixError::PbaLength { .. })
     ));
-    // Pending bits past the last vector and reserved bits are dropped.
-    let mut odd = ts;
+    // Pending bits past the last vector and reserved bits: never written
+    // by a guest.
+    let mut odd = ts.clone();
     odd.pending[0] = u64::MAX;
+    assert_eq!(
+        MsixTable::restore((), &odd),
+        Err(MsixError::PendingPastTable(usize::from(MSIX_VECTORS)))
+    );
+    let mut odd = ts;
     odd.entries[0].vector_control = u32::MAX;
-    let t = MsixTable::from_state(&odd).unwrap();
-    assert_eq!(t.state().pending, vec![0b111]);
-    assert_eq!(t.entry(0).unwrap().vector_control, 1);
+    assert_eq!(
+        MsixTable::restore((), &odd),
+        Err(MsixError::ReservedBits(0))
+    );
+    // So are CONFIG_ADDRESS's reserved bits and the reset register's.
+    assert_eq!(
+        PciConfigIo::restore(
+            m.pci.clone(),
+            &PciConfigIoState {
+                config_address: 0xffff_ffff,
+                reset_control: 0
+            }
+        )
+        .err(),
+        Some(PciConfigIoError::ConfigAddress(0xffff_ffff))
+    );
+    assert_eq!(
+        PciConfigIo::restore(
+            m.pci.clone(),
+            &PciConfigIoState {
+                config_address: 0,
+                reset_control: 0x04
+            }
+        )
+        .err(),
+        Some(PciConfigIoError::ResetControl(0x04))
+    );
 }
 
 #[test]
@@ -898,8 +998,8 @@ fn test_adversarial_port_traffic() {
     };
     let initial = snapshot(&m);
     let masks = [
-        PciHostBridge::new().state().config.writable_bits,
-        TestDevice::new().config.state().writable_bits,
+        PciHostBridge::new().save().config.writable_bits,
+        TestDevice::new().config.save().writable_bits,
     ];
     let initial_caps = TestDevice::new().config.capabilities();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -936,14 +1036,14 @@ fn test_adversarial_port_traffic() {
                 let mut data = vec![0u8; width];
                 ports.read(offset, &mut data);
                 // Whatever an absent function is asked, it answers ones.
-                let a = ports.state().config_address;
+                let a = ports.save().config_address;
                 let absent = a & 0x8000_0000 == 0 || a & 0x0fff_0700 != 0 || (a >> 11) & 0x1f >= 2;
                 if absent && offset >= 4 {
                     assert!(data.iter().all(|&b| b == 0xff), "step {step}");
                 }
             }
         }
-        let a = ports.state().config_address;
+        let a = ports.save().config_address;
         assert_eq!(a & !0x8fff_fffc, 0, "reserved address bits at step {step}");
         if step % 97 == 0 {
             let now = {

@@ -32,6 +32,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::backend::BlockBackend;
 use super::IoCounters;
+use crate::devices::Persist;
 
 /// virtio-blk's sector: capacity and request offsets count in these.
 pub const SECTOR_SIZE: u64 = 512;
@@ -178,6 +179,9 @@ pub enum BlkError {
     /// A snapshot whose limits do not match what this device offers.
     #[error("snapshot config does not match the device: {0}")]
     ConfigMismatch(&'static str),
+    /// A snapshot whose driver accepted features the device never offers.
+    #[error("snapshot has features {0:#x} accepted that the disk does not offer")]
+    FeaturesNotOffered(u64),
 }
 
 /// What the transport does with a finished request.
@@ -345,40 +349,6 @@ impl<B: BlockBackend> VirtioBlk<B> {
             counters: Arc::default(),
             serial: id,
             buf: vec![0; COPY_CHUNK],
-        }
-    }
-
-    /// Rebuild a device from a snapshot onto the same image.
-    ///
-    /// The snapshot may come from an untrusted file: its config must be
-    /// what this device would offer for `backend`, so no limit the request
-    /// checks rely on comes from the file.
-    pub fn from_state(state: &BlkState, backend: B) -> Result<Self, BlkError> {
-        let fresh = BlkConfig::for_backend(&backend);
-        if state.config.capacity != fresh.capacity {
-            return Err(BlkError::CapacityMismatch {
-                saved: state.config.capacity,
-                actual: fresh.capacity,
-            });
-        }
-        if !state.config.read_only && fresh.read_only {
-            return Err(BlkError::ReadOnlyMismatch);
-        }
-        if state.config != fresh {
-            return Err(BlkError::ConfigMismatch("limits or features differ"));
-        }
-        let mut dev = Self::new(backend, "");
-        dev.serial = state.serial;
-        dev.ack_features(state.acked_features);
-        Ok(dev)
-    }
-
-    /// The device's state.
-    pub fn state(&self) -> BlkState {
-        BlkState {
-            acked_features: self.acked_features,
-            config: self.config,
-            serial: self.serial,
         }
     }
 
@@ -847,6 +817,51 @@ fn copy_to_guest<M: GuestMemory + ?Sized>(
         *written += n as u64;
     }
     Ok(())
+}
+
+impl<B: BlockBackend> Persist for VirtioBlk<B> {
+    type State = BlkState;
+    /// The image the disk is restored onto.
+    type Args = B;
+    type Error = BlkError;
+
+    /// The device's state.
+    fn save(&self) -> BlkState {
+        BlkState {
+            acked_features: self.acked_features,
+            config: self.config,
+            serial: self.serial,
+        }
+    }
+
+    /// Rebuild a device from a snapshot onto the same image.
+    ///
+    /// The snapshot may come from an untrusted file: its config must be
+    /// what this device would offer for `backend`, so no limit the request
+    /// checks rely on comes from the file.
+    fn restore(backend: B, state: &BlkState) -> Result<Self, BlkError> {
+        let fresh = BlkConfig::for_backend(&backend);
+        if state.config.capacity != fresh.capacity {
+            return Err(BlkError::CapacityMismatch {
+                saved: state.config.capacity,
+                actual: fresh.capacity,
+            });
+        }
+        if !state.config.read_only && fresh.read_only {
+            return Err(BlkError::ReadOnlyMismatch);
+        }
+        if state.config != fresh {
+            return Err(BlkError::ConfigMismatch("limits or features differ"));
+        }
+        let unknown = state.acked_features & !fresh.device_features();
+        if unknown != 0 {
+            return Err(BlkError::FeaturesNotOffered(unknown));
+        }
+        let mut dev = Self::new(backend, "");
+        dev.serial = state.serial;
+        dev.ack_features(state.acked_features);
+        Ok(dev)
+    }
 }
 
 #[cfg(test)]

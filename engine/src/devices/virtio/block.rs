@@ -12,20 +12,21 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::BlockBackend;
-use super::blk::{VirtioBlk, QUEUE_SIZE_MAX};
+use super::blk::{BlkError, BlkState, VirtioBlk, QUEUE_SIZE_MAX};
 use super::device::{
     ActivateError, ActiveQueue, QueueInterrupt, VirtioDevice, VirtioDeviceState, VIRTIO_ID_BLOCK,
 };
-use super::worker::{drain_queue, IoWorker, WorkerLoop, WorkerPoll};
+use super::worker::{drain_queue_until, IoWorker, WorkerLoop, WorkerPoll};
 use super::IoCounters;
 use crate::devices::bus::lock;
+use crate::devices::Persist;
 
 /// A disk: request handling shared with its I/O thread.
 pub struct BlockDevice {
     name: String,
     blk: Arc<Mutex<VirtioBlk<Box<dyn BlockBackend>>>>,
     counters: Arc<IoCounters>,
-    worker: Option<IoWorker>,
+    worker: Option<IoWorker<BlockQueueLoop>>,
 }
 
 impl BlockDevice {
@@ -40,6 +41,38 @@ impl BlockDevice {
             counters,
             worker: None,
         }
+    }
+}
+
+/// What a restored disk is connected to: what [`BlockDevice::new`] takes
+/// (the serial is in the state).
+pub struct BlockDeviceArgs {
+    /// Names its thread and log lines.
+    pub name: String,
+    /// The image, the one the state was saved with.
+    pub backend: Box<dyn BlockBackend>,
+}
+
+impl Persist for BlockDevice {
+    type State = BlkState;
+    type Args = BlockDeviceArgs;
+    type Error = BlkError;
+
+    /// Features, config and serial; the queue is the transport's.
+    fn save(&self) -> BlkState {
+        lock(&self.blk).save()
+    }
+
+    /// An inactive disk: the transport hands it its queue.
+    fn restore(args: BlockDeviceArgs, state: &BlkState) -> Result<Self, BlkError> {
+        let blk = VirtioBlk::restore(args.backend, state)?;
+        let counters = blk.counters().clone();
+        Ok(Self {
+            name: args.name,
+            blk: Arc::new(Mutex::new(blk)),
+            counters,
+            worker: None,
+        })
     }
 }
 
@@ -65,7 +98,7 @@ impl WorkerLoop for BlockQueueLoop {
         poll.add(self.notify.as_raw_fd(), 0, EventSet::IN)
     }
 
-    fn handle(&mut self, _poll: &WorkerPoll, _fired: &[(u64, EventSet)]) -> bool {
+    fn handle(&mut self, poll: &WorkerPoll, _fired: &[(u64, EventSet)]) -> bool {
         // Consume the doorbell count; the ring says what is there.
         let _ = self.notify.read();
         if self.broken {
@@ -74,7 +107,8 @@ impl WorkerLoop for BlockQueueLoop {
         let mut blk = lock(&self.blk);
         let name = &self.name;
         let errors_logged = &mut self.errors_logged;
-        let result = drain_queue(&mut self.queue, &self.memory, |chain| {
+        let stop = || poll.stop_requested();
+        let result = drain_queue_until(&mut self.queue, &self.memory, stop, |chain| {
             let outcome = blk.process_request(&self.memory, chain);
             if let Some(e) = outcome.error {
                 if *errors_logged < MAX_LOGGED_ERRORS {
@@ -152,11 +186,25 @@ impl VirtioDevice for BlockDevice {
         }
     }
 
-    fn state(&self) -> VirtioDeviceState {
-        VirtioDeviceState::Blk(lock(&self.blk).state())
+    fn pause(&mut self) -> Vec<ActiveQueue> {
+        let Some(state) = self.worker.take().and_then(|mut w| w.pause()) else {
+            return Vec::new();
+        };
+        vec![ActiveQueue {
+            index: 0,
+            queue: state.queue,
+            notify: state.notify,
+        }]
+    }
+
+    fn save_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Blk(self.save())
     }
 
     fn io_counters(&self) -> Option<Arc<IoCounters>> {
         Some(self.counters.clone())
     }
 }
+
+#[cfg(test)]
+mod tests;

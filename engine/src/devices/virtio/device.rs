@@ -51,7 +51,7 @@ pub enum ActivateError {
     /// A queue the device needs was not set up by the driver.
     #[error("the driver did not set up queue {0}")]
     MissingQueue(u16),
-    /// The worker thread could not be started.
+    /// The worker thread could not be started (or its doorbells reached).
     #[error("cannot start the device's I/O thread")]
     Spawn(#[source] io::Error),
     /// The device's backend could not be prepared.
@@ -59,7 +59,8 @@ pub enum ActivateError {
     Backend(String),
 }
 
-/// A device's own state, for snapshots (the transport keeps the rest).
+/// A device's own state, for snapshots (the transport keeps the rest);
+/// each device type restores from its own variant ([`crate::devices::Persist`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum VirtioDeviceState {
     /// A virtio-blk disk.
@@ -97,8 +98,37 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device (or the VM is going away): stop the
     /// worker and forget the queues. Must be safe to call when inactive.
     fn reset(&mut self);
-    /// The device's own state.
-    fn state(&self) -> VirtioDeviceState;
+    /// Stop the worker at a request boundary and hand back its queues,
+    /// positions included: every request it took is finished and in the
+    /// used ring, the rest stay available. For a snapshot, or to move the
+    /// queues to another worker ([`VirtioDevice::resume`]); empty when the
+    /// device is not running (or its worker died, which it reported).
+    fn pause(&mut self) -> Vec<ActiveQueue>;
+    /// Serve `queues` handed back by a [`VirtioDevice::pause`], this
+    /// device's or another's of the same kind: [`VirtioDevice::activate`],
+    /// then one doorbell per queue, so that requests published while no
+    /// worker served them are taken now.
+    fn resume(
+        &mut self,
+        memory: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<dyn QueueInterrupt>,
+    ) -> Result<(), ActivateError> {
+        let doorbells = queues
+            .iter()
+            .map(|q| q.notify.try_clone())
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(ActivateError::Spawn)?;
+        self.activate(memory, queues, interrupt)?;
+        for doorbell in doorbells {
+            // A full counter already wakes the worker.
+            let _ = doorbell.write(1);
+        }
+        Ok(())
+    }
+    /// The device's own state: its [`crate::devices::Persist::save`], for
+    /// the transport, which holds devices as trait objects.
+    fn save_state(&self) -> VirtioDeviceState;
     /// Counters for the user interface (bytes moved), if the device has any.
     fn io_counters(&self) -> Option<Arc<super::IoCounters>> {
         None

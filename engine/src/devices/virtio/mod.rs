@@ -20,9 +20,13 @@ pub mod worker;
 
 pub use backend::{BackendError, BlockBackend, MemoryDisk, RawFile};
 pub use blk::{BlkConfig, BlkError, BlkState, RequestError, RequestOutcome, VirtioBlk};
-pub use block::BlockDevice;
+pub use block::{BlockDevice, BlockDeviceArgs};
 pub use device::{ActivateError, ActiveQueue, QueueInterrupt, VirtioDevice, VirtioDeviceState};
-pub use pci::{MsiRouting, PciMmioWindow, VirtioPciDevice, VirtioPciError, VirtioPciState};
+pub use net::{NetDevice, NetDeviceArgs, NetError, NetState};
+pub use pci::{
+    MsiRouting, PciMmioWindow, QueuePosition, QueueSetupError, VirtioPciArgs, VirtioPciDevice,
+    VirtioPciError, VirtioPciState,
+};
 pub use qcow2::{Qcow2Disk, Qcow2Error};
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -40,6 +40,7 @@ use super::device::{
 use super::worker::{IoWorker, StuckRing, WorkerLoop, WorkerPoll};
 use super::IoCounters;
 use crate::devices::bus::lock;
+use crate::devices::Persist;
 
 /// Largest size of each queue.
 pub const QUEUE_SIZE_MAX: u16 = 256;
@@ -82,6 +83,24 @@ pub struct NetState {
     pub mac: [u8; 6],
     /// Features the driver accepted.
     pub acked_features: u64,
+}
+
+/// What a restored card is connected to: what [`NetDevice::new`] takes
+/// (the MAC address is in the state).
+pub struct NetDeviceArgs {
+    /// Names its thread and log lines.
+    pub name: String,
+    /// A connected stream to passt (a new one: frames in flight on the old
+    /// connection are gone, as on a real link that went down and up).
+    pub backend: UnixStream,
+}
+
+/// Why a card's state cannot be restored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NetError {
+    /// The driver accepted features the card never offers.
+    #[error("features {0:#x} accepted that the card does not offer")]
+    FeaturesNotOffered(u64),
 }
 
 /// What the I/O thread and the vCPUs (config reads) both see.
@@ -267,7 +286,7 @@ pub struct NetDevice {
     acked_features: u64,
     shared: Arc<Shared>,
     backend: Arc<Mutex<Backend>>,
-    worker: Option<IoWorker>,
+    worker: Option<IoWorker<NetLoop>>,
 }
 
 impl NetDevice {
@@ -414,15 +433,57 @@ impl VirtioDevice for NetDevice {
         }
     }
 
-    fn state(&self) -> VirtioDeviceState {
-        VirtioDeviceState::Net(NetState {
-            mac: self.mac,
-            acked_features: self.acked_features,
-        })
+    /// Frames half sent or not yet delivered stay in the backend's
+    /// buffers, which the card keeps: the next worker goes on with them.
+    fn pause(&mut self) -> Vec<ActiveQueue> {
+        let Some(state) = self.worker.take().and_then(|mut w| w.pause()) else {
+            return Vec::new();
+        };
+        vec![
+            ActiveQueue {
+                index: RX_QUEUE,
+                queue: state.rx,
+                notify: state.rx_notify,
+            },
+            ActiveQueue {
+                index: TX_QUEUE,
+                queue: state.tx,
+                notify: state.tx_notify,
+            },
+        ]
+    }
+
+    fn save_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Net(self.save())
     }
 
     fn io_counters(&self) -> Option<Arc<IoCounters>> {
         Some(self.shared.counters.clone())
+    }
+}
+
+impl Persist for NetDevice {
+    type State = NetState;
+    type Args = NetDeviceArgs;
+    type Error = NetError;
+
+    /// MAC address and features; the queues are the transport's.
+    fn save(&self) -> NetState {
+        NetState {
+            mac: self.mac,
+            acked_features: self.acked_features,
+        }
+    }
+
+    /// An inactive card: the transport hands it its queues.
+    fn restore(args: NetDeviceArgs, state: &NetState) -> Result<Self, NetError> {
+        let mut card = Self::new(args.name, state.mac, args.backend);
+        let unknown = state.acked_features & !card.device_features();
+        if unknown != 0 {
+            return Err(NetError::FeaturesNotOffered(unknown));
+        }
+        card.acked_features = state.acked_features;
+        Ok(card)
     }
 }
 
@@ -582,8 +643,9 @@ impl NetLoop {
     }
 
     /// Send the guest's frames: flush, then take chains while a largest
-    /// frame still fits the transmit buffer.
-    fn process_tx(&mut self, backend: &mut Backend) {
+    /// frame still fits the transmit buffer, and none once the thread is
+    /// asked to stop.
+    fn process_tx(&mut self, backend: &mut Backend, poll: &WorkerPoll) {
         if let Err(e) = backend.flush() {
             self.stop_backend(backend, &e.to_string());
         }
@@ -597,8 +659,13 @@ impl NetLoop {
                 break Err(e);
             }
             let mut stalled = false;
+            let mut stopping = false;
             let mut add_err = None;
             loop {
+                if poll.stop_requested() {
+                    stopping = true;
+                    break;
+                }
                 if backend.stream.is_some() && !backend.tx_room() {
                     stalled = true;
                     break;
@@ -624,6 +691,10 @@ impl NetLoop {
                 self.stop_backend(backend, &e.to_string());
                 // Dropping from now on: go round to take the rest.
                 continue;
+            }
+            if stopping {
+                // The rest is the next worker's; the guest may ring again.
+                break self.tx.enable_notification(&*self.memory).map(|_| ());
             }
             if stalled {
                 if backend.tx_room() {
@@ -721,8 +792,9 @@ impl NetLoop {
     }
 
     /// Deliver the backend's frames while the guest has receive buffers,
-    /// reading the socket as frames are used up.
-    fn process_rx(&mut self, backend: &mut Backend) {
+    /// reading the socket as frames are used up; none once the thread is
+    /// asked to stop (the frame waits in the buffer for the next worker).
+    fn process_rx(&mut self, backend: &mut Backend, poll: &WorkerPoll) {
         let mut used_any = false;
         let mut notifications_off = false;
         let mut rx_stuck = StuckRing::default();
@@ -743,6 +815,7 @@ impl NetLoop {
                         break;
                     }
                 },
+                RxFrame::Complete { .. } if poll.stop_requested() => break,
                 RxFrame::Complete { start, len } => {
                     if self.rx_broken {
                         // Nowhere to put it: leave the socket unread.
@@ -918,8 +991,8 @@ impl WorkerLoop for NetLoop {
         let mut backend = lock(&backend);
         // Both sides, whatever fired: each is cheap when idle, and a
         // doorbell on one side can free the other (buffers, ring slots).
-        self.process_tx(&mut backend);
-        self.process_rx(&mut backend);
+        self.process_tx(&mut backend, poll);
+        self.process_rx(&mut backend, poll);
         if hangup && backend.stream.is_some() {
             // The peer is gone but what it sent could not all be read (no
             // receive buffers): epoll would report the hang-up forever.

@@ -36,13 +36,14 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::device::{ActiveQueue, QueueInterrupt, VirtioDevice};
+use super::device::{ActivateError, ActiveQueue, QueueInterrupt, VirtioDevice};
 use crate::devices::bus::{lock, BusDevice};
 use crate::devices::pci::{
-    MsixCapability, MsixControl, MsixMessage, MsixTable, MsixTableState, PciBar, PciBarKind,
-    PciConfiguration, PciConfigurationState, PciDevice, PciHeader,
+    MsixCapability, MsixControl, MsixError, MsixMessage, MsixTable, MsixTableEntry, MsixTableState,
+    PciBar, PciBarKind, PciConfigError, PciConfiguration, PciConfigurationState, PciDevice,
+    PciHeader,
 };
-use crate::devices::{GuestRequest, IrqLine};
+use crate::devices::{GuestRequest, IrqLine, Persist};
 
 /// Red Hat's vendor ID, under which virtio devices are registered.
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
@@ -104,6 +105,57 @@ pub enum VirtioPciError {
         /// Vectors the device has.
         want: usize,
     },
+    /// A state's configuration space cannot be restored onto this device.
+    #[error("the saved configuration space does not fit the device")]
+    ConfigState(#[source] PciConfigError),
+    /// A state's MSI-X table cannot be restored.
+    #[error("the saved MSI-X table cannot be restored")]
+    MsixState(#[source] MsixError),
+    /// A state whose device part is not the device given to restore it.
+    #[error("the saved device state is not the state of the device restored from it")]
+    DeviceState,
+    /// A state of a device with other queues or vectors.
+    #[error("the state is of another device: its {0} differ")]
+    StateMismatch(&'static str),
+    /// A vector register naming a vector the table does not have.
+    #[error("vector register holds {0}, which is not in the MSI-X table")]
+    Vector(u16),
+    /// ISR bits the device never sets.
+    #[error("ISR status {0:#x} has bits the device never sets")]
+    Isr(u8),
+    /// Features accepted (FEATURES_OK) that the device does not offer.
+    #[error("features {0:#x} accepted that the device does not offer")]
+    Features(u64),
+    /// A started device whose status does not say the driver started it.
+    #[error("the device is started but its status {0:#x} lacks FEATURES_OK or DRIVER_OK")]
+    ActiveStatus(u8),
+    /// A started device saved while its I/O thread ran its queues (not
+    /// paused): where they stood is unknown.
+    #[error("the device was saved while its I/O thread ran: its queue positions are unknown")]
+    PositionsUnknown,
+    /// A started queue the saved registers cannot make.
+    #[error("cannot restore queue {index}")]
+    Queue {
+        /// The queue.
+        index: usize,
+        /// Why.
+        #[source]
+        source: QueueSetupError,
+    },
+    /// The device could not start again on its queues.
+    #[error("cannot restart the device on its queues")]
+    Resume(#[source] ActivateError),
+}
+
+/// Why a queue's registers do not make a queue the device can use.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueSetupError {
+    /// A size or ring address `virtio-queue` refuses.
+    #[error("the registers are not a queue")]
+    Registers(#[source] virtio_queue::Error),
+    /// Rings not inside guest memory.
+    #[error("its rings are not inside guest memory")]
+    OutsideMemory,
 }
 
 /// Points interrupt messages at the guest's local APICs: the device manager
@@ -147,6 +199,16 @@ impl QueueRegisters {
     }
 }
 
+/// Where a started queue stands: the next chain the device takes from the
+/// available ring and the next slot it fills in the used ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueuePosition {
+    /// Index into the available ring (wrapping).
+    pub next_avail: u16,
+    /// Index into the used ring (wrapping).
+    pub next_used: u16,
+}
+
 /// The transport's state, for snapshots.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VirtioPciState {
@@ -172,6 +234,33 @@ pub struct VirtioPciState {
     pub isr: u8,
     /// The device's own state (a disk's or a network card's).
     pub device: super::device::VirtioDeviceState,
+    /// The driver started the device (DRIVER_OK) and it serves its queues.
+    #[serde(default)]
+    pub active: bool,
+    /// A started device's queue positions, one per queue, once its queues
+    /// were handed back to the transport (paused, or restored and not yet
+    /// resumed); `None` while an I/O thread runs them: such a state is
+    /// refused.
+    #[serde(default)]
+    pub positions: Option<Vec<QueuePosition>>,
+    /// Why the device gave up, until the driver resets it.
+    #[serde(default)]
+    pub failure: Option<String>,
+}
+
+/// What a restored transport is connected to: what [`VirtioPciDevice::new`]
+/// takes.
+pub struct VirtioPciArgs {
+    /// Names the device in log lines.
+    pub label: String,
+    /// The device, restored from the state's `device` part.
+    pub device: Box<dyn VirtioDevice>,
+    /// Guest memory, holding the rings.
+    pub memory: GuestMemoryMmap,
+    /// One unregistered interrupt line per MSI-X vector.
+    pub vector_lines: Vec<IrqLine>,
+    /// Where the guest's MSI-X messages are routed.
+    pub routing: Arc<dyn MsiRouting>,
 }
 
 /// MSI-X state shared by the transport (guest writes) and the device's
@@ -287,6 +376,9 @@ pub struct VirtioPciDevice {
     driver_features: u64,
     queue_select: u16,
     active: bool,
+    /// A started device's queues while no I/O thread has them (paused, or
+    /// restored and not yet resumed).
+    paused: Option<Vec<ActiveQueue>>,
 }
 
 impl VirtioPciDevice {
@@ -396,6 +488,7 @@ impl VirtioPciDevice {
             driver_features: 0,
             queue_select: 0,
             active: false,
+            paused: None,
         })
     }
 
@@ -437,25 +530,75 @@ impl VirtioPciDevice {
         if self.active {
             self.device.reset();
             self.active = false;
+            self.paused = None;
         }
     }
 
-    /// The transport's state.
-    pub fn state(&self) -> VirtioPciState {
-        let v = lock(&self.interrupts.vectors);
-        VirtioPciState {
-            config: self.config.state(),
-            msix: v.table.state(),
-            status: self.status,
-            device_feature_select: self.device_feature_select,
-            driver_feature_select: self.driver_feature_select,
-            driver_features: self.driver_features,
-            queue_select: self.queue_select,
-            config_vector: v.config_vector,
-            queues: self.queues.clone(),
-            isr: self.interrupts.isr.load(Ordering::Acquire),
-            device: self.device.state(),
+    /// Take a started device's queues back from its I/O thread, which
+    /// stops at a request boundary ([`VirtioDevice::pause`]); a save now
+    /// records where they stand. Nothing to do for a device not started,
+    /// or one paused already. Doorbells rung meanwhile wait in their
+    /// eventfds.
+    pub fn pause(&mut self) {
+        if self.active && self.paused.is_none() {
+            self.paused = Some(self.device.pause());
         }
+    }
+
+    /// Start the device's I/O thread again on the queues it was handed
+    /// back (by [`VirtioPciDevice::pause`] or a restore), ringing each
+    /// doorbell once: requests the guest published while no thread served
+    /// the queues are served now. A device that fails to start shows
+    /// NEEDS_RESET to its driver.
+    pub fn resume(&mut self) -> Result<(), VirtioPciError> {
+        let Some(queues) = self.paused.take() else {
+            return Ok(());
+        };
+        let interrupt: Arc<dyn QueueInterrupt> = self.interrupts.clone();
+        if let Err(e) = self.device.resume(self.memory.clone(), queues, interrupt) {
+            self.active = false;
+            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+            return Err(VirtioPciError::Resume(e));
+        }
+        Ok(())
+    }
+
+    /// Whether the device has queues no I/O thread serves (paused, or
+    /// restored and not yet resumed).
+    pub fn is_paused(&self) -> bool {
+        self.paused.is_some()
+    }
+
+    /// Whether the driver accepted VIRTIO_F_EVENT_IDX.
+    fn event_idx(&self) -> bool {
+        self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0
+    }
+
+    /// The enabled queues of a restored, started device at `positions`.
+    fn restored_queues(
+        &self,
+        positions: &[QueuePosition],
+    ) -> Result<Vec<ActiveQueue>, VirtioPciError> {
+        let event_idx = self.event_idx();
+        let mut queues = Vec::new();
+        for (i, (regs, position)) in self.queues.iter().zip(positions).enumerate() {
+            if !regs.enabled {
+                continue;
+            }
+            let mut queue = queue_from_registers(regs, event_idx, &self.memory)
+                .map_err(|source| VirtioPciError::Queue { index: i, source })?;
+            queue.set_next_avail(position.next_avail);
+            queue.set_next_used(position.next_used);
+            queues.push(ActiveQueue {
+                // i < MAX_QUEUES.
+                index: i as u16,
+                queue,
+                notify: self.notify[i]
+                    .try_clone()
+                    .map_err(VirtioPciError::EventFd)?,
+            });
+        }
+        Ok(queues)
     }
 
     fn offered_features(&self) -> u64 {
@@ -642,32 +785,22 @@ impl VirtioPciDevice {
     }
 
     fn activate(&mut self) -> Result<(), String> {
-        let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let event_idx = self.event_idx();
         let mut active = Vec::new();
         for (i, regs) in self.queues.iter().enumerate() {
             if !regs.enabled {
                 continue;
             }
-            let mut q = Queue::new(regs.max_size).map_err(|e| format!("queue {i}: {e:?}"))?;
-            // The try_ setters: the plain ones log and keep the old value
-            // (size max_size, rings at address 0), so a bad size or an
-            // unaligned ring would silently become a different queue.
-            let bad = |e: virtio_queue::Error| format!("queue {i}: {e}");
-            q.try_set_size(regs.size).map_err(bad)?;
-            q.try_set_desc_table_address(GuestAddress(regs.desc))
-                .map_err(bad)?;
-            q.try_set_avail_ring_address(GuestAddress(regs.driver))
-                .map_err(bad)?;
-            q.try_set_used_ring_address(GuestAddress(regs.device))
-                .map_err(bad)?;
-            q.set_event_idx(event_idx);
-            q.set_ready(true);
-            if !q.is_valid(&self.memory) {
-                return Err(format!(
-                    "queue {i} is not valid (size {}, rings at {:#x}/{:#x}/{:#x})",
-                    regs.size, regs.desc, regs.driver, regs.device
-                ));
-            }
+            let q = match queue_from_registers(regs, event_idx, &self.memory) {
+                Ok(q) => q,
+                Err(QueueSetupError::Registers(e)) => return Err(format!("queue {i}: {e}")),
+                Err(QueueSetupError::OutsideMemory) => {
+                    return Err(format!(
+                        "queue {i} is not valid (size {}, rings at {:#x}/{:#x}/{:#x})",
+                        regs.size, regs.desc, regs.driver, regs.device
+                    ))
+                }
+            };
             let notify = self.notify[i]
                 .try_clone()
                 .map_err(|e| format!("queue {i}: {e}"))?;
@@ -690,6 +823,7 @@ impl VirtioPciDevice {
         if self.active {
             self.device.reset();
             self.active = false;
+            self.paused = None;
         }
         // Drain doorbells rung before the reset.
         for e in &self.notify {
@@ -778,6 +912,176 @@ impl VirtioPciDevice {
         if changed {
             self.interrupts.deliver_pending();
         }
+    }
+}
+
+/// A queue on the rings `regs` name, ready for a device. The try_ setters:
+/// the plain ones log and keep the old value (size max_size, rings at
+/// address 0), so a bad size or an unaligned ring would silently become a
+/// different queue.
+fn queue_from_registers(
+    regs: &QueueRegisters,
+    event_idx: bool,
+    memory: &GuestMemoryMmap,
+) -> Result<Queue, QueueSetupError> {
+    let mut q = Queue::new(regs.max_size).map_err(QueueSetupError::Registers)?;
+    q.try_set_size(regs.size)
+        .map_err(QueueSetupError::Registers)?;
+    q.try_set_desc_table_address(GuestAddress(regs.desc))
+        .map_err(QueueSetupError::Registers)?;
+    q.try_set_avail_ring_address(GuestAddress(regs.driver))
+        .map_err(QueueSetupError::Registers)?;
+    q.try_set_used_ring_address(GuestAddress(regs.device))
+        .map_err(QueueSetupError::Registers)?;
+    q.set_event_idx(event_idx);
+    q.set_ready(true);
+    if !q.is_valid(memory) {
+        return Err(QueueSetupError::OutsideMemory);
+    }
+    Ok(q)
+}
+
+impl Persist for VirtioPciDevice {
+    type State = VirtioPciState;
+    type Args = VirtioPciArgs;
+    type Error = VirtioPciError;
+
+    /// The transport's registers, MSI-X, the device's own state and, for a
+    /// started device whose queues no I/O thread holds, where they stand.
+    fn save(&self) -> VirtioPciState {
+        let failure = lock(&self.interrupts.failure)
+            .as_ref()
+            .map(|(why, _)| why.clone());
+        let positions = self.paused.as_ref().map(|queues| {
+            let mut positions = vec![QueuePosition::default(); self.queues.len()];
+            for q in queues {
+                if let Some(p) = positions.get_mut(usize::from(q.index)) {
+                    *p = QueuePosition {
+                        next_avail: q.queue.next_avail(),
+                        next_used: q.queue.next_used(),
+                    };
+                }
+            }
+            positions
+        });
+        let v = lock(&self.interrupts.vectors);
+        VirtioPciState {
+            config: self.config.save(),
+            msix: v.table.save(),
+            status: self.status,
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            config_vector: v.config_vector,
+            queues: self.queues.clone(),
+            isr: self.interrupts.isr.load(Ordering::Acquire),
+            device: self.device.save_state(),
+            active: self.active,
+            positions,
+            failure,
+        }
+    }
+
+    /// A started device comes back with its queues at their positions but
+    /// no I/O thread on them: [`VirtioPciDevice::resume`] starts it once
+    /// the VM is ready. KVM's routes belong to the new VM, so every vector
+    /// the guest programmed is routed again here.
+    ///
+    /// Queue registers of a device not yet started hold whatever the
+    /// driver wrote (a bad size is refused only at DRIVER_OK); those of a
+    /// started one must make valid queues inside guest memory.
+    fn restore(args: VirtioPciArgs, state: &VirtioPciState) -> Result<Self, VirtioPciError> {
+        let mut t = Self::new(
+            args.label,
+            args.device,
+            args.memory,
+            args.vector_lines,
+            args.routing,
+        )?;
+        if t.device.save_state() != state.device {
+            return Err(VirtioPciError::DeviceState);
+        }
+        let config =
+            PciConfiguration::restore((), &state.config).map_err(VirtioPciError::ConfigState)?;
+        config
+            .check_layout(&t.config)
+            .map_err(VirtioPciError::ConfigState)?;
+        let table = MsixTable::restore((), &state.msix).map_err(VirtioPciError::MsixState)?;
+        let vectors = lock(&t.interrupts.vectors).table.len();
+        if table.len() != vectors {
+            return Err(VirtioPciError::StateMismatch("MSI-X vectors"));
+        }
+        if state.queues.len() != t.queues.len()
+            || state
+                .queues
+                .iter()
+                .zip(&t.queues)
+                .any(|(saved, fresh)| saved.max_size != fresh.max_size)
+        {
+            return Err(VirtioPciError::StateMismatch("queues"));
+        }
+        let vector_registers = state.queues.iter().map(|q| q.vector);
+        if let Some(v) = vector_registers
+            .chain([state.config_vector])
+            .find(|&v| v != NO_VECTOR && usize::from(v) >= vectors)
+        {
+            return Err(VirtioPciError::Vector(v));
+        }
+        if state.isr & !(ISR_QUEUE | ISR_CONFIG) != 0 {
+            return Err(VirtioPciError::Isr(state.isr));
+        }
+        let features_ok = VIRTIO_CONFIG_S_FEATURES_OK as u8;
+        let driver_ok = VIRTIO_CONFIG_S_DRIVER_OK as u8;
+        if state.status & features_ok != 0 {
+            let offered = t.offered_features();
+            if state.driver_features & !offered != 0
+                || state.driver_features & (1 << VIRTIO_F_VERSION_1) == 0
+            {
+                return Err(VirtioPciError::Features(state.driver_features));
+            }
+        }
+        if state.active && state.status & (features_ok | driver_ok) != features_ok | driver_ok {
+            return Err(VirtioPciError::ActiveStatus(state.status));
+        }
+        let positions = match (state.active, &state.positions) {
+            (false, None) => None,
+            (true, None) => return Err(VirtioPciError::PositionsUnknown),
+            (true, Some(p)) if p.len() == t.queues.len() => Some(p.as_slice()),
+            (_, Some(_)) => return Err(VirtioPciError::StateMismatch("queue positions")),
+        };
+
+        t.config = config;
+        t.status = state.status;
+        t.device_feature_select = state.device_feature_select;
+        t.driver_feature_select = state.driver_feature_select;
+        t.driver_features = state.driver_features;
+        t.queue_select = state.queue_select;
+        t.queues = state.queues.clone();
+        let programmed: Vec<(usize, MsixMessage)> = (0..table.len())
+            .filter_map(|n| {
+                let entry = table.entry(n)?;
+                (*entry != MsixTableEntry::default()).then(|| (n, entry.message()))
+            })
+            .collect();
+        {
+            let mut v = lock(&t.interrupts.vectors);
+            v.table = table;
+            v.control = t.config.msix_control().unwrap_or_default();
+            v.queue_vectors = t.queues.iter().map(|q| q.vector).collect();
+            v.config_vector = state.config_vector;
+        }
+        t.interrupts.isr.store(state.isr, Ordering::Release);
+        // A new VM's error event tells the user once more.
+        *lock(&t.interrupts.failure) = state.failure.clone().map(|why| (why, false));
+        for (n, message) in programmed {
+            t.interrupts.reroute(n, message);
+        }
+        if let Some(positions) = positions {
+            t.paused = Some(t.restored_queues(positions)?);
+            t.active = true;
+        }
+        Ok(t)
     }
 }
 

@@ -1,10 +1,15 @@
 //! A device's I/O thread: waits on its queues' doorbells (and any other
 //! file descriptors the device needs) and on a stop eventfd.
+//!
+//! The thread owns what it serves (the queues among it). Stopping it for
+//! good drops that; pausing it stops it at a request boundary and hands it
+//! back, so the queues, their positions included, can go to a new thread
+//! ([`crate::devices::virtio::VirtioDevice::pause`]).
 
 use std::io;
 use std::num::Wrapping;
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -22,17 +27,26 @@ const STOP_TOKEN: u64 = u64::MAX;
 pub(crate) struct WorkerPoll {
     epoll: Epoll,
     events: Vec<EpollEvent>,
+    /// Set before the stop eventfd is written: the device stops taking
+    /// requests at the next boundary rather than draining its rings.
+    stopping: Arc<AtomicBool>,
 }
 
 impl WorkerPoll {
-    fn new(stop: &EventFd) -> io::Result<Self> {
+    fn new(stop: &EventFd, stopping: Arc<AtomicBool>) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         let me = Self {
             epoll,
             events: vec![EpollEvent::default(); 16],
+            stopping,
         };
         me.add(stop.as_raw_fd(), STOP_TOKEN, EventSet::IN)?;
         Ok(me)
+    }
+
+    /// Whether the thread was asked to stop: take no further request.
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Wake for `fd` with `token` when `events` happen.
@@ -67,32 +81,33 @@ impl WorkerPoll {
     }
 }
 
-/// A running I/O thread; stopping it (or dropping this) joins it.
-pub(crate) struct IoWorker {
+/// A running I/O thread serving an `S`; stopping it (or dropping this)
+/// joins it.
+pub(crate) struct IoWorker<S> {
     stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    /// Gives the state back, unless the thread panicked.
+    thread: Option<JoinHandle<Option<S>>>,
 }
 
-impl IoWorker {
+impl<S: WorkerLoop + Send + 'static> IoWorker<S> {
     /// Start a thread called `name` serving `state`. If the thread ends
     /// on its own (a fatal device error, a failed wait, a panic), the
     /// device tells the driver through `interrupt`
     /// ([`QueueInterrupt::device_failed`]) instead of going quiet.
-    pub(crate) fn spawn<S>(
+    pub(crate) fn spawn(
         name: String,
         state: S,
         interrupt: Arc<dyn QueueInterrupt>,
-    ) -> io::Result<Self>
-    where
-        S: WorkerLoop + Send + 'static,
-    {
+    ) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
-        let mut poll = WorkerPoll::new(&stop)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut poll = WorkerPoll::new(&stop, stopping.clone())?;
         let mut state = state;
         state.register(&poll)?;
         let thread = std::thread::Builder::new().name(name).spawn(move || {
-            // The state may be half-updated after a panic, but it is only
-            // dropped from here on; the guest's memory stays consistent
+            // The state may be half-updated after a panic: it is dropped
+            // then, not handed back; the guest's memory stays consistent
             // enough for a reset.
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
                 match poll.wait() {
@@ -106,35 +121,52 @@ impl IoWorker {
                     Err(e) => return Some(format!("waiting for guest requests failed: {e}")),
                 }
             }));
-            let failure = match served {
-                Ok(failure) => failure,
-                Err(panic) => Some(format!(
-                    "its I/O thread panicked: {}",
-                    panic_message(panic.as_ref())
-                )),
+            let (failure, state) = match served {
+                Ok(failure) => (failure, Some(state)),
+                Err(panic) => (
+                    Some(format!(
+                        "its I/O thread panicked: {}",
+                        panic_message(panic.as_ref())
+                    )),
+                    None,
+                ),
             };
             if let Some(why) = failure {
                 interrupt.device_failed(why);
             }
+            state
         })?;
         Ok(Self {
             stop,
+            stopping,
             thread: Some(thread),
         })
     }
 
     /// Stop the thread and wait for it.
     pub(crate) fn stop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = self.stop.write(1);
-            let _ = t.join();
-        }
+        drop(self.pause());
+    }
+
+    /// Stop the thread at a request boundary (a request it took is
+    /// finished and used; those it did not take stay in the rings) and
+    /// hand back what it served. `None` if it panicked, or was stopped
+    /// before.
+    pub(crate) fn pause(&mut self) -> Option<S> {
+        let thread = self.thread.take()?;
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.stop.write(1);
+        thread.join().ok().flatten()
     }
 }
 
-impl Drop for IoWorker {
+impl<S> Drop for IoWorker<S> {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(t) = self.thread.take() {
+            self.stopping.store(true, Ordering::Release);
+            let _ = self.stop.write(1);
+            let _ = t.join();
+        }
     }
 }
 
@@ -153,13 +185,33 @@ pub(crate) trait WorkerLoop {
 pub fn drain_queue(
     queue: &mut Queue,
     memory: &GuestMemoryMmap,
+    serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> Result<bool, virtio_queue::Error> {
+    drain_queue_until(queue, memory, || false, serve)
+}
+
+/// [`drain_queue`], taking no further chain once `stop` says so (the
+/// thread is pausing): the rest stay available for whoever serves the
+/// queue next, with the guest's doorbells back on.
+pub(crate) fn drain_queue_until(
+    queue: &mut Queue,
+    memory: &GuestMemoryMmap,
+    stop: impl Fn() -> bool,
     mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
 ) -> Result<bool, virtio_queue::Error> {
     let mut used_any = false;
     let mut stuck = StuckRing::default();
     loop {
         queue.disable_notification(memory)?;
-        while let Some(chain) = queue.pop_descriptor_chain(memory) {
+        let mut stopped = false;
+        loop {
+            if stop() {
+                stopped = true;
+                break;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(memory) else {
+                break;
+            };
             stuck.popped();
             let head = chain.head_index();
             let used = serve(chain);
@@ -167,7 +219,8 @@ pub fn drain_queue(
             used_any = true;
         }
         // True when the driver added more while notifications were off.
-        if !queue.enable_notification(memory)? {
+        let more = queue.enable_notification(memory)?;
+        if stopped || !more {
             break;
         }
         stuck.check(queue, memory)?;
@@ -266,6 +319,130 @@ mod tests {
             got[0].contains("panicked") && got[0].contains("a bug in the device model"),
             "{got:?}"
         );
+    }
+
+    /// Counts the doorbells it served.
+    struct Counting {
+        doorbell: EventFd,
+        served: u64,
+    }
+
+    impl WorkerLoop for Counting {
+        fn register(&mut self, poll: &WorkerPoll) -> io::Result<()> {
+            poll.add(self.doorbell.as_raw_fd(), 1, EventSet::IN)
+        }
+        fn handle(&mut self, _poll: &WorkerPoll, _fired: &[(u64, EventSet)]) -> bool {
+            self.served += self.doorbell.read().unwrap_or(0);
+            true
+        }
+    }
+
+    /// Let `worker` serve, pausing it now and then and handing its state
+    /// to a new thread, until it has served `want` doorbells; returns the
+    /// paused state.
+    fn serve_until(
+        mut worker: IoWorker<Counting>,
+        want: u64,
+        failures: &Arc<Failures>,
+    ) -> Counting {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            std::thread::sleep(Duration::from_millis(5));
+            let state = worker.pause().expect("the state comes back");
+            if state.served >= want {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "served {} of {want}",
+                state.served
+            );
+            worker = IoWorker::spawn("test-worker".into(), state, failures.clone()).expect("spawn");
+        }
+    }
+
+    #[test]
+    fn a_paused_worker_hands_back_what_it_served() {
+        let doorbell = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let ring = doorbell.try_clone().expect("clone");
+        let failures = Arc::new(Failures::default());
+        let state = Counting {
+            doorbell,
+            served: 0,
+        };
+        let mut worker =
+            IoWorker::spawn("test-worker".into(), state, failures.clone()).expect("spawn");
+        ring.write(3).expect("ring");
+        let state = worker.pause().expect("the state comes back");
+        assert!(worker.pause().is_none(), "paused once");
+        let worker = IoWorker::spawn("test-worker".into(), state, failures.clone()).expect("spawn");
+        let state = serve_until(worker, 3, &failures);
+        assert_eq!(state.served, 3);
+        // A doorbell rung while no thread serves waits for the next one.
+        ring.write(2).expect("ring");
+        let worker = IoWorker::spawn("test-worker".into(), state, failures.clone()).expect("spawn");
+        assert_eq!(serve_until(worker, 5, &failures).served, 5);
+        assert!(failures.0.lock().expect("failures").is_empty());
+    }
+
+    #[test]
+    fn a_panicked_worker_hands_back_nothing() {
+        let doorbell = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let failures = Arc::new(Failures::default());
+        let state = Panicking(doorbell.try_clone().expect("clone"));
+        let mut worker =
+            IoWorker::spawn("test-worker".into(), state, failures.clone()).expect("spawn");
+        doorbell.write(1).expect("ring");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while failures.0.lock().expect("failures").is_empty() {
+            assert!(Instant::now() < deadline, "no failure was reported");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(worker.pause().is_none());
+    }
+
+    #[test]
+    fn draining_until_stop_takes_no_chain_after_it() {
+        use std::cell::RefCell;
+        use virtio_queue::desc::split::Descriptor;
+        use virtio_queue::desc::RawDescriptor;
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+        let mem: GuestMemoryMmap =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).expect("memory");
+        let driver = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        for i in 0..5u16 {
+            let d = Descriptor::new(0x8000 + u64::from(i) * 0x100, 0x100, 0, 0);
+            driver
+                .desc_table()
+                .store(i, RawDescriptor::from(d))
+                .expect("descriptor");
+            driver
+                .avail()
+                .ring()
+                .ref_at(usize::from(i))
+                .expect("slot")
+                .store(i);
+        }
+        driver.avail().idx().store(5);
+        let mut queue: Queue = driver.create_queue().expect("queue");
+        let served = RefCell::new(Vec::new());
+        let serve = |chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>| {
+            served.borrow_mut().push(chain.head_index());
+            u32::from(chain.head_index())
+        };
+        let stop = || served.borrow().len() >= 2;
+        drain_queue_until(&mut queue, &mem, stop, serve).expect("drain");
+        assert_eq!(*served.borrow(), vec![0, 1]);
+        assert_eq!((queue.next_avail(), queue.next_used()), (2, 2));
+        assert_eq!(driver.used().idx().load(), 2);
+        // The rest is there for whoever drains next.
+        drain_queue(&mut queue, &mem, serve).expect("drain");
+        assert_eq!(*served.borrow(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(driver.used().idx().load(), 5);
+        let last = driver.used().ring().ref_at(4).expect("slot").load();
+        assert_eq!((last.id(), last.len()), (4, 4));
     }
 
     #[test]

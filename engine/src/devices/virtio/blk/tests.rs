@@ -222,7 +222,7 @@ fn test_get_id_writes_the_padded_serial() {
     let mut dev = device(MemoryDisk::new(512).unwrap());
     dev.serial = *b"0123456789abcdefghij";
     let long = VirtioBlk::new(MemoryDisk::new(512).unwrap(), "0123456789abcdefghijKLMN");
-    assert_eq!(long.state().serial, *b"0123456789abcdefghij");
+    assert_eq!(long.save().serial, *b"0123456789abcdefghij");
     let out = request(&mut dev, &mem, VIRTIO_BLK_T_GET_ID, 0, &[(DATA, 8, true)]);
     expect_status(&out, &mem, STATUS_OK);
     assert_eq!(out.used_len, 9);
@@ -824,14 +824,14 @@ fn test_config_space_layout_and_features() {
 fn test_state_round_trip() {
     let mut dev = VirtioBlk::new(MemoryDisk::new(64 * 512).unwrap(), "snap");
     dev.ack_features(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_BLK_F_FLUSH);
-    let state = dev.state();
+    let state = dev.save();
     let json = serde_json::to_string(&state).unwrap();
     let parsed: BlkState = serde_json::from_str(&json).unwrap();
     assert_eq!(parsed, state);
-    let restored = VirtioBlk::from_state(&parsed, MemoryDisk::new(64 * 512).unwrap()).unwrap();
-    assert_eq!(restored.state(), state);
+    let restored = VirtioBlk::restore(MemoryDisk::new(64 * 512).unwrap(), &parsed).unwrap();
+    assert_eq!(restored.save(), state);
 
-    let err = VirtioBlk::from_state(&parsed, MemoryDisk::new(32 * 512).unwrap())
+    let err = VirtioBlk::restore(MemoryDisk::new(32 * 512).unwrap(), &parsed)
         .err()
         .unwrap();
     assert!(matches!(
@@ -841,13 +841,19 @@ fn test_state_round_trip() {
             actual: 32
         }
     ));
-    let err = VirtioBlk::from_state(&parsed, MemoryDisk::from_bytes(vec![0; 64 * 512], true))
+    let err = VirtioBlk::restore(MemoryDisk::from_bytes(vec![0; 64 * 512], true), &parsed)
         .err()
         .unwrap();
     assert!(matches!(err, BlkError::ReadOnlyMismatch));
     let mut forged = parsed.clone();
     forged.config.seg_max = u32::MAX;
-    assert!(VirtioBlk::from_state(&forged, MemoryDisk::new(64 * 512).unwrap()).is_err());
+    assert!(VirtioBlk::restore(MemoryDisk::new(64 * 512).unwrap(), &forged).is_err());
+    let mut forged = parsed.clone();
+    forged.acked_features |= 1 << 40;
+    assert!(matches!(
+        VirtioBlk::restore(MemoryDisk::new(64 * 512).unwrap(), &forged),
+        Err(BlkError::FeaturesNotOffered(f)) if f == 1 << 40
+    ));
 }
 
 /// 10 000 random chains over a small memory filled with a canary: no panic,

@@ -259,7 +259,7 @@ fn config_space_and_features() {
     assert_eq!(h.dev.device_type(), VIRTIO_ID_NET);
     assert_eq!(h.dev.queue_max_sizes(), vec![256, 256]);
     assert!(matches!(
-        h.dev.state(),
+        h.dev.save_state(),
         VirtioDeviceState::Net(NetState { mac: MAC, .. })
     ));
 }
@@ -578,4 +578,109 @@ fn avail_index_far_ahead_breaks_the_ring_without_spinning() {
     h.backend_send(&f);
     h.rx.wait_used(1);
     h.assert_received(BUF, &f);
+}
+
+#[test]
+fn state_round_trips_and_unknown_features_are_refused() {
+    let mem = memory();
+    let h = harness(&mem);
+    let state = h.dev.save();
+    assert_eq!(state.mac, MAC);
+    assert_eq!(state.acked_features, h.dev.device_features());
+    let json = serde_json::to_string(&state).unwrap();
+    let parsed: NetState = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed, state);
+    let (ours, _peer) = UnixStream::pair().unwrap();
+    let args = NetDeviceArgs {
+        name: "virtio-net-rst".into(),
+        backend: ours,
+    };
+    let restored = NetDevice::restore(args, &parsed).unwrap();
+    assert_eq!(restored.save(), state);
+    assert!(restored.link_up());
+    let mut cfg = [0u8; 6];
+    restored.read_config(0, &mut cfg);
+    assert_eq!(cfg, MAC);
+
+    let forged = NetState {
+        acked_features: state.acked_features | 1 << 11,
+        ..state
+    };
+    let (ours, _peer) = UnixStream::pair().unwrap();
+    let args = NetDeviceArgs {
+        name: "virtio-net-rst".into(),
+        backend: ours,
+    };
+    assert_eq!(
+        NetDevice::restore(args, &forged).err(),
+        Some(NetError::FeaturesNotOffered(1 << 11))
+    );
+}
+
+#[test]
+fn queues_handed_to_a_new_worker_lose_and_repeat_nothing() {
+    let mem = memory();
+    let mut h = harness(&mem);
+    let rx_buf = |i: u64| BUF + 0x8_0000 + i * 0x1000;
+    for i in 0..6 {
+        h.rx.post(&[(rx_buf(i), 0x800, WRITE)]);
+    }
+    h.rx.kick();
+    let sent: Vec<Vec<u8>> = (0..8).map(|i| frame(60 + i, i as u8)).collect();
+    let received: Vec<Vec<u8>> = (0..6).map(|i| frame(70 + i, 0x80 | i as u8)).collect();
+    for (i, f) in sent[..4].iter().enumerate() {
+        h.transmit(BUF + i as u64 * 0x1000, f);
+    }
+    h.tx.kick();
+    for f in &received[..3] {
+        h.backend_send(f);
+    }
+    // Mid-stream: whatever the thread has taken by now is finished.
+    let queues = h.dev.pause();
+    assert_eq!(queues.len(), 2);
+    for q in &queues {
+        let driver = if q.index == RX_QUEUE { &h.rx } else { &h.tx };
+        assert_eq!(q.queue.next_used(), driver.used_idx(), "queue {}", q.index);
+        assert_eq!(
+            q.queue.next_avail(),
+            q.queue.next_used(),
+            "queue {}",
+            q.index
+        );
+    }
+    assert!(h.dev.pause().is_empty(), "nothing runs any more");
+    // Both ways, more traffic while no thread serves the card.
+    for (i, f) in sent[4..].iter().enumerate() {
+        h.transmit(BUF + (4 + i) as u64 * 0x1000, f);
+    }
+    h.tx.kick();
+    for f in &received[3..] {
+        h.backend_send(f);
+    }
+    h.dev.resume(mem.clone(), queues, h.irq.clone()).unwrap();
+
+    for f in &sent {
+        assert_eq!(&h.backend_recv(), f);
+    }
+    h.tx.wait_used(8);
+    h.rx.wait_used(6);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(h.tx.used_idx(), 8);
+    assert_eq!(h.rx.used_idx(), 6);
+    for i in 0..8u16 {
+        assert_eq!(h.tx.used(i), (u32::from(i), 0), "transmit {i}");
+    }
+    for (i, f) in received.iter().enumerate() {
+        let len = (NET_HDR_LEN + f.len()) as u32;
+        assert_eq!(h.rx.used(i as u16), (i as u32, len), "receive {i}");
+        h.assert_received(rx_buf(i as u64), f);
+    }
+    // Nothing was sent twice.
+    h.peer.set_nonblocking(true).unwrap();
+    let mut more = [0u8; 1];
+    assert_eq!(
+        h.peer.read(&mut more).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+    assert!(h.irq.failures.lock().unwrap().is_empty());
 }

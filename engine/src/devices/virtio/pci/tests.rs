@@ -452,7 +452,7 @@ fn pattern(seed: u8) -> Vec<u8> {
 }
 
 fn blk_state(dev: &VirtioPciDevice) -> BlkState {
-    match dev.device().state() {
+    match dev.device().save_state() {
         VirtioDeviceState::Blk(s) => s,
         other => panic!("not a disk: {other:?}"),
     }
@@ -603,7 +603,7 @@ fn test_accepted_subset_keeps_features_ok_and_reaches_the_device() {
     // The device-specific part reached the disk.
     assert_eq!(blk_state(&r.dev).acked_features & F_FLUSH, F_FLUSH);
     // And the transport's snapshot carries it, through serde and back.
-    let state = r.dev.state();
+    let state = r.dev.save();
     assert_eq!(state.driver_features, want);
     assert_eq!(state.device, VirtioDeviceState::Blk(blk_state(&r.dev)));
     let json = serde_json::to_string(&state).unwrap();
@@ -1380,4 +1380,213 @@ fn test_unusable_ring_sets_needs_reset_until_the_driver_resets() {
     r.wait_used(idx);
     assert_eq!(r.request_status(), 0);
     assert_eq!(&r.disk.contents()[3 * 512..4 * 512], &data[..]);
+}
+
+// ---- snapshots ----
+
+/// `state` restored onto a transport like `rig`'s, on the same memory and
+/// a fresh disk of the same size; the Rig to drive it.
+fn restore_rig(state: &VirtioPciState, mem: &GuestMemoryMmap) -> Result<Rig, VirtioPciError> {
+    let disk = Arc::new(MemoryDisk::new(DISK_SECTORS * 512).unwrap());
+    let backend = Box::new(SharedDisk(disk.clone()));
+    let blk = match &state.device {
+        VirtioDeviceState::Blk(s) => {
+            let args = crate::devices::virtio::BlockDeviceArgs {
+                name: "virtio-blk-test".into(),
+                backend,
+            };
+            BlockDevice::restore(args, s).unwrap()
+        }
+        // A state of another device: the transport must notice.
+        _ => BlockDevice::new("virtio-blk-test".into(), backend, "hangar-test-disk"),
+    };
+    let lines: Vec<IrqLine> = (0..2)
+        .map(|i| IrqLine::new(GSI_BASE + i).unwrap())
+        .collect();
+    let observed = lines.iter().map(|l| l.try_clone().unwrap()).collect();
+    let routes = Arc::new(Routes::default());
+    let args = VirtioPciArgs {
+        label: "virtio-blk-test".into(),
+        device: Box::new(blk),
+        memory: mem.clone(),
+        vector_lines: lines,
+        routing: routes.clone(),
+    };
+    Ok(Rig {
+        dev: VirtioPciDevice::restore(args, state)?,
+        mem: mem.clone(),
+        disk,
+        lines: observed,
+        routes,
+    })
+}
+
+/// A driver's bring-up up to DRIVER_OK: decoding, MSI-X with vector 1
+/// masked, EVENT_IDX accepted, queue 0 set up, the config vector chosen.
+fn negotiated_rig() -> Rig {
+    let mut r = rig();
+    enable_decoding(&mut r.dev);
+    program_vector(&mut r.dev, 0, false);
+    program_vector(&mut r.dev, QUEUE_VECTOR, true);
+    set_msix_control(&mut r.dev, MSIX_ENABLE);
+    clear_rings(&r.mem);
+    let s = negotiate(&mut r.dev, F_VERSION_1 | F_FLUSH | F_EVENT_IDX);
+    assert_ne!(s & FEATURES_OK, 0);
+    setup_queue(&mut r.dev, QSIZE, DESC, AVAIL, USED);
+    w16(&mut r.dev, MSIX_CONFIG, 0);
+    r
+}
+
+#[test]
+fn test_restore_round_trips_a_negotiated_transport() {
+    let mut r = negotiated_rig();
+    // The queue's interrupt while its vector is masked: pending.
+    r.dev.interrupts.notify_queue(0);
+    assert_eq!(pending_bits(&mut r.dev), 1 << QUEUE_VECTOR);
+    let state = r.dev.save();
+    assert!(!state.active);
+    assert_eq!(state.positions, None);
+    let json = serde_json::to_string(&state).unwrap();
+    let parsed: VirtioPciState = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed, state);
+
+    let mut restored = restore_rig(&parsed, &r.mem).unwrap();
+    assert_eq!(restored.dev.save(), state);
+    // The new VM's routes point at what the guest programmed.
+    assert_eq!(
+        restored.routes.all(),
+        vec![(GSI_BASE, msg(0)), (GSI_BASE + 1, msg(QUEUE_VECTOR))]
+    );
+    for d in [&mut r.dev, &mut restored.dev] {
+        assert_eq!(status(d), ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(read_driver_features(d), F_VERSION_1 | F_FLUSH | F_EVENT_IDX);
+        assert_eq!(r16(d, MSIX_CONFIG), 0);
+        w16(d, QUEUE_SELECT, 0);
+        assert_eq!(r16(d, QUEUE_SIZE), QSIZE);
+        assert_eq!(r16(d, QUEUE_MSIX_VECTOR), QUEUE_VECTOR);
+        assert_eq!(r64(d, QUEUE_DESC), DESC);
+        assert_eq!(r64(d, QUEUE_DRIVER), AVAIL);
+        assert_eq!(r64(d, QUEUE_DEVICE), USED);
+        assert_eq!(cfg32(d, 0x10), BAR as u32);
+        assert_eq!(d.bar_address(), BAR);
+    }
+    // Unmasking delivers the pending interrupt on the restored device.
+    mask_vector(&mut restored.dev, QUEUE_VECTOR, false);
+    restored.wait_fired(QUEUE_VECTOR);
+    assert_eq!(pending_bits(&mut restored.dev), 0);
+    // And it starts and serves requests.
+    let s = driver_ok(&mut restored.dev);
+    assert_eq!(s & (NEEDS_RESET | FAILED), 0, "status {s:#x}");
+    let data = pattern(3);
+    restored.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+    let idx = restored.submit(T_OUT, 5, true);
+    restored.ring();
+    restored.wait_used(idx);
+    assert_eq!(restored.request_status(), 0);
+    assert_eq!(&restored.disk.contents()[5 * 512..6 * 512], &data[..]);
+}
+
+#[test]
+fn test_restore_keeps_a_failure_until_the_driver_resets() {
+    let mut r = negotiated_rig();
+    let mut state = r.dev.save();
+    state.failure = Some("the guest's request ring is unusable".into());
+    let mut restored = restore_rig(&state, &r.mem).unwrap();
+    assert_eq!(restored.dev.save(), state);
+    assert_ne!(status(&mut restored.dev) & NEEDS_RESET, 0);
+    assert_eq!(restored.dev.take_failure(), state.failure);
+    w8(&mut restored.dev, DEVICE_STATUS, 0);
+    assert_eq!(status(&mut restored.dev) & NEEDS_RESET, 0);
+    assert_eq!(status(&mut r.dev) & NEEDS_RESET, 0);
+}
+
+#[test]
+fn test_restore_refuses_states_the_transport_cannot_be_in() {
+    let r = negotiated_rig();
+    let good = r.dev.save();
+    let spoilt = |spoil: fn(&mut VirtioPciState)| {
+        let mut state = good.clone();
+        spoil(&mut state);
+        restore_rig(&state, &r.mem).err().unwrap()
+    };
+    assert!(matches!(
+        spoilt(|s| s.queues[0].vector = 2),
+        VirtioPciError::Vector(2)
+    ));
+    assert!(matches!(
+        spoilt(|s| s.config_vector = 0x7ff),
+        VirtioPciError::Vector(0x7ff)
+    ));
+    assert!(matches!(spoilt(|s| s.isr = 4), VirtioPciError::Isr(4)));
+    assert!(matches!(
+        spoilt(|s| s.driver_features |= F_ACCESS_PLATFORM),
+        VirtioPciError::Features(_)
+    ));
+    assert!(matches!(
+        spoilt(|s| s.driver_features &= !F_VERSION_1),
+        VirtioPciError::Features(_)
+    ));
+    assert!(matches!(
+        spoilt(|s| s.queues.push(s.queues[0])),
+        VirtioPciError::StateMismatch("queues")
+    ));
+    assert!(matches!(
+        spoilt(|s| s.queues[0].max_size = 128),
+        VirtioPciError::StateMismatch("queues")
+    ));
+    assert!(matches!(
+        spoilt(|s| s.msix.entries.push(s.msix.entries[0])),
+        VirtioPciError::StateMismatch("MSI-X vectors")
+    ));
+    assert!(matches!(
+        spoilt(|s| s.msix.pending = vec![]),
+        VirtioPciError::MsixState(_)
+    ));
+    assert!(matches!(
+        spoilt(|s| s.config.registers[0] ^= 1),
+        VirtioPciError::ConfigState(crate::devices::pci::PciConfigError::LayoutMismatch(_))
+    ));
+    assert!(matches!(
+        spoilt(|s| {
+            s.config.registers.pop();
+        }),
+        VirtioPciError::ConfigState(crate::devices::pci::PciConfigError::StateLength { .. })
+    ));
+    assert!(matches!(
+        spoilt(
+            |s| s.device = VirtioDeviceState::Net(crate::devices::virtio::NetState {
+                mac: [0; 6],
+                acked_features: 0
+            })
+        ),
+        VirtioPciError::DeviceState
+    ));
+    assert!(matches!(
+        spoilt(|s| s.active = true),
+        VirtioPciError::ActiveStatus(_)
+    ));
+    assert!(matches!(
+        spoilt(|s| {
+            s.active = true;
+            s.status |= DRIVER_OK;
+        }),
+        VirtioPciError::PositionsUnknown
+    ));
+    assert!(matches!(
+        spoilt(|s| s.positions = Some(vec![QueuePosition::default()])),
+        VirtioPciError::StateMismatch("queue positions")
+    ));
+    assert!(matches!(
+        spoilt(|s| {
+            s.active = true;
+            s.status |= DRIVER_OK;
+            s.positions = Some(Vec::new());
+        }),
+        VirtioPciError::StateMismatch("queue positions")
+    ));
+    // A driver may leave any size in a queue not yet started.
+    let mut unstarted = good.clone();
+    unstarted.queues[0].size = 3;
+    let restored = restore_rig(&unstarted, &r.mem).unwrap();
+    assert_eq!(restored.dev.save(), unstarted);
 }
