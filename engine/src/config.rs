@@ -45,42 +45,7 @@ pub struct VmConfig {
 /// Most disks a VM can have (each is a PCI device on bus 0).
 pub const MAX_DISKS: usize = 16;
 
-/// How a disk image stores the guest's sectors.
-///
-/// Kept in the definition rather than guessed from the file each time: a
-/// guest can write anything into a raw image, including a qcow2 header
-/// naming a host file as its backing file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskFormat {
-    /// Sector N is file bytes N*512.
-    #[default]
-    Raw,
-    /// QEMU's copy-on-write format, optionally over a backing file.
-    Qcow2,
-}
-
-impl std::fmt::Display for DiskFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DiskFormat::Raw => "raw",
-            DiskFormat::Qcow2 => "qcow2",
-        })
-    }
-}
-
-/// A disk attached to a VM as a virtio-blk device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskConfig {
-    /// The image file (or block device).
-    pub path: PathBuf,
-    /// How the image is stored.
-    #[serde(default)]
-    pub format: DiskFormat,
-    /// The guest may read but not write.
-    #[serde(default)]
-    pub read_only: bool,
-}
+pub use hangar_block::{DiskConfig, DiskFormat};
 
 /// A TCP port of the host's loopback forwarded into the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

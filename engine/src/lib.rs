@@ -9,8 +9,10 @@
 pub mod api;
 pub mod config;
 pub mod containers;
-pub mod devices;
-pub mod disks;
+/// Disk images: inspect, create, grow, lock, open (crate `hangar-block`).
+pub use hangar_block::disks;
+/// The device models (crate `hangar-devices`).
+pub use hangar_devices as devices;
 pub mod display;
 pub mod host;
 pub mod images;

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use hangar_engine::devices::virtio::{BlockBackend, Qcow2Disk};
+use hangar_devices::virtio::{BlockBackend, Qcow2Disk};
 use libfuzzer_sys::fuzz_target;
 
 /// One scratch file per fuzzing process, rewritten for every input; in

@@ -9,7 +9,7 @@
 //! byte outside the chain's writable buffers changes.
 #![no_main]
 
-use hangar_engine::devices::virtio::{MemoryDisk, VirtioBlk};
+use hangar_devices::virtio::{MemoryDisk, VirtioBlk};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;

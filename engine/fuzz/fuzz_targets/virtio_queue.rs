@@ -16,8 +16,8 @@
 //! which now breaks the queue instead).
 #![no_main]
 
-use hangar_engine::devices::virtio::worker::drain_queue;
-use hangar_engine::devices::virtio::{MemoryDisk, VirtioBlk};
+use hangar_devices::virtio::worker::drain_queue;
+use hangar_devices::virtio::{MemoryDisk, VirtioBlk};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};

@@ -9,6 +9,10 @@
 
 #![warn(missing_docs)]
 
+mod rng;
+
+pub use rng::Rng;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -40,6 +44,28 @@ impl TempDir {
     /// A path inside it.
     pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
         self.0.as_path().join(name)
+    }
+}
+
+/// A file of a given length (sparse) in a scratch directory of its own,
+/// removed with it: the disk image of a device or backend test.
+pub struct TempImage(
+    pub PathBuf,
+    // Held for its Drop: the folder goes with the image.
+    #[allow(dead_code)] TempDir,
+);
+
+impl TempImage {
+    /// A new image of `len` bytes, all zero.
+    #[track_caller]
+    pub fn new(len: u64) -> Self {
+        let dir = TempDir::new("image");
+        let path = dir.join("disk.img");
+        let made = std::fs::File::create(&path).and_then(|f| f.set_len(len));
+        if let Err(e) = made {
+            panic!("cannot create the test image {}: {e}", path.display());
+        }
+        Self(path, dir)
     }
 }
 
