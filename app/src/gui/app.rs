@@ -1144,7 +1144,8 @@ impl HangarApp {
                 request.network.clone(),
             );
             if let Some(cmdline) = &request.cmdline {
-                c.cmdline = cmdline.clone();
+                let hangar_engine::BootSource::Kernel(boot) = &mut c.boot;
+                boot.cmdline = cmdline.clone();
             }
             c
         };

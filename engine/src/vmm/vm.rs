@@ -22,7 +22,7 @@ use crate::api::{
     DeviceIo, Event, EventSink, Exit, OutputStream, Stats, StatsDetail, VcpuStats, VmCommand,
     VmEvent, VmExit, VmStats, WorkloadId, WorkloadState,
 };
-use crate::config::{DiskConfig, KernelKind, VmConfig};
+use crate::config::{BootSource, DiskConfig, KernelKind, VmConfig};
 use crate::devices::bus::lock;
 use crate::devices::i8042::MouseButtons;
 use crate::devices::irq::InterruptSink;
@@ -658,11 +658,12 @@ fn build(
         }
         _ => None,
     };
+    let BootSource::Kernel(boot) = &config.boot;
     let spec = BootSpec {
-        kernel: &config.kernel,
+        kernel: &boot.kernel,
         kind,
-        initrd: config.initrd.as_deref(),
-        cmdline: &config.cmdline,
+        initrd: boot.initrd.as_deref(),
+        cmdline: &boot.cmdline,
         vcpus: config.vcpus,
         screen: framebuffer.as_ref().map(|fb| fb.screen_info(false)),
     };
