@@ -3,6 +3,7 @@
 //! `/dev/kvm`) uses this module; it is the only one that names KVM.
 
 pub mod boot;
+pub(crate) mod build;
 pub(crate) mod exit_history;
 pub(crate) mod framebuffer;
 pub(crate) mod irq_routing;
