@@ -8,6 +8,7 @@ pub(crate) mod exit_history;
 pub(crate) mod framebuffer;
 pub(crate) mod irq_routing;
 pub(crate) mod passt;
+pub(crate) mod state;
 pub(crate) mod vcpu;
 pub mod vm;
 
