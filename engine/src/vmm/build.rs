@@ -27,10 +27,10 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use super::boot::{self, BootError, BootSetup, BootSpec};
 use super::framebuffer::GuestFramebuffer;
 use super::irq_routing::{KvmIrqLine, KvmMsiRouting, ISA_IRQS};
-use super::passt::Passt;
+use super::passt::{Passt, PasstError};
 use super::state::{StateError, StateSupport, VcpuState, VmState};
 use super::vcpu::{install_kick_handler, VcpuCommand, VcpuEnv, VcpuThread};
-use super::vm::{error_chain, ControlMsg};
+use super::vm::ControlMsg;
 use crate::config::{BootSource, DiskConfig, KernelKind, VmConfig};
 use crate::devices::bus::lock;
 use crate::devices::irq::InterruptSink;
@@ -68,15 +68,16 @@ pub enum BuildError {
     #[error("cannot restore the saved vCPU and interrupt controller state")]
     Restore(#[source] StateError),
     /// User-mode networking could not start.
-    #[error("cannot start the network: {0}")]
-    Network(String),
-    /// A disk image could not be opened.
-    #[error("cannot use disk {path}: {reason}")]
+    #[error("cannot start the network")]
+    Network(#[source] PasstError),
+    /// A disk image could not be claimed or opened.
+    #[error("cannot use disk {path}")]
     Disk {
         /// The image.
         path: std::path::PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: crate::disks::DiskError,
     },
 }
 
@@ -98,9 +99,9 @@ fn mac_address(name: &str) -> [u8; 6] {
 
 /// Open a disk image as its definition says (raw or qcow2, never guessed).
 fn open_disk(disk: &DiskConfig) -> Result<Box<dyn BlockBackend>, BuildError> {
-    crate::disks::open_backend(disk).map_err(|e| BuildError::Disk {
+    crate::disks::open_backend(disk).map_err(|source| BuildError::Disk {
         path: disk.path.clone(),
-        reason: error_chain(&e),
+        source,
     })
 }
 
@@ -239,9 +240,9 @@ pub(crate) fn create_platform(
     for (i, disk) in config.disks.iter().enumerate() {
         // Claimed before opening: another running machine may be writing it.
         disk_locks.push(
-            crate::disks::lock(&disk.path, !disk.read_only).map_err(|e| BuildError::Disk {
+            crate::disks::lock(&disk.path, !disk.read_only).map_err(|source| BuildError::Disk {
                 path: disk.path.clone(),
-                reason: error_chain(&e),
+                source,
             })?,
         );
         let backend = open_disk(disk)?;
@@ -253,8 +254,7 @@ pub(crate) fn create_platform(
     // User-mode networking: passt on the other end of a socketpair.
     let passt = match &config.network {
         Some(net) => {
-            let (passt, socket) = Passt::start(net, &config.name)
-                .map_err(|e| BuildError::Network(error_chain(&e)))?;
+            let (passt, socket) = Passt::start(net, &config.name).map_err(BuildError::Network)?;
             let name = "virtio-net0".to_string();
             let device = NetDevice::new(name.clone(), mac_address(&config.name), socket);
             devices.add_virtio_device(name, Box::new(device), memory.clone(), routing.clone())?;
@@ -439,4 +439,40 @@ fn spawn_vcpu_threads(
         }
     }
     Ok(vcpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// Each message says what was being done; the cause is its source, not
+    /// part of its text, and the chain an event shows reads once each.
+    #[test]
+    fn build_errors_keep_their_source_out_of_their_message() {
+        let refused = || std::io::Error::from_raw_os_error(libc::EACCES);
+        let errors = [
+            BuildError::Network(PasstError::Spawn(refused())),
+            BuildError::Network(PasstError::Socket(refused())),
+            BuildError::Disk {
+                path: "/images/a.qcow2".into(),
+                source: crate::disks::DiskError::AlreadyExists("/images/a.qcow2".into()),
+            },
+            BuildError::Spawn(refused()),
+        ];
+        for e in &errors {
+            let source = e.source().expect("a source");
+            let text = e.to_string();
+            assert!(!text.contains(&source.to_string()), "{text}");
+            assert_eq!(
+                crate::vmm::vm::error_chain(e),
+                format!("{text}: {}", crate::vmm::vm::error_chain(source))
+            );
+        }
+        assert_eq!(
+            crate::vmm::vm::error_chain(&errors[0]),
+            format!("cannot start the network: cannot run passt: {}", refused())
+        );
+    }
 }

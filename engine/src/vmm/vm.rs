@@ -504,7 +504,8 @@ fn resident_bytes(memory: &GuestMemoryMmap) -> u64 {
     total
 }
 
-/// "outer: inner: innermost", for one-line messages.
+/// "outer: inner: innermost", for one-line messages: what an event says of
+/// an error.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
