@@ -111,15 +111,16 @@ fn wizard_creates_a_machine() {
     );
     assert_eq!(def.version, 1);
     assert_eq!(def.config.name, "Test box");
-    assert_eq!(def.config.kernel, kernel);
-    assert_eq!(def.config.initrd, None);
+    let boot = def.config.kernel_boot().expect("a kernel boot");
+    assert_eq!(boot.kernel, kernel);
+    assert_eq!(boot.initrd, None);
     assert_eq!(def.config.vcpus, 1);
     assert_eq!(
         def.config.memory_mib,
         hangar_engine::kit::DEFAULT_MEMORY_MIB
     );
     assert_eq!(
-        def.config.cmdline, CUSTOM_CMDLINE,
+        boot.cmdline, CUSTOM_CMDLINE,
         "switching to a custom kernel switches the command line"
     );
 
@@ -325,7 +326,7 @@ fn delete_asks_first_and_duplicate_makes_a_copy() {
         .find(|d| d.id == alpha)
         .expect("the original is on disk");
     assert_eq!(copy.config.name, "Alpha (copy)");
-    assert_eq!(copy.config.kernel, original.config.kernel);
+    assert_eq!(copy.config.kernel_boot(), original.config.kernel_boot());
     assert_eq!(copy.config.memory_mib, original.config.memory_mib);
     select(&mut h, "Alpha");
     click(&mut h, "Duplicate");

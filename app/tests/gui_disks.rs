@@ -20,8 +20,8 @@ use hangar::gui::overview_tab::STOP_FOR_DISKS;
 use hangar::gui::template_clone::TemplateMachine;
 use hangar::gui::wizard::Page;
 use hangar_engine::{
-    disks, templates, DefaultKit, DiskConfig, DiskFormat, MachineDefinition, MachineStore,
-    PortForward, VmConfig,
+    disks, templates, BootSource, DefaultKit, DiskConfig, DiskFormat, KernelBoot,
+    MachineDefinition, MachineStore, PortForward, VmConfig,
 };
 
 use common::{
@@ -161,9 +161,11 @@ fn define_with_disks(
         name: name.into(),
         vcpus: 1,
         memory_mib: 64,
-        kernel: kernel.to_path_buf(),
-        initrd: None,
-        cmdline: String::new(),
+        boot: BootSource::Kernel(KernelBoot {
+            kernel: kernel.to_path_buf(),
+            initrd: None,
+            cmdline: String::new(),
+        }),
         display: None,
         disks: Vec::new(),
         network: None,
@@ -264,12 +266,13 @@ fn wizard_clones_the_debian_template_with_network() {
             guest_port: 22
         }])
     );
-    assert_eq!(def.config.kernel, kit.kernel);
-    assert_eq!(def.config.initrd.as_ref(), Some(&kit.initrd));
+    let boot = def.config.kernel_boot().expect("a kernel boot");
+    assert_eq!(boot.kernel, kit.kernel);
+    assert_eq!(boot.initrd.as_ref(), Some(&kit.initrd));
     assert!(
-        def.config.cmdline.ends_with("root=/dev/vda rw"),
+        boot.cmdline.ends_with("root=/dev/vda rw"),
         "{}",
-        def.config.cmdline
+        boot.cmdline
     );
 
     let meta = std::fs::metadata(&disk).expect("the cloned disk exists");
@@ -452,8 +455,9 @@ fn existing_disk_image_is_inspected_and_a_corrupt_one_refused() {
             read_only: false,
         }]
     );
-    assert_eq!(def.config.kernel, kit.kernel);
-    assert!(def.config.cmdline.ends_with("root=/dev/vda rw"));
+    let boot = def.config.kernel_boot().expect("a kernel boot");
+    assert_eq!(boot.kernel, kit.kernel);
+    assert!(boot.cmdline.ends_with("root=/dev/vda rw"));
     assert_eq!(def.config.network, None);
 }
 

@@ -27,7 +27,7 @@ use hangar::gui::command::UiCommand;
 use hangar::gui::display_tab::{ZoomMode, HINT_GRABBED, HINT_UNGRABBED, SCREEN_LABEL};
 use hangar::gui::model::{RunStatus, Severity};
 use hangar::gui::tabs::{visible_panes, Pane, View};
-use hangar_engine::{DisplayConfig, VmConfig, VmExit};
+use hangar_engine::{BootSource, DisplayConfig, KernelBoot, VmConfig, VmExit};
 
 use common::{click, machine, machine_id, wait_until, ConfigDir, Gui, GUEST_TIMEOUT};
 
@@ -154,9 +154,11 @@ fn define_screen(dir: &ConfigDir, name: &str) {
         name: name.into(),
         vcpus: 1,
         memory_mib: 64,
-        kernel: common::guest("framebuffer"),
-        initrd: None,
-        cmdline: String::new(),
+        boot: BootSource::Kernel(KernelBoot {
+            kernel: common::guest("framebuffer"),
+            initrd: None,
+            cmdline: String::new(),
+        }),
         display: Some(DisplayConfig {
             width: 320,
             height: 200,

@@ -13,7 +13,18 @@ pub const MAX_CMDLINE_LEN: usize = 2048;
 pub const MIN_MEMORY_MIB: u32 = 16;
 
 /// A virtual machine's definition. Plain data, saved as JSON by the app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Saved form: direct kernel boot is written as the flat `kernel`,
+/// `initrd` and `cmdline` fields release 0.1 wrote, so a definition saved
+/// now is the same file as before and still opens in 0.1. Other boot
+/// sources, when they come, are written as `"boot": {...}` (0.1 then keeps
+/// such a file as one it cannot read, which is right: it cannot boot it).
+/// Reading accepts both layouts for kernel boot, the flat one and
+/// `"boot": {"kernel": {"kernel": ..., "initrd": ..., "cmdline": ...}}`;
+/// a definition naming both, or neither, is refused
+/// ([`ConfigError::BootNamedTwice`], [`ConfigError::NoBoot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SavedVmConfig")]
 pub struct VmConfig {
     /// Human-readable name.
     pub name: String,
@@ -21,6 +32,31 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Guest RAM in MiB.
     pub memory_mib: u32,
+    /// How the guest starts.
+    pub boot: BootSource,
+    /// The guest's screen: a linear framebuffer announced to Linux through
+    /// `boot_params.screen_info`, or none. Definitions saved before screens
+    /// existed get the default one.
+    pub display: Option<DisplayConfig>,
+    /// Disks, in order: the first is the guest's `/dev/vda`.
+    pub disks: Vec<DiskConfig>,
+    /// User-mode networking through passt, or none (the default).
+    pub network: Option<NetworkConfig>,
+}
+
+/// How a machine's guest starts. Firmware (SeaBIOS/OVMF) and snapshot
+/// restore will be more ways in, through the same build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootSource {
+    /// Hangar loads a kernel and its initramfs into guest memory and
+    /// enters the kernel itself: no firmware runs.
+    Kernel(KernelBoot),
+}
+
+/// Direct kernel boot: the files and the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelBoot {
     /// Kernel image: a bzImage, a Linux vmlinux ELF, or a bare ELF program.
     pub kernel: PathBuf,
     /// Optional initramfs.
@@ -29,17 +65,96 @@ pub struct VmConfig {
     /// Kernel command line.
     #[serde(default)]
     pub cmdline: String,
-    /// The guest's screen: a linear framebuffer announced to Linux through
-    /// `boot_params.screen_info`, or none. Definitions saved before screens
-    /// existed get the default one.
+}
+
+impl VmConfig {
+    /// The kernel this machine boots directly, if it boots that way.
+    pub fn kernel_boot(&self) -> Option<&KernelBoot> {
+        match &self.boot {
+            BootSource::Kernel(k) => Some(k),
+        }
+    }
+
+    /// The same, to change the files or the command line.
+    pub fn kernel_boot_mut(&mut self) -> Option<&mut KernelBoot> {
+        match &mut self.boot {
+            BootSource::Kernel(k) => Some(k),
+        }
+    }
+}
+
+/// A definition as saved: either boot layout (see [`VmConfig`]).
+#[derive(Deserialize)]
+struct SavedVmConfig {
+    name: String,
+    vcpus: u8,
+    memory_mib: u32,
+    /// The nested layout.
+    #[serde(default)]
+    boot: Option<BootSource>,
+    /// The flat layout of release 0.1 (direct kernel boot).
+    #[serde(default)]
+    kernel: Option<PathBuf>,
+    #[serde(default)]
+    initrd: Option<PathBuf>,
+    #[serde(default)]
+    cmdline: Option<String>,
     #[serde(default = "DisplayConfig::default_screen")]
-    pub display: Option<DisplayConfig>,
-    /// Disks, in order: the first is the guest's `/dev/vda`.
+    display: Option<DisplayConfig>,
     #[serde(default)]
-    pub disks: Vec<DiskConfig>,
-    /// User-mode networking through passt, or none (the default).
+    disks: Vec<DiskConfig>,
     #[serde(default)]
-    pub network: Option<NetworkConfig>,
+    network: Option<NetworkConfig>,
+}
+
+impl TryFrom<SavedVmConfig> for VmConfig {
+    type Error = ConfigError;
+
+    fn try_from(saved: SavedVmConfig) -> Result<Self, ConfigError> {
+        // `"initrd": null` is what 0.1 wrote for "none": it names nothing.
+        let flat = saved.kernel.is_some() || saved.initrd.is_some() || saved.cmdline.is_some();
+        let boot = match (saved.boot, flat) {
+            (Some(_), true) => return Err(ConfigError::BootNamedTwice),
+            (Some(boot), false) => boot,
+            (None, true) => BootSource::Kernel(KernelBoot {
+                kernel: saved.kernel.ok_or(ConfigError::NoBoot)?,
+                initrd: saved.initrd,
+                cmdline: saved.cmdline.unwrap_or_default(),
+            }),
+            (None, false) => return Err(ConfigError::NoBoot),
+        };
+        Ok(VmConfig {
+            name: saved.name,
+            vcpus: saved.vcpus,
+            memory_mib: saved.memory_mib,
+            boot,
+            display: saved.display,
+            disks: saved.disks,
+            network: saved.network,
+        })
+    }
+}
+
+impl Serialize for VmConfig {
+    /// Field by field in 0.1's order, kernel boot flat (see [`VmConfig`]).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("VmConfig", 9)?;
+        s.serialize_field("name", &self.name)?;
+        s.serialize_field("vcpus", &self.vcpus)?;
+        s.serialize_field("memory_mib", &self.memory_mib)?;
+        match &self.boot {
+            BootSource::Kernel(k) => {
+                s.serialize_field("kernel", &k.kernel)?;
+                s.serialize_field("initrd", &k.initrd)?;
+                s.serialize_field("cmdline", &k.cmdline)?;
+            }
+        }
+        s.serialize_field("display", &self.display)?;
+        s.serialize_field("disks", &self.disks)?;
+        s.serialize_field("network", &self.network)?;
+        s.end()
+    }
 }
 
 /// Most disks a VM can have (each is a PCI device on bus 0).
@@ -213,6 +328,16 @@ pub enum ConfigError {
         /// What is wrong.
         why: &'static str,
     },
+    /// A saved definition names its boot both ways: `boot` and the flat
+    /// `kernel`/`initrd`/`cmdline` fields.
+    #[error(
+        "the machine names how it boots twice: both `boot` and the fields `kernel`, `initrd` \
+         or `cmdline`"
+    )]
+    BootNamedTwice,
+    /// A saved definition names no way to boot.
+    #[error("the machine names no way to boot: neither `boot` nor `kernel`")]
+    NoBoot,
     /// The initramfs is missing or unreadable.
     #[error("cannot read initramfs {path}")]
     InitrdUnreadable {
@@ -281,12 +406,8 @@ impl VmConfig {
                 host: limits.host_memory_mib,
             });
         }
-        // The boot protocol needs room for the terminating NUL.
-        if self.cmdline.len() >= MAX_CMDLINE_LEN {
-            return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
-        }
-        if self.cmdline.contains('\0') {
-            return Err(ConfigError::CmdlineNul);
+        match &self.boot {
+            BootSource::Kernel(k) => k.validate_cmdline()?,
         }
         if let Some(d) = &self.display {
             d.validate()?;
@@ -295,6 +416,26 @@ impl VmConfig {
         if let Some(net) = &self.network {
             net.validate()?;
         }
+        match &self.boot {
+            BootSource::Kernel(k) => k.validate_files(),
+        }
+    }
+}
+
+impl KernelBoot {
+    fn validate_cmdline(&self) -> Result<(), ConfigError> {
+        // The boot protocol needs room for the terminating NUL.
+        if self.cmdline.len() >= MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
+        }
+        if self.cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        Ok(())
+    }
+
+    /// The kernel is one Hangar can boot and the initramfs a readable file.
+    fn validate_files(&self) -> Result<KernelKind, ConfigError> {
         let kind = detect_kernel_kind(&self.kernel)?;
         if let Some(initrd) = &self.initrd {
             File::open(initrd)
@@ -538,9 +679,11 @@ mod tests {
             name: "t".into(),
             vcpus: 1,
             memory_mib: 128,
-            kernel,
-            initrd: None,
-            cmdline: "console=ttyS0".into(),
+            boot: BootSource::Kernel(KernelBoot {
+                kernel,
+                initrd: None,
+                cmdline: "console=ttyS0".into(),
+            }),
             display: None,
             disks: Vec::new(),
             network: None,
@@ -619,23 +762,26 @@ mod tests {
             Err(ConfigError::TooMuchMemory { .. })
         ));
         c.memory_mib = 128;
-        c.cmdline = "x".repeat(MAX_CMDLINE_LEN);
+        fn boot(c: &mut VmConfig) -> &mut KernelBoot {
+            c.kernel_boot_mut().unwrap()
+        }
+        boot(&mut c).cmdline = "x".repeat(MAX_CMDLINE_LEN);
         assert!(matches!(
             c.validate(&limits()),
             Err(ConfigError::CmdlineTooLong(_))
         ));
-        c.cmdline = "a\0b".into();
+        boot(&mut c).cmdline = "a\0b".into();
         assert!(matches!(
             c.validate(&limits()),
             Err(ConfigError::CmdlineNul)
         ));
-        c.cmdline.clear();
-        c.initrd = Some("/nonexistent/initrd".into());
+        boot(&mut c).cmdline.clear();
+        boot(&mut c).initrd = Some("/nonexistent/initrd".into());
         assert!(matches!(
             c.validate(&limits()),
             Err(ConfigError::InitrdUnreadable { .. })
         ));
-        c.initrd = None;
+        boot(&mut c).initrd = None;
         for (width, height) in [(0, 0), (100, 768), (1024, 5000), (1020, 768)] {
             c.display = Some(DisplayConfig { width, height });
             let e = c.validate(&limits()).unwrap_err();
@@ -657,5 +803,134 @@ mod tests {
         let none = r#"{"name":"x","vcpus":1,"memory_mib":128,"kernel":"/k","display":null}"#;
         let c: VmConfig = serde_json::from_str(none).unwrap();
         assert_eq!(c.display, None, "a VM saved without a screen keeps none");
+    }
+
+    /// A machine as release 0.1 wrote it, and the same in the nested layout.
+    const FLAT: &str = r#"{"name":"x","vcpus":1,"memory_mib":64,"kernel":"/k","initrd":"/i",
+        "cmdline":"console=ttyS0","display":null,"disks":[],"network":null}"#;
+    const NESTED: &str = r#"{"name":"x","vcpus":1,"memory_mib":64,
+        "boot":{"kernel":{"kernel":"/k","initrd":"/i","cmdline":"console=ttyS0"}},
+        "display":null,"disks":[],"network":null}"#;
+
+    #[test]
+    fn both_boot_layouts_load_to_the_same_config() {
+        let flat: VmConfig = serde_json::from_str(FLAT).unwrap();
+        let nested: VmConfig = serde_json::from_str(NESTED).unwrap();
+        assert_eq!(flat, nested);
+        assert_eq!(
+            flat.boot,
+            BootSource::Kernel(KernelBoot {
+                kernel: "/k".into(),
+                initrd: Some("/i".into()),
+                cmdline: "console=ttyS0".into(),
+            })
+        );
+        // Without initrd and cmdline, in either layout: none and empty.
+        let bare_flat: VmConfig =
+            serde_json::from_str(r#"{"name":"x","vcpus":1,"memory_mib":64,"kernel":"/k"}"#)
+                .unwrap();
+        let bare_nested: VmConfig = serde_json::from_str(
+            r#"{"name":"x","vcpus":1,"memory_mib":64,"boot":{"kernel":{"kernel":"/k"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(bare_flat, bare_nested);
+        let k = bare_flat.kernel_boot().unwrap();
+        assert_eq!((k.initrd.as_ref(), k.cmdline.as_str()), (None, ""));
+    }
+
+    #[test]
+    fn kernel_boot_is_written_in_the_flat_layout_of_0_1() {
+        let config: VmConfig = serde_json::from_str(NESTED).unwrap();
+        let written: serde_json::Value = serde_json::to_value(&config).unwrap();
+        let flat: serde_json::Value = serde_json::from_str(FLAT).unwrap();
+        assert_eq!(written, flat);
+        // Key order too: the file is the one 0.1 wrote.
+        let text = serde_json::to_string(&config).unwrap();
+        let keys: Vec<&str> = text
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|k| {
+                [
+                    "name",
+                    "vcpus",
+                    "memory_mib",
+                    "kernel",
+                    "initrd",
+                    "cmdline",
+                    "display",
+                    "disks",
+                    "network",
+                ]
+                .contains(k)
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "name",
+                "vcpus",
+                "memory_mib",
+                "kernel",
+                "initrd",
+                "cmdline",
+                "display",
+                "disks",
+                "network"
+            ]
+        );
+        let back: VmConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn a_definition_naming_both_boot_layouts_or_none_is_refused() {
+        let both = r#"{"name":"x","vcpus":1,"memory_mib":64,"kernel":"/k",
+            "boot":{"kernel":{"kernel":"/k"}}}"#;
+        let stray_cmdline = r#"{"name":"x","vcpus":1,"memory_mib":64,"cmdline":"quiet",
+            "boot":{"kernel":{"kernel":"/k"}}}"#;
+        for text in [both, stray_cmdline] {
+            let err = serde_json::from_str::<VmConfig>(text).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&ConfigError::BootNamedTwice.to_string()),
+                "{err}"
+            );
+        }
+        let none = r#"{"name":"x","vcpus":1,"memory_mib":64}"#;
+        let initrd_only = r#"{"name":"x","vcpus":1,"memory_mib":64,"initrd":"/i"}"#;
+        for text in [none, initrd_only] {
+            let err = serde_json::from_str::<VmConfig>(text).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&ConfigError::NoBoot.to_string()),
+                "{err}"
+            );
+        }
+        // 0.1 wrote "initrd": null for no initramfs: that names nothing.
+        let null_initrd = r#"{"name":"x","vcpus":1,"memory_mib":64,"initrd":null,
+            "boot":{"kernel":{"kernel":"/k"}}}"#;
+        assert!(serde_json::from_str::<VmConfig>(null_initrd).is_ok());
+    }
+
+    #[test]
+    fn definitions_of_release_0_1_are_written_back_as_they_were() {
+        let dir = hangar_testkit::saved_fixture("0.1").join("config/machines");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let file: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let saved = &file["config"];
+            let config: VmConfig = serde_json::from_value(saved.clone()).unwrap();
+            assert_eq!(
+                &serde_json::to_value(&config).unwrap(),
+                saved,
+                "{}",
+                path.display()
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 5);
     }
 }

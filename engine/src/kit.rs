@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{DisplayConfig, VmConfig};
+use crate::config::{BootSource, DisplayConfig, KernelBoot, VmConfig};
 
 /// Environment variable that overrides Hangar's data directory.
 pub const DATA_DIR_ENV: &str = "HANGAR_DATA_DIR";
@@ -81,15 +81,22 @@ impl DefaultKit {
         })
     }
 
+    /// Direct boot of the kit's kernel and initramfs with `cmdline`.
+    pub fn boot(&self, cmdline: String) -> BootSource {
+        BootSource::Kernel(KernelBoot {
+            kernel: self.kernel.clone(),
+            initrd: Some(self.initrd.clone()),
+            cmdline,
+        })
+    }
+
     /// A machine definition that boots the kit.
     pub fn vm_config(&self, name: &str, vcpus: u8) -> VmConfig {
         VmConfig {
             name: name.to_string(),
             vcpus,
             memory_mib: DEFAULT_MEMORY_MIB,
-            kernel: self.kernel.clone(),
-            initrd: Some(self.initrd.clone()),
-            cmdline: DEFAULT_CMDLINE.to_string(),
+            boot: self.boot(DEFAULT_CMDLINE.to_string()),
             display: DisplayConfig::default_screen(),
             disks: Vec::new(),
             network: None,

@@ -30,8 +30,8 @@ pub use api::{
     WorkloadConfig, WorkloadId, WorkloadKind, WorkloadState, MARKER_INIT_REACHED,
 };
 pub use config::{
-    ConfigError, DiskConfig, DiskFormat, DisplayConfig, KernelKind, NetworkConfig, PortForward,
-    VmConfig,
+    BootSource, ConfigError, DiskConfig, DiskFormat, DisplayConfig, KernelBoot, KernelKind,
+    NetworkConfig, PortForward, VmConfig,
 };
 pub use devices::i8042::MouseButtons;
 pub use devices::keymap::GuestKey;

@@ -314,6 +314,7 @@ fn load_one(id: String, path: PathBuf) -> StoredMachine {
 mod tests {
     use super::*;
 
+    use crate::config::{BootSource, KernelBoot};
     use hangar_testkit::TempDir;
 
     fn config(name: &str) -> VmConfig {
@@ -321,9 +322,11 @@ mod tests {
             name: name.into(),
             vcpus: 2,
             memory_mib: 256,
-            kernel: "/boot/vmlinuz".into(),
-            initrd: None,
-            cmdline: "console=ttyS0".into(),
+            boot: BootSource::Kernel(KernelBoot {
+                kernel: "/boot/vmlinuz".into(),
+                initrd: None,
+                cmdline: "console=ttyS0".into(),
+            }),
             display: None,
             disks: Vec::new(),
             network: None,
@@ -411,7 +414,11 @@ mod tests {
         let kernel = dir.join("my-kernel");
         std::fs::write(&kernel, b"kernel").unwrap();
         let mut d = MachineDefinition::new(VmConfig {
-            kernel: kernel.clone(),
+            boot: BootSource::Kernel(KernelBoot {
+                kernel: kernel.clone(),
+                initrd: None,
+                cmdline: "console=ttyS0".into(),
+            }),
             ..config("k")
         });
         store.create(&d).unwrap();

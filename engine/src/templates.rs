@@ -249,9 +249,7 @@ pub fn vm_config(
         name: name.to_string(),
         vcpus,
         memory_mib,
-        kernel: kit.kernel.clone(),
-        initrd: Some(kit.initrd.clone()),
-        cmdline: format!("{DEFAULT_CMDLINE} {root_args}"),
+        boot: kit.boot(format!("{DEFAULT_CMDLINE} {root_args}")),
         display: DisplayConfig::default_screen(),
         disks: vec![DiskConfig {
             path: disk,
@@ -620,10 +618,19 @@ mod tests {
         let c = vm_config(&t, &kit, "deb", 2, 1024, "/vms/deb.raw".into(), net.clone());
         assert_eq!(c.name, "deb");
         assert_eq!((c.vcpus, c.memory_mib), (2, 1024));
-        assert_eq!(c.kernel, kit.kernel);
-        assert_eq!(c.initrd.as_ref(), Some(&kit.initrd));
-        assert!(c.cmdline.starts_with(DEFAULT_CMDLINE), "{}", c.cmdline);
-        assert!(c.cmdline.ends_with(" root=/dev/vda rw"), "{}", c.cmdline);
+        let boot = c.kernel_boot().unwrap();
+        assert_eq!(boot.kernel, kit.kernel);
+        assert_eq!(boot.initrd.as_ref(), Some(&kit.initrd));
+        assert!(
+            boot.cmdline.starts_with(DEFAULT_CMDLINE),
+            "{}",
+            boot.cmdline
+        );
+        assert!(
+            boot.cmdline.ends_with(" root=/dev/vda rw"),
+            "{}",
+            boot.cmdline
+        );
         assert_eq!(
             c.disks,
             vec![DiskConfig {

@@ -12,9 +12,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use hangar_engine::{
-    Command, DiskConfig, DiskFormat, DisplayConfig, Engine, EngineOptions, Event, GuestKey,
-    NetworkConfig, PortForward, RegisterDump, StatsDetail, VmCommand, VmConfig, VmEvent, VmExit,
-    WorkloadConfig, WorkloadId, WorkloadState,
+    BootSource, Command, DiskConfig, DiskFormat, DisplayConfig, Engine, EngineOptions, Event,
+    GuestKey, KernelBoot, NetworkConfig, PortForward, RegisterDump, StatsDetail, VmCommand,
+    VmConfig, VmEvent, VmExit, WorkloadConfig, WorkloadId, WorkloadState,
 };
 use hangar_testkit::{guest, require_kvm};
 
@@ -37,9 +37,11 @@ fn guest_config(
         name: name.into(),
         vcpus: 1,
         memory_mib: 64,
-        kernel: guest(guest_name),
-        initrd: None,
-        cmdline: String::new(),
+        boot: BootSource::Kernel(KernelBoot {
+            kernel: guest(guest_name),
+            initrd: None,
+            cmdline: String::new(),
+        }),
         display: None,
         disks,
         network,
@@ -103,9 +105,11 @@ impl Harness {
             name: format!("test {guest_name}"),
             vcpus,
             memory_mib: 64,
-            kernel: guest(guest_name),
-            initrd: None,
-            cmdline: cmdline.to_string(),
+            boot: BootSource::Kernel(KernelBoot {
+                kernel: guest(guest_name),
+                initrd: None,
+                cmdline: cmdline.to_string(),
+            }),
             display,
             disks: Vec::new(),
             network: None,

@@ -83,11 +83,16 @@ fn machine_definitions_of_release_0_1_load() {
     let screenless = machine(&all, "fixture-screenless-cc7a94f4");
     assert_eq!((screenless.vcpus, screenless.memory_mib), (2, 256));
     assert_eq!(screenless.display, None);
-    assert_eq!(screenless.cmdline, "console=ttyS0 quiet");
+    assert_eq!(
+        screenless.kernel_boot().unwrap().cmdline,
+        "console=ttyS0 quiet"
+    );
 
     // Created with everything: initrd, a read-only disk, a small screen, a port.
     let full = machine(&all, "fixture-full-169d94b2");
     assert!(full
+        .kernel_boot()
+        .unwrap()
         .initrd
         .as_ref()
         .unwrap()
@@ -105,10 +110,11 @@ fn machine_definitions_of_release_0_1_load() {
     // Cloned from the Debian 12 template.
     let debian = machine(&all, "fixture-debian-bab93b57");
     assert_eq!((debian.vcpus, debian.memory_mib), (2, 1024));
+    let debian_cmdline = &debian.kernel_boot().unwrap().cmdline;
     assert!(
-        debian.cmdline.contains("root=/dev/vda rw"),
+        debian_cmdline.contains("root=/dev/vda rw"),
         "{}",
-        debian.cmdline
+        debian_cmdline
     );
     assert!(debian.disks[0]
         .path

@@ -17,9 +17,9 @@ use anyhow::Context;
 use hangar_engine::config::DisplayConfig;
 use hangar_engine::devices::keymap::keystrokes_for_text;
 use hangar_engine::{
-    Command, DefaultKit, DiskConfig, DiskFormat, Engine, EngineOptions, Event, NetworkConfig,
-    PortForward, VmCommand, VmConfig, VmEvent, VmExit, WorkloadConfig, WorkloadId,
-    MARKER_INIT_REACHED,
+    BootSource, Command, DefaultKit, DiskConfig, DiskFormat, Engine, EngineOptions, Event,
+    KernelBoot, NetworkConfig, PortForward, VmCommand, VmConfig, VmEvent, VmExit, WorkloadConfig,
+    WorkloadId, MARKER_INIT_REACHED,
 };
 use vmm_sys_util::terminal::Terminal;
 
@@ -219,7 +219,8 @@ impl RunArgs {
                 config.memory_mib = m;
             }
             if let Some(c) = &self.cmdline {
-                config.cmdline = c.clone();
+                let BootSource::Kernel(boot) = &mut config.boot;
+                boot.cmdline = c.clone();
             }
             if let Some(d) = &self.display {
                 config.display = parse_display(d)?;
@@ -237,12 +238,14 @@ impl RunArgs {
                 .unwrap_or_else(|| "vm".into()),
             vcpus: self.vcpus,
             memory_mib: self.memory.unwrap_or(256),
-            kernel,
-            initrd: self.initrd.clone(),
-            cmdline: self
-                .cmdline
-                .clone()
-                .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".into()),
+            boot: BootSource::Kernel(KernelBoot {
+                kernel,
+                initrd: self.initrd.clone(),
+                cmdline: self
+                    .cmdline
+                    .clone()
+                    .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".into()),
+            }),
             display: match &self.display {
                 Some(d) => parse_display(d)?,
                 None => DisplayConfig::default_screen(),

@@ -2,8 +2,8 @@
 //! the selected one; below, the containers the app ran, each with its
 //! Console / Logs / Overview tabs and Stop / Remove.
 
-use hangar_engine::HostCapability;
 use hangar_engine::WorkloadState;
+use hangar_engine::{BootSource, HostCapability};
 
 use super::app::CONTAINER_STOP_GRACE;
 use super::command::{CommandQueue, UiCommand};
@@ -20,10 +20,13 @@ pub fn start_blocked_reason(machine: &Machine, host: &HostCapability) -> Option<
         return Some(host.summary());
     }
     match machine.kernel_kind {
-        None => Some(format!(
-            "The kernel {} cannot be read or is not a kernel.",
-            machine.def.config.kernel.display()
-        )),
+        None => {
+            let BootSource::Kernel(boot) = &machine.def.config.boot;
+            Some(format!(
+                "The kernel {} cannot be read or is not a kernel.",
+                boot.kernel.display()
+            ))
+        }
         Some(kind) if kind.is_linux() => host.linux_refusal(),
         Some(_) => None,
     }
@@ -292,13 +295,12 @@ fn actions_ui(
 ) {
     let id = id.to_string();
     ui.strong(m.name());
+    let BootSource::Kernel(boot) = &m.def.config.boot;
     ui.weak(format!(
         "{} vCPU · {} MiB · {}",
         m.def.config.vcpus,
         m.def.config.memory_mib,
-        m.def
-            .config
-            .kernel
+        boot.kernel
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()

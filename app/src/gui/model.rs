@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use hangar_engine::config::detect_kernel_kind;
 use hangar_engine::containers::{ContainerConfig, ContainerExit, ContainerRecord};
 use hangar_engine::{
-    KernelKind, MachineDefinition, Stats, StatsDetail, VmExit, VmStats, WorkloadId, WorkloadState,
+    BootSource, KernelKind, MachineDefinition, Stats, StatsDetail, VmExit, VmStats, WorkloadId,
+    WorkloadState,
 };
 
 use super::container_logs_tab::ContainerLogView;
@@ -107,7 +108,9 @@ impl Machine {
             screen: Screen::default(),
             stats: VecDeque::new(),
             started: None,
-            kernel_kind: detect_kernel_kind(&def.config.kernel).ok(),
+            kernel_kind: match &def.config.boot {
+                BootSource::Kernel(boot) => detect_kernel_kind(&boot.kernel).ok(),
+            },
             overview: OverviewState::default(),
             def,
         }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 use hangar_engine::config::MAX_DISKS;
 use hangar_engine::disks::MAX_DISK_SIZE;
-use hangar_engine::{DiskConfig, DiskFormat, DiskInfo};
+use hangar_engine::{BootSource, DiskConfig, DiskFormat, DiskInfo};
 
 use super::command::{CommandQueue, DiskRequest, UiCommand};
 use super::machine_disks::{
@@ -518,12 +518,13 @@ fn settings_ui(ui: &mut egui::Ui, machine: &Machine) {
             ui.label("Memory");
             ui.label(format!("{} MiB", c.memory_mib));
             ui.end_row();
+            let BootSource::Kernel(boot) = &c.boot;
             ui.label("Kernel");
-            ui.label(c.kernel.display().to_string());
+            ui.label(boot.kernel.display().to_string());
             ui.end_row();
             ui.label("Initramfs");
             ui.label(
-                c.initrd
+                boot.initrd
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "none".into()),
@@ -536,10 +537,10 @@ fn settings_ui(ui: &mut egui::Ui, machine: &Machine) {
             });
             ui.end_row();
             ui.label("Command line");
-            ui.label(if c.cmdline.is_empty() {
+            ui.label(if boot.cmdline.is_empty() {
                 "(empty)"
             } else {
-                &c.cmdline
+                &boot.cmdline
             });
             ui.end_row();
             if let Some(last) = machine.stats.back() {

@@ -13,8 +13,8 @@ use hangar_engine::config::{detect_kernel_kind, DisplayConfig, MAX_CMDLINE_LEN, 
 use hangar_engine::disks::{self, MAX_DISK_SIZE};
 use hangar_engine::kit::DEFAULT_CMDLINE;
 use hangar_engine::{
-    templates, DefaultKit, DiskConfig, DiskInfo, HostCapability, KernelKind, Template,
-    TemplateStatus, VmConfig,
+    templates, BootSource, DefaultKit, DiskConfig, DiskInfo, HostCapability, KernelBoot,
+    KernelKind, Template, TemplateStatus, VmConfig,
 };
 
 use super::command::{CommandQueue, UiCommand};
@@ -177,8 +177,17 @@ impl WizardState {
             self.cmdline = match self.source {
                 OsSource::Template => match (self.template(), kit) {
                     (Some(t), Some(kit)) => {
-                        templates::vm_config(t, kit, "", 1, MIN_MEMORY_MIB, PathBuf::new(), None)
-                            .cmdline
+                        let c = templates::vm_config(
+                            t,
+                            kit,
+                            "",
+                            1,
+                            MIN_MEMORY_MIB,
+                            PathBuf::new(),
+                            None,
+                        );
+                        let BootSource::Kernel(boot) = c.boot;
+                        boot.cmdline
                     }
                     _ => format!("{DEFAULT_CMDLINE} {DISK_ROOT_ARGS}"),
                 },
@@ -486,9 +495,11 @@ pub fn config_of(state: &WizardState, kit: Option<&DefaultKit>) -> Option<VmConf
         name: state.name.trim().to_string(),
         vcpus: state.vcpus,
         memory_mib: state.memory_mib,
-        kernel,
-        initrd,
-        cmdline: state.cmdline.trim().to_string(),
+        boot: BootSource::Kernel(KernelBoot {
+            kernel,
+            initrd,
+            cmdline: state.cmdline.trim().to_string(),
+        }),
         // Linux guests get a screen; Hangar's bare test programs do not use one.
         display: DisplayConfig::default_screen(),
         disks,
@@ -971,8 +982,10 @@ fn summary_page_ui(
         return;
     };
     if s.source == OsSource::Template {
-        c.cmdline = s.cmdline.trim().to_string();
+        let BootSource::Kernel(boot) = &mut c.boot;
+        boot.cmdline = s.cmdline.trim().to_string();
     }
+    let BootSource::Kernel(boot) = &c.boot;
     let disk = match (s.source, s.template()) {
         (OsSource::Template, Some(t)) => format!(
             "{} GiB, raw: a copy of the {} disk in Hangar's data folder",
@@ -1003,10 +1016,10 @@ fn summary_page_ui(
             summary_row(
                 ui,
                 "Kernel",
-                c.kernel.display().to_string().into(),
+                boot.kernel.display().to_string().into(),
                 &errors.kernel,
             );
-            let initrd = c
+            let initrd = boot
                 .initrd
                 .as_ref()
                 .map(|p| p.display().to_string())
@@ -1027,7 +1040,7 @@ fn summary_page_ui(
             summary_row(
                 ui,
                 "Command line",
-                c.cmdline.clone().into(),
+                boot.cmdline.clone().into(),
                 &errors.cmdline,
             );
         });

@@ -12,7 +12,9 @@ use egui_kittest::{Harness, Node};
 use hangar::gui::app::{AppEnv, HangarApp};
 use hangar::gui::model::Machine;
 use hangar_engine::containers::{HelperCommand, RuntimePaths};
-use hangar_engine::{ContainerSetup, MachineDefinition, MachineStore, VmConfig};
+use hangar_engine::{
+    BootSource, ContainerSetup, KernelBoot, MachineDefinition, MachineStore, VmConfig,
+};
 use hangar_testkit::TempDir;
 // Each test binary uses its own subset.
 #[allow(unused_imports)]
@@ -85,9 +87,11 @@ impl ConfigDir {
             name: name.into(),
             vcpus: 1,
             memory_mib: 64,
-            kernel: kernel.to_path_buf(),
-            initrd: None,
-            cmdline: String::new(),
+            boot: BootSource::Kernel(KernelBoot {
+                kernel: kernel.to_path_buf(),
+                initrd: None,
+                cmdline: String::new(),
+            }),
             display: None,
             disks: Vec::new(),
             network: None,

@@ -21,9 +21,14 @@ pub enum VmError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The host cannot run this guest.
-    #[error("{0}")]
-    HostCannotRun(String),
+    /// The host cannot run this guest: it has no usable KVM, or the guest
+    /// is Linux and its KVM has no hardware virtualization. The message is
+    /// the host's own summary.
+    #[error("{}", .0.summary())]
+    HostCannotRun(HostCapability),
+    /// `/dev/kvm` could not be opened to learn its vCPU limit.
+    #[error("/dev/kvm cannot be opened")]
+    KvmUnusable(#[source] std::io::Error),
     /// No VM with this id.
     #[error("no running machine named {0}")]
     UnknownVm(WorkloadId),
@@ -84,16 +89,13 @@ impl Vms {
             return Err(VmError::AlreadyRunning(id));
         }
         if !self.capability.has_kvm() {
-            return Err(VmError::HostCannotRun(self.capability.summary()));
+            return Err(VmError::HostCannotRun(self.capability.clone()));
         }
-        let max_vcpus = crate::vmm::max_vcpus()
-            .map_err(|e| VmError::HostCannotRun(format!("/dev/kvm cannot be opened: {e}")))?;
+        let max_vcpus = crate::vmm::max_vcpus().map_err(VmError::KvmUnusable)?;
         let kind = config.validate(&HostLimits::with_max_vcpus(max_vcpus))?;
         // Refuse at once rather than after a minute of instruction emulation.
-        if kind.is_linux() {
-            if let Some(why) = self.capability.linux_refusal() {
-                return Err(VmError::HostCannotRun(why));
-            }
+        if kind.is_linux() && !self.capability.can_run_linux() {
+            return Err(VmError::HostCannotRun(self.capability.clone()));
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let display = config.display.map(|d| Display::new(d.width, d.height));
@@ -235,5 +237,30 @@ impl Drop for Vms {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn host_refusals_say_the_hosts_summary_and_keep_the_os_error() {
+        let host = HostCapability::NoKvm {
+            reason: "/dev/kvm does not exist".into(),
+        };
+        assert_eq!(
+            VmError::HostCannotRun(host.clone()).to_string(),
+            host.summary()
+        );
+        let e = VmError::KvmUnusable(std::io::Error::from_raw_os_error(libc::EACCES));
+        let source = e.source().expect("the OS error");
+        assert_eq!(e.to_string(), "/dev/kvm cannot be opened");
+        assert_eq!(
+            source.to_string(),
+            std::io::Error::from_raw_os_error(libc::EACCES).to_string()
+        );
     }
 }

@@ -95,8 +95,8 @@ impl Library {
                 disk,
                 request.network.clone(),
             );
-            if let Some(cmdline) = &request.cmdline {
-                c.cmdline = cmdline.clone();
+            if let (Some(cmdline), Some(boot)) = (&request.cmdline, c.kernel_boot_mut()) {
+                boot.cmdline = cmdline.clone();
             }
             c
         };

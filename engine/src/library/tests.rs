@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use hangar_testkit::TempDir;
 
 use super::*;
-use crate::config::PortForward;
+use crate::config::{BootSource, KernelBoot, PortForward};
 use crate::error_text;
 use crate::kit::DefaultKit;
 
@@ -41,9 +41,11 @@ fn config(name: &str) -> VmConfig {
         name: name.into(),
         vcpus: 1,
         memory_mib: 256,
-        kernel: "/boot/vmlinuz".into(),
-        initrd: None,
-        cmdline: String::new(),
+        boot: BootSource::Kernel(KernelBoot {
+            kernel: "/boot/vmlinuz".into(),
+            initrd: None,
+            cmdline: String::new(),
+        }),
         display: None,
         disks: Vec::new(),
         network: None,
@@ -399,9 +401,10 @@ fn a_template_clone_saves_the_machine_once_its_disk_is_complete() {
         assert_eq!(done, total);
     }
     assert_eq!(f.library.machine(&def.id).unwrap(), def, "saved");
-    assert_eq!(def.config.cmdline, "console=ttyS0 root=/dev/vda");
+    let boot = def.config.kernel_boot().unwrap();
+    assert_eq!(boot.cmdline, "console=ttyS0 root=/dev/vda");
     assert_eq!(def.config.vcpus, 2);
-    assert_eq!(def.config.kernel, kit.kernel);
+    assert_eq!(boot.kernel, kit.kernel);
     let disk = &def.config.disks[0].path;
     assert_eq!(
         disk,

@@ -3,10 +3,12 @@
 //! `/dev/kvm`) uses this module; it is the only one that names KVM.
 
 pub mod boot;
+pub(crate) mod build;
 pub(crate) mod exit_history;
 pub(crate) mod framebuffer;
 pub(crate) mod irq_routing;
 pub(crate) mod passt;
+pub(crate) mod state;
 pub(crate) mod vcpu;
 pub mod vm;
 
@@ -17,7 +19,11 @@ pub(crate) fn open_kvm(path: &str) -> Result<(), kvm_ioctls::Error> {
     kvm_ioctls::Kvm::new_with_path(path.as_c_str()).map(drop)
 }
 
-/// The most vCPUs this host's KVM gives one VM.
-pub(crate) fn max_vcpus() -> Result<usize, kvm_ioctls::Error> {
-    Ok(kvm_ioctls::Kvm::new()?.get_max_vcpus())
+/// The most vCPUs this host's KVM gives one VM; the error is why
+/// `/dev/kvm` could not be opened (as an OS error, so that no KVM type
+/// leaves this module).
+pub(crate) fn max_vcpus() -> Result<usize, std::io::Error> {
+    kvm_ioctls::Kvm::new()
+        .map(|kvm| kvm.get_max_vcpus())
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }

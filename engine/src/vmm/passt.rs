@@ -64,10 +64,10 @@ pub enum PasstError {
         port: u16,
     },
     /// The socket pair between the VM and passt could not be made.
-    #[error("cannot create the socket to passt: {0}")]
+    #[error("cannot create the socket to passt")]
     Socket(#[source] io::Error),
     /// passt could not be run.
-    #[error("cannot run passt: {0}")]
+    #[error("cannot run passt")]
     Spawn(#[source] io::Error),
     /// passt stopped while starting; `message` is what it said.
     #[error("passt stopped while starting: {message}")]

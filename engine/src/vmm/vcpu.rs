@@ -3,10 +3,12 @@
 //! The VM's control thread drives each vCPU through a command channel and a
 //! kick: it sends the command, then signals the thread. The signal handler
 //! sets `kvm_run.immediate_exit`, so the vCPU leaves (or never enters)
-//! `KVM_RUN` and reads its commands before running again.
+//! `KVM_RUN` and reads its commands before running again. While paused, it
+//! also answers requests to save or restore its state
+//! ([`super::state::VcpuState`]): only the thread owning the vCPU may touch it.
 
 use std::cell::Cell;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 
 /// Where a vCPU sends its reports (the VM's control channel).
 pub(crate) type ReportFn = Box<dyn Fn(VcpuReport) + Send>;
@@ -20,6 +22,7 @@ use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::exit_history::{ExitHistory, ExitKind, ExitRecord};
+use super::state::{StateError, StateSupport, VcpuState};
 use crate::api::RegisterDump;
 use crate::devices::{Bus, GuestRequest};
 
@@ -54,7 +57,7 @@ pub(crate) fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 }
 
 /// What the control thread tells a vCPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum VcpuCommand {
     /// Stop running and wait for Resume or Exit.
     Pause,
@@ -62,7 +65,20 @@ pub(crate) enum VcpuCommand {
     Resume,
     /// Leave the thread.
     Exit,
+    /// While paused: answer with the vCPU's state.
+    SaveState(Sender<Result<VcpuState, StateError>>),
+    /// While paused: set the vCPU to this state, and say when it is done.
+    RestoreState(Box<VcpuState>, Sender<Result<(), StateError>>),
 }
+
+/// How long a state request waits for the vCPU thread's answer. A paused
+/// vCPU answers at once; this only keeps a stuck one from hanging its
+/// caller.
+pub(crate) const STATE_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most entries with immediate_exit to finish an exit before a state is
+/// taken: each may bring one more exit (string I/O), served in between.
+const MAX_FINISHING_ENTRIES: usize = 16;
 
 /// Why a vCPU's loop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +120,20 @@ pub(crate) enum VcpuReport {
 /// are only counted in the log, so a guest cannot flood the UI.
 const MAX_MMIO_REPORTS: u32 = 8;
 
+/// What a vCPU thread is given besides its vCPU.
+pub(crate) struct VcpuEnv {
+    /// Port I/O devices.
+    pub(crate) io_bus: Bus,
+    /// MMIO devices.
+    pub(crate) mmio_bus: Bus,
+    /// Where it reports (the VM's control channel).
+    pub(crate) reports: ReportFn,
+    /// KVM offers `KVM_CAP_SYNC_REGS`, so every exit records the registers.
+    pub(crate) sync_regs: bool,
+    /// What the vCPU's state is made of on this host, for save and restore.
+    pub(crate) state_support: Arc<StateSupport>,
+}
+
 /// A running vCPU thread and the way to talk to it.
 pub(crate) struct VcpuThread {
     index: u8,
@@ -113,16 +143,15 @@ pub(crate) struct VcpuThread {
 }
 
 impl VcpuThread {
-    /// Start the thread; it runs the guest at once. `sync_regs`: KVM
-    /// offers `KVM_CAP_SYNC_REGS`, so every exit records the registers.
-    pub(crate) fn spawn(
-        index: u8,
-        mut vcpu: VcpuFd,
-        io_bus: Bus,
-        mmio_bus: Bus,
-        reports: ReportFn,
-        sync_regs: bool,
-    ) -> std::io::Result<Self> {
+    /// Start the thread; it runs the guest at once.
+    pub(crate) fn spawn(index: u8, mut vcpu: VcpuFd, env: VcpuEnv) -> std::io::Result<Self> {
+        let VcpuEnv {
+            io_bus,
+            mmio_bus,
+            reports,
+            sync_regs,
+            state_support,
+        } = env;
         if sync_regs {
             vcpu.set_sync_valid_reg(SyncReg::Register);
             vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
@@ -144,6 +173,8 @@ impl VcpuThread {
                     exits: exit_counter,
                     history: ExitHistory::default(),
                     sync_regs,
+                    state_support,
+                    ended: None,
                 };
                 let outcome = runner.run();
                 (runner.reports)(VcpuReport::Exited(index, outcome));
@@ -205,6 +236,35 @@ impl VcpuThread {
         self.handle.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
+    /// The vCPU's state. It must be paused (the Pause acknowledged), or
+    /// the answer is [`StateError::NotPaused`].
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "snapshots will be its first caller; the state tests use it"
+        )
+    )]
+    pub(crate) fn save_state(&self) -> Result<VcpuState, StateError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(VcpuCommand::SaveState(tx));
+        answer(&rx)
+    }
+
+    /// Set the paused vCPU to `state`.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "snapshots will be its first caller; the state tests use it"
+        )
+    )]
+    pub(crate) fn restore_state(&self, state: VcpuState) -> Result<(), StateError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(VcpuCommand::RestoreState(Box::new(state), tx));
+        answer(&rx)
+    }
+
     /// Wait for the thread to end.
     pub(crate) fn join(mut self) {
         if let Some(h) = self.handle.take() {
@@ -212,6 +272,15 @@ impl VcpuThread {
                 log::error!("vcpu{} thread panicked", self.index);
             }
         }
+    }
+}
+
+/// The vCPU thread's answer to a state request.
+fn answer<T>(rx: &Receiver<Result<T, StateError>>) -> Result<T, StateError> {
+    match rx.recv_timeout(STATE_ANSWER_TIMEOUT) {
+        Ok(result) => result,
+        Err(RecvTimeoutError::Timeout) => Err(StateError::NoAnswer),
+        Err(RecvTimeoutError::Disconnected) => Err(StateError::VcpuGone),
     }
 }
 
@@ -228,6 +297,11 @@ struct VcpuRunner {
     history: ExitHistory,
     /// KVM copies the registers into kvm_run at every exit.
     sync_regs: bool,
+    /// What the vCPU's state is made of, for save and restore.
+    state_support: Arc<StateSupport>,
+    /// How the guest ended the machine while an exit was being finished
+    /// for a state request; the loop ends with it.
+    ended: Option<VcpuOutcome>,
 }
 
 /// Clears the TLS pointer on every way out of the loop.
@@ -280,8 +354,55 @@ impl VcpuRunner {
                     }
                 }
                 VcpuCommand::Resume => paused = false,
+                VcpuCommand::SaveState(reply) => {
+                    let result = if paused {
+                        self.finish_pending_exit()
+                            .and_then(|()| VcpuState::save(&self.vcpu, &self.state_support))
+                    } else {
+                        Err(StateError::NotPaused)
+                    };
+                    // The asker may have given up waiting.
+                    let _ = reply.send(result);
+                }
+                VcpuCommand::RestoreState(state, reply) => {
+                    let result = if paused {
+                        self.finish_pending_exit()
+                            .and_then(|()| state.restore(&self.vcpu, &self.state_support))
+                    } else {
+                        Err(StateError::NotPaused)
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            if let Some(outcome) = self.ended.take() {
+                return Some(outcome);
             }
         }
+    }
+
+    /// KVM completes an exit (puts an IN's or MMIO read's value into the
+    /// guest's registers, takes string I/O a step further) only at the
+    /// next KVM_RUN, and state read or set before that is not the guest's
+    /// true state. So: enter with immediate_exit set, which completes the
+    /// exit and returns EINTR before any guest instruction runs. An exit
+    /// the completion itself makes is served as usual and the entry
+    /// repeated.
+    fn finish_pending_exit(&mut self) -> Result<(), StateError> {
+        for _ in 0..MAX_FINISHING_ENTRIES {
+            self.vcpu.set_kvm_immediate_exit(1);
+            if let Some(outcome) = self.run_once() {
+                self.vcpu.set_kvm_immediate_exit(0);
+                self.ended = Some(outcome);
+                return Err(StateError::GuestEnded);
+            }
+            // run_once clears immediate_exit when KVM_RUN returned EINTR:
+            // nothing was left to complete.
+            if self.vcpu.get_kvm_run().immediate_exit == 0 {
+                return Ok(());
+            }
+        }
+        self.vcpu.set_kvm_immediate_exit(0);
+        Err(StateError::ExitUnfinished(MAX_FINISHING_ENTRIES))
     }
 
     /// One `KVM_RUN` and its exit. Returns an outcome when the loop must end.

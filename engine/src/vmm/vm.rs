@@ -1,40 +1,27 @@
-//! A VM's control thread: builds the machine, runs its vCPU threads, applies
-//! commands and turns everything that happens into [`Event`]s.
+//! A VM's control thread: builds the machine (see [`super::build`]), runs
+//! its vCPU threads, applies commands and turns everything that happens into
+//! [`Event`]s.
 
-use std::io::Write;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::boot::{self, BootError, BootSpec};
-use super::framebuffer::GuestFramebuffer;
-use super::irq_routing::{KvmIrqLine, KvmMsiRouting, ISA_IRQS};
-use super::passt::Passt;
-use super::vcpu::{install_kick_handler, VcpuCommand, VcpuOutcome, VcpuReport, VcpuThread};
+use super::build::{build, Machine};
+use super::vcpu::{VcpuCommand, VcpuOutcome, VcpuReport, VcpuThread};
 use crate::api::{
     DeviceIo, Event, EventSink, Exit, OutputStream, Stats, StatsDetail, VcpuStats, VmCommand,
     VmEvent, VmExit, VmStats, WorkloadId, WorkloadState,
 };
-use crate::config::{DiskConfig, KernelKind, VmConfig};
+use crate::config::{KernelKind, VmConfig};
 use crate::devices::bus::lock;
 use crate::devices::i8042::MouseButtons;
-use crate::devices::irq::InterruptSink;
 use crate::devices::keymap::GuestKey;
-use crate::devices::manager::{DeviceManager, DeviceManagerError};
-use crate::devices::virtio::net::NetDevice;
-use crate::devices::virtio::{BlockBackend, BlockDevice, MsiRouting};
+use crate::devices::manager::DeviceManager;
 use crate::display::Display;
 
-/// Where the TSS the hypervisor needs on Intel sits: three pages just below
-/// the BIOS area at the top of the 32-bit space, inside the MMIO gap.
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// How often the control thread looks at timers and queued input.
 const TICK: Duration = Duration::from_millis(20);
 /// How often a running VM reports its figures.
@@ -43,64 +30,6 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const DISPLAY_INTERVAL: Duration = Duration::from_micros(16_667);
 /// How long the vCPUs get to leave after being told to.
 const VCPU_EXIT_GRACE: Duration = Duration::from_secs(5);
-
-/// Errors while building a VM.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// A KVM call failed.
-    #[error("KVM refused to {what}")]
-    Kvm {
-        /// What was being done.
-        what: &'static str,
-        /// KVM's error.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
-    /// Loading the kernel or building boot structures failed.
-    #[error(transparent)]
-    Boot(#[from] BootError),
-    /// Placing devices failed.
-    #[error(transparent)]
-    Devices(#[from] DeviceManagerError),
-    /// A thread could not be started.
-    #[error("cannot start a vCPU thread")]
-    Spawn(#[source] std::io::Error),
-    /// User-mode networking could not start.
-    #[error("cannot start the network: {0}")]
-    Network(String),
-    /// A disk image could not be opened.
-    #[error("cannot use disk {path}: {reason}")]
-    Disk {
-        /// The image.
-        path: std::path::PathBuf,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// A locally administered unicast MAC, the same for a machine's name each
-/// time (so its DHCP address stays put): 02:68:61 ("ha") + a name hash.
-fn mac_address(name: &str) -> [u8; 6] {
-    // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
-        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-    }
-    let [a, b, c, _] = h.to_be_bytes();
-    [0x02, 0x68, 0x61, a, b, c]
-}
-
-/// Open a disk image as its definition says (raw or qcow2, never guessed).
-fn open_disk(disk: &DiskConfig) -> Result<Box<dyn BlockBackend>, BuildError> {
-    crate::disks::open_backend(disk).map_err(|e| BuildError::Disk {
-        path: disk.path.clone(),
-        reason: error_chain(&e),
-    })
-}
-
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
-    move |source| BuildError::Kvm { what, source }
-}
 
 /// What the engine asks of a running VM.
 #[derive(Debug)]
@@ -170,31 +99,6 @@ pub(crate) enum ControlMsg {
     SerialOutput,
 }
 
-/// COM1's output: bytes collect here and the control thread sends them on
-/// in batches, so a chatty guest costs one event per burst, not per byte.
-struct SerialSink {
-    buf: Arc<Mutex<Vec<u8>>>,
-    notify: Sender<ControlMsg>,
-}
-
-impl Write for SerialSink {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let mut buf = lock(&self.buf);
-        let was_empty = buf.is_empty();
-        buf.extend_from_slice(data);
-        drop(buf);
-        if was_empty {
-            // The control thread may already be gone during teardown.
-            let _ = self.notify.send(ControlMsg::SerialOutput);
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Start a VM's control thread. It reports through `sink` and ends after
 /// sending `Exited`. `started` is when the Start command was accepted.
 /// `display` is the screen the app reads, for a config with one.
@@ -242,22 +146,6 @@ pub(crate) struct VmLaunch {
     pub display: Option<Display>,
 }
 
-/// Everything a built VM holds. Dropped only after its vCPU threads ended.
-struct Machine {
-    // Kept alive for the vCPUs: the VM fd and the guest memory mapping.
-    vm: Arc<VmFd>,
-    memory: GuestMemoryMmap,
-    /// The screen's memory, dirty-logged.
-    framebuffer: Option<GuestFramebuffer>,
-    /// The network backend, stopped after the devices.
-    passt: Option<Passt>,
-    /// The claims on the disk images, released when the machine goes.
-    _disk_locks: Vec<crate::disks::DiskLock>,
-    devices: DeviceManager,
-    serial_out: Arc<Mutex<Vec<u8>>>,
-    vcpus: Vec<VcpuThread>,
-}
-
 struct VmControl {
     id: WorkloadId,
     sink: EventSink,
@@ -299,8 +187,8 @@ impl VmControl {
                 self.teardown(&mut machine, &rx);
                 self.flush_serial(&machine);
                 // The last frame: what the guest drew since the last poll.
-                if let Some(fb) = &mut machine.framebuffer {
-                    if let Ok(true) = fb.poll(&machine.vm) {
+                if let Some(fb) = &mut machine.platform.framebuffer {
+                    if let Ok(true) = fb.poll(&machine.platform.vm) {
                         self.emit(Event::Vm {
                             id: self.id.clone(),
                             event: VmEvent::DisplayUpdated,
@@ -310,7 +198,11 @@ impl VmControl {
                 reason
             }
             Err(e) => {
-                let message = format!("cannot start {}: {}", config.name, error_chain(&e));
+                let message = format!(
+                    "cannot start {}: {}",
+                    config.name,
+                    crate::api::error_text(&e)
+                );
                 log::error!("{}: {message}", self.id);
                 self.emit(Event::Error {
                     id: self.id.clone(),
@@ -343,7 +235,7 @@ impl VmControl {
         // then the screen stays as it is.
         let mut screen_broken = false;
         loop {
-            let wait = if m.framebuffer.is_some() && !screen_broken {
+            let wait = if m.platform.framebuffer.is_some() && !screen_broken {
                 TICK.min(next_frame.saturating_duration_since(Instant::now()))
             } else {
                 TICK
@@ -382,7 +274,7 @@ impl VmControl {
                                 pause_wanted = false;
                                 m.vcpus.iter().for_each(|v| v.send(VcpuCommand::Resume));
                             }
-                            m.devices.send_ctrl_alt_del();
+                            m.platform.devices.send_ctrl_alt_del();
                             stop_deadline = Some(Instant::now() + timeout);
                         }
                     }
@@ -396,7 +288,7 @@ impl VmControl {
                         wheel,
                         buttons,
                     }) => pending_devices.pointer(dx, dy, wheel, buttons),
-                    VmRequest::Vm(VmCommand::CtrlAltDel) => m.devices.send_ctrl_alt_del(),
+                    VmRequest::Vm(VmCommand::CtrlAltDel) => m.platform.devices.send_ctrl_alt_del(),
                 },
                 Some(ControlMsg::Vcpu(report)) => match report {
                     VcpuReport::Paused(index) => {
@@ -436,8 +328,8 @@ impl VmControl {
             }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
-                m.devices.tick();
-                for (device, why) in m.devices.take_device_failures() {
+                m.platform.devices.tick();
+                for (device, why) in m.platform.devices.take_device_failures() {
                     self.emit(Event::Error {
                         id: self.id.clone(),
                         message: format!(
@@ -447,10 +339,10 @@ impl VmControl {
                     });
                 }
             }
-            if let (Some(fb), false) = (&mut m.framebuffer, screen_broken) {
+            if let (Some(fb), false) = (&mut m.platform.framebuffer, screen_broken) {
                 if Instant::now() >= next_frame {
                     next_frame = Instant::now() + DISPLAY_INTERVAL;
-                    match fb.poll(&m.vm) {
+                    match fb.poll(&m.platform.vm) {
                         Ok(true) => self.emit(Event::Vm {
                             id: self.id.clone(),
                             event: VmEvent::DisplayUpdated,
@@ -479,10 +371,10 @@ impl VmControl {
                 });
             }
             if !pending_input.is_empty() {
-                let taken = m.devices.serial_input(&pending_input);
+                let taken = m.platform.devices.serial_input(&pending_input);
                 pending_input.drain(..taken);
             }
-            pending_devices.deliver(&m.devices);
+            pending_devices.deliver(&m.platform.devices);
             if stop_deadline.is_some_and(|d| Instant::now() >= d) {
                 return VmExit::Stopped { forced: true };
             }
@@ -541,13 +433,13 @@ impl VmControl {
         }
         // The I/O threads go last: a vCPU may have rung a doorbell just
         // before it left.
-        m.devices.shut_down_virtio();
+        m.platform.devices.shut_down_virtio();
         // Killing passt closes the forwarded ports.
-        m.passt.take();
+        m.platform.passt.take();
     }
 
     fn flush_serial(&self, m: &Machine) {
-        let bytes = std::mem::take(&mut *lock(&m.serial_out));
+        let bytes = std::mem::take(&mut *lock(&m.platform.serial_out));
         if !bytes.is_empty() {
             self.emit(Event::Output {
                 id: self.id.clone(),
@@ -556,172 +448,6 @@ impl VmControl {
             });
         }
     }
-}
-
-/// Create the VM, its memory, devices and vCPUs, and start the vCPUs.
-fn build(
-    config: &VmConfig,
-    kind: KernelKind,
-    tx: &Sender<ControlMsg>,
-    display: Option<Display>,
-) -> Result<Machine, BuildError> {
-    let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
-    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-        .map_err(kvm_err("set the TSS address"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("create the interrupt controllers"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit)
-        .map_err(kvm_err("create the PIT timer"))?;
-
-    let memory = boot::create_guest_memory(config.memory_mib)?;
-    for (slot, region) in memory.iter().enumerate() {
-        let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| BuildError::Boot(BootError::from(e)))?;
-        let region = kvm_userspace_memory_region {
-            slot: slot as u32,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-            flags: 0,
-        };
-        // SAFETY: the region is a live mmap owned by `memory`, which the
-        // returned Machine keeps until every vCPU thread has been joined.
-        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("map guest memory"))?;
-    }
-
-    let serial_out = Arc::new(Mutex::new(Vec::new()));
-    let sink = SerialSink {
-        buf: serial_out.clone(),
-        notify: tx.clone(),
-    };
-    let mut devices = DeviceManager::new(
-        Box::new(sink),
-        boot::ram_below_4g(&memory),
-        boot::ram_above_4g(&memory),
-    )?;
-    let vm = Arc::new(vm);
-    let routing: Arc<dyn MsiRouting> = Arc::new(KvmMsiRouting::new(vm.clone()));
-    let mut disk_locks = Vec::with_capacity(config.disks.len());
-    for (i, disk) in config.disks.iter().enumerate() {
-        // Claimed before opening: another running machine may be writing it.
-        disk_locks.push(
-            crate::disks::lock(&disk.path, !disk.read_only).map_err(|e| BuildError::Disk {
-                path: disk.path.clone(),
-                reason: error_chain(&e),
-            })?,
-        );
-        let backend = open_disk(disk)?;
-        let name = format!("virtio-blk{i}");
-        // The serial shows in the guest's /dev/disk/by-id.
-        let device = BlockDevice::new(name.clone(), backend, &format!("hangar-disk{i}"));
-        devices.add_virtio_device(name, Box::new(device), memory.clone(), routing.clone())?;
-    }
-    // User-mode networking: passt on the other end of a socketpair.
-    let passt = match &config.network {
-        Some(net) => {
-            let (passt, socket) = Passt::start(net, &config.name)
-                .map_err(|e| BuildError::Network(error_chain(&e)))?;
-            let name = "virtio-net0".to_string();
-            let device = NetDevice::new(name.clone(), mac_address(&config.name), socket);
-            devices.add_virtio_device(name, Box::new(device), memory.clone(), routing.clone())?;
-            Some(passt)
-        }
-        None => None,
-    };
-    let isa_sink: Arc<dyn InterruptSink> = Arc::new(KvmIrqLine(vm.clone()));
-    for line in devices.irq_lines() {
-        if line.gsi() < ISA_IRQS {
-            line.deliver_through(isa_sink.clone());
-        } else {
-            vm.register_irqfd(line.eventfd(), line.gsi())
-                .map_err(kvm_err("connect an interrupt line"))?;
-        }
-    }
-    for (addr, doorbell) in devices.doorbells().map_err(BuildError::Spawn)? {
-        vm.register_ioevent(&doorbell, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(kvm_err("connect a virtio doorbell"))?;
-    }
-
-    // The screen: its own dirty-logged slot after the RAM slots.
-    let framebuffer = match (&config.display, display) {
-        (Some(cfg), Some(display)) => {
-            let base = devices.framebuffer_address(GuestFramebuffer::mapped_size(cfg))?;
-            let fb = GuestFramebuffer::new(cfg, base, memory.num_regions() as u32, display)?;
-            fb.register(&vm).map_err(kvm_err("map the framebuffer"))?;
-            Some(fb)
-        }
-        _ => None,
-    };
-    let spec = BootSpec {
-        kernel: &config.kernel,
-        kind,
-        initrd: config.initrd.as_deref(),
-        cmdline: &config.cmdline,
-        vcpus: config.vcpus,
-        screen: framebuffer.as_ref().map(|fb| fb.screen_info(false)),
-    };
-    let setup = boot::setup_guest(&memory, &spec)?;
-
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("report its supported CPUID"))?;
-    let mut fds = Vec::with_capacity(usize::from(config.vcpus));
-    for index in 0..config.vcpus {
-        let fd = vm
-            .create_vcpu(u64::from(index))
-            .map_err(kvm_err("create a vCPU"))?;
-        boot::configure_vcpu(&fd, &cpuid, index, config.vcpus, &setup)?;
-        fds.push(fd);
-    }
-
-    // Every exit then records the registers, for a useful report of a
-    // fatal one (see exit_history.rs).
-    let sync_regs = vm.check_extension(Cap::SyncRegs);
-    install_kick_handler()
-        .map_err(|e| BuildError::Spawn(std::io::Error::from_raw_os_error(e.errno())))?;
-    let mut vcpus = Vec::with_capacity(fds.len());
-    for (index, fd) in fds.into_iter().enumerate() {
-        let tx = tx.clone();
-        let report = Box::new(move |r| {
-            let _ = tx.send(ControlMsg::Vcpu(r));
-        });
-        let thread = VcpuThread::spawn(
-            index as u8,
-            fd,
-            devices.io_bus().clone(),
-            devices.mmio_bus().clone(),
-            report,
-            sync_regs,
-        );
-        match thread {
-            Ok(t) => vcpus.push(t),
-            Err(e) => {
-                // Stop the ones already running before the memory goes away.
-                for v in vcpus.drain(..) {
-                    let v: VcpuThread = v;
-                    v.send(VcpuCommand::Exit);
-                    v.join();
-                }
-                return Err(BuildError::Spawn(e));
-            }
-        }
-    }
-    Ok(Machine {
-        vm,
-        memory,
-        framebuffer,
-        passt,
-        _disk_locks: disk_locks,
-        devices,
-        serial_out,
-        vcpus,
-    })
 }
 
 fn stats(m: &Machine, uptime: Duration) -> Stats {
@@ -735,12 +461,13 @@ fn stats(m: &Machine, uptime: Duration) -> Stats {
         .collect();
     Stats {
         cpu_time: vcpus.iter().map(|v| v.cpu_time).sum(),
-        memory_bytes: resident_bytes(&m.memory),
+        memory_bytes: resident_bytes(&m.platform.memory),
         detail: StatsDetail::Vm(VmStats {
             uptime,
             vcpus,
-            guest_memory_bytes: m.memory.iter().map(|r| r.len()).sum(),
+            guest_memory_bytes: m.platform.memory.iter().map(|r| r.len()).sum(),
             devices: m
+                .platform
                 .devices
                 .virtio_devices()
                 .iter()
@@ -779,16 +506,4 @@ fn resident_bytes(memory: &GuestMemoryMmap) -> u64 {
         }
     }
     total
-}
-
-/// "outer: inner: innermost", for one-line messages.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
