@@ -8,9 +8,9 @@ mod common;
 use egui::accesskit::Role;
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use hangar::gui::app::AppEnv;
-use hangar::gui::model::Entry;
-use hangar::gui::tabs::{visible_panes, Pane, View};
-use hangar::gui::wizard::CUSTOM_CMDLINE;
+use hangar::gui::shell::tabs::{visible_panes, Pane, View};
+use hangar::gui::vm::machine::Entry;
+use hangar::gui::vm::wizard::CUSTOM_CMDLINE;
 use hangar_engine::{DefaultKit, HostProbe};
 
 use common::{

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable as _;
-use hangar::gui::tabs::{visible_panes, Pane, View};
+use hangar::gui::shell::tabs::{visible_panes, Pane, View};
 
 use common::{
     click, gui_with_containers, is_root, library_state, settle, type_into, wait_until, ConfigDir,

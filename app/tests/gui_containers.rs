@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use egui::accesskit::Role;
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use hangar::gui::command::UiCommand;
-use hangar::gui::tabs::{visible_panes, Pane, View};
+use hangar::gui::shell::tabs::{visible_panes, Pane, View};
 use hangar_engine::containers::{NetworkMode, PortForward, Volume};
 
 use common::{

@@ -15,10 +15,10 @@ use egui::accesskit::{Role, Toggled};
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use hangar::gui::app::AppEnv;
 use hangar::gui::command::UiCommand;
-use hangar::gui::delete_dialog::DELETE_DISKS_LABEL;
-use hangar::gui::overview_tab::STOP_FOR_DISKS;
-use hangar::gui::template_clone::TemplateMachine;
-use hangar::gui::wizard::Page;
+use hangar::gui::vm::delete_dialog::DELETE_DISKS_LABEL;
+use hangar::gui::vm::overview_tab::STOP_FOR_DISKS;
+use hangar::gui::vm::template_clone::TemplateMachine;
+use hangar::gui::vm::wizard::Page;
 use hangar_engine::{
     disks, templates, BootSource, DefaultKit, DiskConfig, DiskFormat, KernelBoot,
     MachineDefinition, MachineStore, PortForward, VmConfig,
@@ -635,7 +635,7 @@ fn disk_buttons_are_disabled_while_the_machine_runs() {
             .rt
             .machines
             .get(&id)
-            .is_some_and(|m| m.status == hangar::gui::model::RunStatus::Running)
+            .is_some_and(|m| m.status == hangar::gui::vm::machine::RunStatus::Running)
     });
     for label in ["Add disk…", "Grow vda", "Detach vda"] {
         let node = h.get_by_label(label);

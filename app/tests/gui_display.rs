@@ -24,9 +24,10 @@ use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use egui_kittest::{Harness, TestRenderer};
 use hangar::gui::app::{AppEnv, HangarApp};
 use hangar::gui::command::UiCommand;
-use hangar::gui::display_tab::{ZoomMode, HINT_GRABBED, HINT_UNGRABBED, SCREEN_LABEL};
-use hangar::gui::model::{RunStatus, Severity};
-use hangar::gui::tabs::{visible_panes, Pane, View};
+use hangar::gui::shell::log::Severity;
+use hangar::gui::shell::tabs::{visible_panes, Pane, View};
+use hangar::gui::vm::display_tab::{ZoomMode, HINT_GRABBED, HINT_UNGRABBED, SCREEN_LABEL};
+use hangar::gui::vm::machine::RunStatus;
 use hangar_engine::{BootSource, DisplayConfig, KernelBoot, VmConfig, VmExit};
 
 use common::{click, machine, machine_id, wait_until, ConfigDir, Gui, GUEST_TIMEOUT};

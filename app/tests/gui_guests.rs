@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use egui::accesskit::{Role, Toggled};
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use hangar::gui::app::STOP_TIMEOUT;
-use hangar::gui::model::{RunStatus, Severity};
-use hangar::gui::tabs::{visible_panes, Pane, View};
+use hangar::gui::shell::log::Severity;
+use hangar::gui::shell::tabs::{visible_panes, Pane, View};
+use hangar::gui::vm::machine::RunStatus;
 use hangar_engine::VmExit;
 
 use common::{

@@ -138,7 +138,7 @@ fn image_imports_with_progress_and_runs() {
         bars[0].0.starts_with("done · 2 of 2 layers") && bars[0].1 == 100.0,
         "the bar is full: {bars:?}"
     );
-    let imported = hangar::gui::image_import::imported_text(&record);
+    let imported = hangar::gui::container::image_import::imported_text(&record);
     assert!(
         imported.starts_with("Imported gui-test:1 (2 layers, "),
         "{imported}"
@@ -333,7 +333,9 @@ fn image_pulls_from_a_loopback_registry_with_progress() {
         job.stages
     );
     assert_eq!(job.stages.last(), Some(&ImportStage::Done));
-    h.get_by_label(&hangar::gui::image_import::imported_text(&record));
+    h.get_by_label(&hangar::gui::container::image_import::imported_text(
+        &record,
+    ));
     let dialog = h
         .state_mut()
         .container_dialog_mut()

@@ -8,8 +8,8 @@
 use egui_tiles::Tile;
 use hangar::gui::automation::{parse_script, Step};
 use hangar::gui::command::UiCommand;
-use hangar::gui::tabs::View;
-use hangar::gui::ui_state::{ui_state_path, UiState};
+use hangar::gui::shell::tabs::View;
+use hangar::gui::state::ui_state::{ui_state_path, UiState};
 use hangar_testkit::saved_fixture as fixture;
 
 #[test]

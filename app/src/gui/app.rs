@@ -17,21 +17,25 @@ use hangar_engine::{
     WorkloadId, WorkloadState, MARKER_INIT_REACHED,
 };
 
-use super::command::{CommandQueue, UiCommand};
-use super::container_dialog::{container_dialog_ui, ContainerDialogState};
-use super::container_logs_tab::CONSOLE_LOG_FILE;
-use super::delete_dialog::{delete_dialog_ui, DeleteConfirmation};
-use super::host_banner::host_banner_ui;
-use super::image_import::{default_pull_name, imported_text, ImageJob, ImageRequest};
-use super::library_panel::library_ui;
-use super::log_panel::{log_ui, notifications_ui};
-use super::model::{
-    Container, Containers, Entry, Log, Machine, Machines, RunStatus, Severity, LOG_TARGET,
+use crate::gui::command::{CommandQueue, UiCommand};
+use crate::gui::container::dialog::{container_dialog_ui, ContainerDialogState};
+use crate::gui::container::image_import::{
+    default_pull_name, imported_text, ImageJob, ImageRequest,
 };
-use super::tabs::{close_workload, open_pane, open_pane_beside, Pane, TabsBehavior, View};
-use super::template_clone::CloneJob;
-use super::ui_state::{ui_state_path, UiState};
-use super::wizard::{wizard_ui, WizardContext, WizardState};
+use crate::gui::container::logs_tab::CONSOLE_LOG_FILE;
+use crate::gui::container::model::{Container, Containers};
+use crate::gui::shell::host_banner::host_banner_ui;
+use crate::gui::shell::library::library_ui;
+use crate::gui::shell::log::{Log, Severity, LOG_TARGET};
+use crate::gui::shell::log_panel::{log_ui, notifications_ui};
+use crate::gui::shell::tabs::{
+    close_workload, open_pane, open_pane_beside, Pane, TabsBehavior, View,
+};
+use crate::gui::state::ui_state::{ui_state_path, UiState};
+use crate::gui::vm::delete_dialog::{delete_dialog_ui, DeleteConfirmation};
+use crate::gui::vm::machine::{Entry, Machine, Machines, RunStatus};
+use crate::gui::vm::template_clone::CloneJob;
+use crate::gui::vm::wizard::{wizard_ui, WizardContext, WizardState};
 
 /// How long a guest gets to shut down after Stop before it is forced.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1113,7 +1117,7 @@ impl HangarApp {
     }
 
     /// Choose the open wizard's OS source, as clicking it would (UI scripts).
-    pub fn set_wizard_source(&mut self, source: super::wizard::OsSource) {
+    pub fn set_wizard_source(&mut self, source: crate::gui::vm::wizard::OsSource) {
         if let Some(w) = self.rt.wizard.as_mut() {
             w.set_source(source, self.rt.kit.as_ref());
         }

@@ -42,12 +42,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use super::app::HangarApp;
-use super::command::UiCommand;
-use super::container_dialog::{PortRow, VolumeRow};
-use super::frame_stats::FrameStats;
-use super::tabs::View;
-use super::wizard::{OsSource, Page};
+use crate::gui::app::HangarApp;
+use crate::gui::command::UiCommand;
+use crate::gui::container::dialog::{PortRow, VolumeRow};
+use crate::gui::shell::tabs::View;
+use crate::gui::vm::frame_stats::FrameStats;
+use crate::gui::vm::wizard::{OsSource, Page};
 
 /// Names a UI script to run.
 pub const UI_SCRIPT_ENV: &str = "HANGAR_UI_SCRIPT";
@@ -418,7 +418,7 @@ impl Hooks {
                         .entries
                         .values()
                         .filter_map(|e| match e {
-                            super::model::Entry::Machine(m) => Some(m.screen.stats()),
+                            crate::gui::vm::machine::Entry::Machine(m) => Some(m.screen.stats()),
                             _ => None,
                         })
                         .fold((0, 0, 0), |(f, p, px), s| {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use hangar_engine::containers::ContainerConfig;
 use hangar_engine::{GuestKey, MouseButtons, NetworkConfig, TemplateMachine, VmConfig};
 
-use super::display_tab::ZoomMode;
-use super::tabs::View;
+use crate::gui::shell::tabs::View;
+use crate::gui::vm::display_tab::ZoomMode;
 
 pub use hangar_engine::DiskRequest;
 

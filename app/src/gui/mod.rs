@@ -1,32 +1,17 @@
-//! The desktop window (eframe/egui, glow renderer). One file per panel or
-//! tab kind; panels queue [`command::UiCommand`]s that [`app::HangarApp`]
+//! The desktop window (eframe/egui, glow renderer): the shell (library,
+//! tabs, Log), a folder per workload kind (vm/, container/), the persisted
+//! state and shared widgets, one file per panel or tab; panels queue [`command::UiCommand`]s that [`app::HangarApp`]
 //! applies after drawing.
 
 pub mod app;
 pub mod automation;
 pub mod command;
-pub mod console_tab;
-pub mod container_console_tab;
-pub mod container_dialog;
-pub mod container_logs_tab;
-pub mod container_overview_tab;
-pub mod delete_dialog;
-pub mod display_keys;
-pub mod display_tab;
-pub mod frame_stats;
-pub mod host_banner;
-pub mod image_import;
-pub mod library_panel;
-pub mod log_panel;
-pub mod machine_disks;
-pub mod model;
-pub mod overview_tab;
-pub mod port_forwards;
-pub mod tabs;
-pub mod template_clone;
+pub mod container;
+pub mod shell;
+pub mod state;
 pub mod terminal;
-pub mod ui_state;
-pub mod wizard;
+pub mod vm;
+pub mod widgets;
 
 use anyhow::Context;
 

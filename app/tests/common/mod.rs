@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use egui_kittest::kittest::{By, NodeT as _, Queryable as _};
 use egui_kittest::{Harness, Node};
 use hangar::gui::app::{AppEnv, HangarApp};
-use hangar::gui::model::Machine;
+use hangar::gui::vm::machine::Machine;
 use hangar_engine::containers::{HelperCommand, RuntimePaths};
 use hangar_engine::{
     BootSource, ContainerSetup, KernelBoot, MachineDefinition, MachineStore, VmConfig,

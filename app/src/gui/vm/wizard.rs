@@ -17,11 +17,11 @@ use hangar_engine::{
     KernelKind, Template, TemplateStatus, VmConfig,
 };
 
-use super::command::{CommandQueue, UiCommand};
-use super::machine_disks::{format_size, GIB};
-use super::model::Machines;
-use super::port_forwards::{network_form_ui, network_text, NetworkForm};
-use super::template_clone::TemplateMachine;
+use crate::gui::command::{CommandQueue, UiCommand};
+use crate::gui::vm::machine::Machines;
+use crate::gui::vm::machine_disks::{format_size, GIB};
+use crate::gui::vm::template_clone::TemplateMachine;
+use crate::gui::widgets::port_forwards::{network_form_ui, network_text, NetworkForm};
 
 /// Command line offered for a kernel the user picks.
 pub const CUSTOM_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";

@@ -4,8 +4,8 @@
 
 use hangar_engine::WorkloadState;
 
-use super::command::{CommandQueue, UiCommand};
-use super::model::Container;
+use crate::gui::command::{CommandQueue, UiCommand};
+use crate::gui::container::model::Container;
 
 /// Draw the console; typed bytes and size changes become commands.
 pub fn container_console_tab_ui(ui: &mut egui::Ui, c: &mut Container, commands: &mut CommandQueue) {

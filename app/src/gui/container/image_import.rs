@@ -17,7 +17,7 @@ use hangar_engine::images::{
     ImageRecord, ImageStore, ImportProgress, ImportStage, RegistryProtocol,
 };
 
-use super::command::{CommandQueue, UiCommand};
+use crate::gui::command::{CommandQueue, UiCommand};
 
 /// What an [`ImageJob`] fetches.
 #[derive(Debug, Clone, PartialEq, Eq)]

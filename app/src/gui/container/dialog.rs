@@ -9,8 +9,8 @@ use hangar_engine::containers::{
     ContainerConfig, ContainerLimits, NetworkMode, PortForward, Volume,
 };
 
-use super::command::{CommandQueue, UiCommand};
-use super::image_import::{image_import_ui, ImageImportForm, ImageJob};
+use crate::gui::command::{CommandQueue, UiCommand};
+use crate::gui::container::image_import::{image_import_ui, ImageImportForm, ImageJob};
 
 /// The image always offered: the set-up script's busybox, imported on first use.
 pub const DEFAULT_IMAGE: &str = "default";

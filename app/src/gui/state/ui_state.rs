@@ -8,7 +8,7 @@ use anyhow::Context;
 use egui_tiles::Tree;
 use serde::{Deserialize, Serialize};
 
-use super::tabs::{empty_tree, Pane};
+use crate::gui::shell::tabs::{empty_tree, Pane};
 
 /// The layout of `ui-state.json` this build writes. 0 (no field) is the
 /// first release's, whose panes named `machine` and `kind` (with separate
@@ -87,7 +87,7 @@ impl UiState {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::gui::tabs::{open_pane, View};
+    use crate::gui::shell::tabs::{open_pane, View};
     use egui_tiles::Tile;
 
     fn panes(state: &UiState) -> Vec<Pane> {

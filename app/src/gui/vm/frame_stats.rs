@@ -1,5 +1,5 @@
 //! Frame-time figures, on only with `HANGAR_FRAME_STATS=1` (see
-//! [`super::automation`], which wraps the app when it is set).
+//! [`crate::gui::automation`], which wraps the app when it is set).
 //!
 //! For every frame it measures, on the UI thread:
 //! - `cpu`: thread CPU time spent in `App::ui` (draining engine events,

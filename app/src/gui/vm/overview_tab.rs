@@ -11,13 +11,13 @@ use hangar_engine::config::MAX_DISKS;
 use hangar_engine::disks::MAX_DISK_SIZE;
 use hangar_engine::{BootSource, DiskConfig, DiskFormat, DiskInfo};
 
-use super::command::{CommandQueue, DiskRequest, UiCommand};
-use super::machine_disks::{
+use crate::gui::command::{CommandQueue, DiskRequest, UiCommand};
+use crate::gui::vm::machine::{Machine, StatsSample};
+use crate::gui::vm::machine_disks::{
     disk_sizes, format_rate, format_size, machine_dir, DiskInfoCache, FilePicker, GIB,
 };
-use super::model::{Machine, StatsSample};
-use super::port_forwards::{forward_text, network_form_ui, NetworkForm};
-use super::wizard::disk_info_text;
+use crate::gui::vm::wizard::disk_info_text;
+use crate::gui::widgets::port_forwards::{forward_text, network_form_ui, NetworkForm};
 
 /// Why the disk buttons are disabled while the machine runs.
 pub const STOP_FOR_DISKS: &str = "Stop the machine to change its disks";
@@ -588,7 +588,7 @@ fn figures_ui(ui: &mut egui::Ui, machine: &Machine) {
                     .filter_map(|w| {
                         let (a, b) = (w[0], w[1]);
                         let dt = b.t - a.t;
-                        let cpu = |s: &super::model::StatsSample| {
+                        let cpu = |s: &crate::gui::vm::machine::StatsSample| {
                             s.stats.vcpus.get(i).map(|v| v.cpu_time.as_secs_f64())
                         };
                         let (ca, cb) = (cpu(a)?, cpu(b)?);

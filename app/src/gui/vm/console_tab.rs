@@ -1,7 +1,7 @@
 //! A machine's serial console as a terminal.
 
-use super::command::{CommandQueue, UiCommand};
-use super::model::Machine;
+use crate::gui::command::{CommandQueue, UiCommand};
+use crate::gui::vm::machine::Machine;
 
 /// Draw the console; typed bytes become a command for the engine.
 pub fn console_tab_ui(

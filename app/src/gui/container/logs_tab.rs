@@ -17,7 +17,7 @@ use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
-use super::model::Container;
+use crate::gui::container::model::Container;
 
 /// The file in a container's directory that holds its output.
 pub const CONSOLE_LOG_FILE: &str = "console.log";

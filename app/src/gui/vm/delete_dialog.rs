@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use hangar_engine::Library;
 
-use super::command::{CommandQueue, UiCommand};
-use super::machine_disks::{format_size, DiskFileRow};
-use super::model::Machines;
+use crate::gui::command::{CommandQueue, UiCommand};
+use crate::gui::vm::machine::Machines;
+use crate::gui::vm::machine_disks::{format_size, DiskFileRow};
 
 /// Label of the box that also deletes disk files.
 pub const DELETE_DISKS_LABEL: &str = "Also delete its disk files";

@@ -6,7 +6,7 @@
 use egui_plot::{HLine, Legend, Line, LineStyle, Plot, PlotPoints};
 use hangar_engine::containers::{ContainerLimits, NetworkMode};
 
-use super::model::{Container, ContainerStatsSample};
+use crate::gui::container::model::{Container, ContainerStatsSample};
 
 /// How far back the plots go, in seconds.
 pub const PLOT_SECONDS: f64 = 120.0;

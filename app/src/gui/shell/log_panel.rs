@@ -2,8 +2,8 @@
 
 use std::time::UNIX_EPOCH;
 
-use super::command::{CommandQueue, UiCommand};
-use super::model::{Log, LogLine, Severity};
+use crate::gui::command::{CommandQueue, UiCommand};
+use crate::gui::shell::log::{Log, LogLine, Severity};
 
 fn clock(line: &LogLine) -> String {
     // Local time needs a time-zone database; UTC wall-clock is unambiguous.

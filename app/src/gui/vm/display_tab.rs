@@ -16,7 +16,7 @@
 //! drawn with nearest-neighbour filtering (crisp), others with linear.
 //!
 //! Input: a click into the screen grabs the keyboard and the mouse; egui's
-//! key events go to the guest ([`super::display_keys`]), also those that
+//! key events go to the guest ([`crate::gui::vm::display_keys`]), also those that
 //! would otherwise be the app's (Ctrl+Q, Ctrl+W, egui's zoom keys, Tab,
 //! Alt+F4's close request), until Ctrl+Alt+G, a click outside the screen,
 //! the window losing focus or the tab being hidden ends the grab (and
@@ -41,9 +41,9 @@ use egui::{
 use hangar_engine::{DirtyRect, Display, GuestKey, MouseButtons};
 use serde::Deserialize;
 
-use super::command::{CommandQueue, UiCommand};
-use super::display_keys::{GuestKeyboard, KeyInput, KeyOutcome};
-use super::model::Machine;
+use crate::gui::command::{CommandQueue, UiCommand};
+use crate::gui::vm::display_keys::{GuestKeyboard, KeyInput, KeyOutcome};
+use crate::gui::vm::machine::Machine;
 
 /// The accessible name of the screen widget.
 pub const SCREEN_LABEL: &str = "Guest screen";

@@ -12,7 +12,7 @@ use hangar_engine::{MachineDefinition, TemplateClone};
 /// What the wizard asks for (the engine library's request).
 pub use hangar_engine::TemplateMachine;
 
-use super::command::{CommandQueue, UiCommand};
+use crate::gui::command::{CommandQueue, UiCommand};
 
 /// A template's disk being copied for a new machine.
 pub struct CloneJob {

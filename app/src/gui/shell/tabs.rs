@@ -5,14 +5,15 @@
 use egui_tiles::{Container, Tile, TileId, Tree};
 use serde::{Deserialize, Serialize};
 
-use super::command::CommandQueue;
-use super::console_tab::console_tab_ui;
-use super::container_console_tab::container_console_tab_ui;
-use super::container_logs_tab::container_logs_tab_ui;
-use super::container_overview_tab::container_overview_tab_ui;
-use super::display_tab::display_tab_ui;
-use super::model::{Containers, Machines};
-use super::overview_tab::overview_tab_ui;
+use crate::gui::command::CommandQueue;
+use crate::gui::container::console_tab::container_console_tab_ui;
+use crate::gui::container::logs_tab::container_logs_tab_ui;
+use crate::gui::container::model::Containers;
+use crate::gui::container::overview_tab::container_overview_tab_ui;
+use crate::gui::vm::console_tab::console_tab_ui;
+use crate::gui::vm::display_tab::display_tab_ui;
+use crate::gui::vm::machine::Machines;
+use crate::gui::vm::overview_tab::overview_tab_ui;
 
 /// What a pane shows of its workload. A VM has a console, a display and
 /// an overview; a container a console, its logs and an overview.

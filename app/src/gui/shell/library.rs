@@ -5,11 +5,12 @@
 use hangar_engine::WorkloadState;
 use hangar_engine::{BootSource, HostCapability};
 
-use super::app::CONTAINER_STOP_GRACE;
-use super::command::{CommandQueue, UiCommand};
-use super::model::{Container, Containers, Entry, Machine, Machines, RunStatus};
-use super::tabs::View;
-use super::template_clone::{clone_job_ui, CloneJob};
+use crate::gui::app::CONTAINER_STOP_GRACE;
+use crate::gui::command::{CommandQueue, UiCommand};
+use crate::gui::container::model::{Container, Containers};
+use crate::gui::shell::tabs::View;
+use crate::gui::vm::machine::{Entry, Machine, Machines, RunStatus};
+use crate::gui::vm::template_clone::{clone_job_ui, CloneJob};
 
 /// Why Start is disabled for this machine, if it is.
 pub fn start_blocked_reason(machine: &Machine, host: &HostCapability) -> Option<String> {

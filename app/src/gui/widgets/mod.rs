@@ -1,0 +1,3 @@
+//! Widgets more than one panel uses.
+
+pub mod port_forwards;
