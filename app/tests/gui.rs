@@ -235,7 +235,7 @@ fn corrupt_definition_is_shown_in_error_and_left_alone() {
     std::fs::write(&bad, garbage).expect("cannot write the corrupt file");
 
     let mut h = gui(&dir);
-    let reason = match h.state().rt.machines.entries.get("x") {
+    let reason = match h.state().rt.workloads.machines.entries.get("x") {
         Some(Entry::Broken { reason, .. }) => reason.clone(),
         _ => panic!("x.json should load as a broken entry"),
     };
@@ -362,7 +362,7 @@ fn delete_asks_first_and_duplicate_makes_a_copy() {
     assert_eq!(left.len(), 3, "only Alpha's file is gone: {left:?}");
     assert!(!left.contains(&"Alpha".to_string()));
     assert!(kernel.is_file(), "the kernel file stays");
-    assert!(!h.state().rt.machines.entries.contains_key(&alpha));
+    assert!(!h.state().rt.workloads.machines.entries.contains_key(&alpha));
     assert!(
         h.query_by_label("Alpha — Console").is_none(),
         "its tabs are closed"
@@ -468,6 +468,7 @@ fn linux_kernel_cannot_start_without_hardware_virtualization() {
     assert!(h
         .state()
         .rt
+        .workloads
         .machines
         .get(&machine_id(&h, "Linux box"))
         .is_some_and(|m| !m.status.is_active()));

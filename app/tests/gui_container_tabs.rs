@@ -36,7 +36,7 @@ fn run_from_dialog(h: &mut Gui, command: &str, fields: &[(&str, &str)], terminal
         "the dialog closed:\n{}",
         common::log_text(h.state())
     );
-    let entries = &h.state().rt.containers.entries;
+    let entries = &h.state().rt.workloads.containers.entries;
     entries
         .last()
         .unwrap_or_else(|| panic!("no container ran:\n{}", common::log_text(h.state())))
@@ -156,7 +156,7 @@ fn logs_tab_shows_the_newest_of_many_lines_and_stops_following_on_scroll() {
         !shows(&h, "row-1"),
         "the first lines are scrolled away (only visible rows are drawn)"
     );
-    let logs = &h.state().rt.containers.entries[0].logs;
+    let logs = &h.state().rt.workloads.containers.entries[0].logs;
     assert_eq!(logs.lines().len(), 400, "every line is kept");
     assert!(logs.follow);
     assert!(!logs.is_truncated());
@@ -175,7 +175,7 @@ fn logs_tab_shows_the_newest_of_many_lines_and_stops_following_on_scroll() {
     }
     settle(&mut h);
     assert!(
-        !h.state().rt.containers.entries[0].logs.follow,
+        !h.state().rt.workloads.containers.entries[0].logs.follow,
         "Follow is unticked after scrolling up"
     );
     assert!(shows(&h, "row-1"), "the top is in sight");
@@ -184,7 +184,7 @@ fn logs_tab_shows_the_newest_of_many_lines_and_stops_following_on_scroll() {
     click(&mut h, "Follow");
     settle(&mut h);
     assert!(shows(&h, "row-400"));
-    assert!(h.state().rt.containers.entries[0].logs.follow);
+    assert!(h.state().rt.workloads.containers.entries[0].logs.follow);
 }
 
 #[test]
@@ -215,10 +215,10 @@ fn overview_tab_shows_limits_figures_and_plots() {
     h.get_by_label(r#"sh -c "echo up; sleep 60""#);
 
     wait_until(&mut h, "three stats samples", CONTAINER_TIMEOUT, |h| {
-        h.state().rt.containers.entries[0].stats.len() >= 3
+        h.state().rt.workloads.containers.entries[0].stats.len() >= 3
     });
     settle(&mut h);
-    let pid = h.state().rt.containers.entries[0]
+    let pid = h.state().rt.workloads.containers.entries[0]
         .pid
         .expect("the Started event gave the pid");
     h.get_by_label(&format!("pid {pid} on the host"));

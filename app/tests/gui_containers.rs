@@ -48,7 +48,7 @@ fn run_from_dialog(h: &mut Gui, command: &str) -> String {
     click(h, "Run container");
     type_into(h, "Command", command);
     click(h, "Run");
-    let entries = &h.state().rt.containers.entries;
+    let entries = &h.state().rt.workloads.containers.entries;
     entries.last().expect("Run added a container").id.0.clone()
 }
 
@@ -89,7 +89,7 @@ fn container_runs_from_the_dialog_and_is_removed() {
         "the dialog closes after Run"
     );
 
-    let containers = &h.state().rt.containers.entries;
+    let containers = &h.state().rt.workloads.containers.entries;
     assert_eq!(containers.len(), 1, "one container is run");
     let c = &containers[0];
     let id = c.id.0.clone();
@@ -128,7 +128,7 @@ fn container_runs_from_the_dialog_and_is_removed() {
         &mut h,
         "the container to be removed",
         CONTAINER_TIMEOUT,
-        |h| h.state().rt.containers.entries.is_empty(),
+        |h| h.state().rt.workloads.containers.entries.is_empty(),
     );
     settle(&mut h);
     assert!(
@@ -169,7 +169,7 @@ fn interactive_shell_gets_keys_and_the_console_size_and_can_be_stopped() {
     wait_until(&mut h, "the shell to answer", CONTAINER_TIMEOUT, |h| {
         console_text(h).contains("typed-42")
     });
-    let (cols, rows) = h.state().rt.containers.entries[0].terminal.size();
+    let (cols, rows) = h.state().rt.workloads.containers.entries[0].terminal.size();
     assert!(cols > 80, "the grid fills the tab: {cols} columns");
     let size = format!("{rows} {cols}");
     assert!(
@@ -196,7 +196,10 @@ fn interactive_shell_gets_keys_and_the_console_size_and_can_be_stopped() {
         &mut h,
         "the container to be removed",
         CONTAINER_TIMEOUT,
-        |h| h.state().rt.containers.entries.is_empty() && !data.container_dir(&id).exists(),
+        |h| {
+            h.state().rt.workloads.containers.entries.is_empty()
+                && !data.container_dir(&id).exists()
+        },
     );
 }
 
@@ -230,7 +233,10 @@ fn run_is_disabled_for_an_invalid_memory_limit() {
         "the reason is shown in the dialog"
     );
     click(&mut h, "Run");
-    assert!(h.state().rt.containers.entries.is_empty(), "nothing ran");
+    assert!(
+        h.state().rt.workloads.containers.entries.is_empty(),
+        "nothing ran"
+    );
 
     h.get_by_label("Memory (MiB)").click();
     h.step();
@@ -242,7 +248,7 @@ fn run_is_disabled_for_an_invalid_memory_limit() {
 
     click(&mut h, "Cancel");
     assert!(h.query_by_label("New container").is_none());
-    assert!(h.state().rt.containers.entries.is_empty());
+    assert!(h.state().rt.workloads.containers.entries.is_empty());
 }
 
 #[test]
@@ -295,7 +301,10 @@ fn run_is_disabled_for_an_invalid_port_volume_or_working_directory() {
         r#"Port forward 1: host port "http" is not a port number (1-65535)."#,
     );
     click(&mut h, "Run");
-    assert!(h.state().rt.containers.entries.is_empty(), "nothing ran");
+    assert!(
+        h.state().rt.workloads.containers.entries.is_empty(),
+        "nothing ran"
+    );
 
     h.get_by_label("Host port 1").click();
     h.step();
@@ -329,7 +338,7 @@ fn run_is_disabled_for_an_invalid_port_volume_or_working_directory() {
     type_into(&mut h, "Working directory", "app");
     run_blocked_by(&h, "working directory 'app' must be absolute");
     click(&mut h, "Cancel");
-    assert!(h.state().rt.containers.entries.is_empty());
+    assert!(h.state().rt.workloads.containers.entries.is_empty());
 }
 
 #[test]
@@ -372,7 +381,7 @@ fn ports_volumes_working_directory_and_user_reach_the_container() {
     );
     click(&mut h, "Run");
 
-    let c = &h.state().rt.containers.entries[0];
+    let c = &h.state().rt.workloads.containers.entries[0];
     let id = c.id.0.clone();
     assert_eq!(c.config.network, NetworkMode::User);
     assert_eq!(
@@ -445,7 +454,7 @@ fn ports_volumes_working_directory_and_user_reach_the_container() {
         &mut h,
         "the container to be removed",
         CONTAINER_TIMEOUT,
-        |h| h.state().rt.containers.entries.is_empty(),
+        |h| h.state().rt.workloads.containers.entries.is_empty(),
     );
     assert!(
         shared.join("hello.txt").is_file(),
@@ -487,19 +496,20 @@ fn containers_stay_listed_after_the_app_is_closed_and_opened_again() {
     let ids: Vec<String> = h
         .state()
         .rt
+        .workloads
         .containers
         .entries
         .iter()
         .map(|c| c.id.0.clone())
         .collect();
     assert_eq!(ids, vec![done.clone(), running.clone()], "oldest first");
-    let second = &h.state().rt.containers.entries[1];
+    let second = &h.state().rt.workloads.containers.entries[1];
     assert_eq!(
         second.exit_description.as_deref(),
         Some("killed by signal 9 (SIGKILL); stopped when Hangar ended")
     );
     // The first one's console shows what it printed in the earlier run.
-    let first = &h.state().rt.containers.entries[0];
+    let first = &h.state().rt.workloads.containers.entries[0];
     assert!(
         first.terminal.screen_text().contains("from-the-first-run"),
         "{}",
@@ -512,7 +522,7 @@ fn containers_stay_listed_after_the_app_is_closed_and_opened_again() {
         settle(&mut h);
     }
     wait_until(&mut h, "both to be removed", CONTAINER_TIMEOUT, |h| {
-        h.state().rt.containers.entries.is_empty()
+        h.state().rt.workloads.containers.entries.is_empty()
     });
     assert!(!data.container_dir(&done).exists());
     assert!(!data.container_dir(&running).exists());

@@ -246,7 +246,7 @@ fn wizard_clones_the_debian_template_with_network() {
     assert!(h.query_by_label("New virtual machine").is_none());
 
     wait_until(&mut h, "the clone to finish", GUEST_TIMEOUT, |h| {
-        h.state().clone_job().is_none() && h.state().rt.machines.entries.len() == 1
+        h.state().clone_job().is_none() && h.state().rt.workloads.machines.entries.len() == 1
     });
     let def = only_definition(&dir);
     assert_eq!(def.config.name, "Deb box");
@@ -607,7 +607,7 @@ fn delete_removes_own_disk_files_only_when_asked_and_never_external_ones() {
     assert!(!own_file.exists(), "the machine's own disk is deleted");
     assert!(!own_dir(&gone_id).exists(), "and its emptied folder");
     assert!(external.is_file(), "an image from elsewhere stays");
-    assert_eq!(h.state().rt.machines.entries.len(), 0);
+    assert_eq!(h.state().rt.workloads.machines.entries.len(), 0);
 }
 
 #[test]
@@ -633,6 +633,7 @@ fn disk_buttons_are_disabled_while_the_machine_runs() {
     wait_until(&mut h, "the guest to run", GUEST_TIMEOUT, |h| {
         h.state()
             .rt
+            .workloads
             .machines
             .get(&id)
             .is_some_and(|m| m.status == hangar::gui::vm::machine::RunStatus::Running)
@@ -663,6 +664,7 @@ fn disk_buttons_are_disabled_while_the_machine_runs() {
     wait_until(&mut h, "the guest to stop", GUEST_TIMEOUT, |h| {
         h.state()
             .rt
+            .workloads
             .machines
             .get(&id)
             .is_some_and(|m| !m.status.is_active())

@@ -158,9 +158,9 @@ fn image_imports_with_progress_and_runs() {
     // The imported image runs.
     type_into(&mut h, "Command", "cat /etc/gui-import");
     click(&mut h, "Run");
-    let id = h.state().rt.containers.entries[0].id.0.clone();
+    let id = h.state().rt.workloads.containers.entries[0].id.0.clone();
     assert_eq!(
-        h.state().rt.containers.entries[0].config.image,
+        h.state().rt.workloads.containers.entries[0].config.image,
         "gui-test:1"
     );
     click(&mut h, "Logs");

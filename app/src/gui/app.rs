@@ -8,20 +8,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hangar_engine::containers::{ContainerConfig, RuntimePaths};
-use hangar_engine::images::ImageRecord;
+use hangar_engine::containers::RuntimePaths;
 use hangar_engine::{
-    error_text, Command, ContainerCommand, ContainerSetup, DefaultKit, Engine, EngineOptions,
-    Event, HostCapability, Library, LibraryPaths, MachineDefinition, MachineEdit, OutputStream,
-    StoredMachine, TemplateMachine, VmCommand, VmConfig, VmEvent, VmExit, WorkloadConfig,
-    WorkloadId, WorkloadState, MARKER_INIT_REACHED,
+    error_text, Command, ContainerSetup, DefaultKit, Engine, EngineOptions, Event, HostCapability,
+    Library, LibraryPaths, MachineEdit, StoredMachine, VmCommand, WorkloadId,
 };
 
 use crate::gui::command::{CommandQueue, UiCommand};
 use crate::gui::container::dialog::{container_dialog_ui, ContainerDialogState};
-use crate::gui::container::image_import::{
-    default_pull_name, imported_text, ImageJob, ImageRequest,
-};
+use crate::gui::container::image_import::{default_pull_name, ImageJob, ImageRequest};
 use crate::gui::container::logs_tab::CONSOLE_LOG_FILE;
 use crate::gui::container::model::{Container, Containers};
 use crate::gui::shell::host_banner::host_banner_ui;
@@ -117,30 +112,53 @@ pub struct HangarApp {
     pub rt: Runtime,
 }
 
-/// Runtime handles and state that are never saved.
+/// Runtime handles and state that are never saved, by concern.
 pub struct Runtime {
-    engine: Engine,
-    events: Receiver<Event>,
+    pub(crate) link: EngineLink,
+    /// What the library lists and the tabs show.
+    pub workloads: Workloads,
+    pub(crate) dialogs: Dialogs,
+    pub(crate) jobs: Jobs,
+    /// Log panel and notifications.
+    pub log: Log,
+    pub(crate) host: HostCapability,
+    pub(crate) kit: Option<DefaultKit>,
+    pub(crate) ui_state_path: PathBuf,
+    pub(crate) commands: CommandQueue,
+}
+
+/// The engine, its event channel, and the context its waker repaints.
+pub(crate) struct EngineLink {
+    pub(crate) engine: Engine,
+    pub(crate) events: Receiver<Event>,
     /// Set on the first frame; the engine's waker repaints through it.
-    repaint: Arc<OnceLock<egui::Context>>,
+    pub(crate) repaint: Arc<OnceLock<egui::Context>>,
+}
+
+/// Every workload the app shows, by kind.
+pub struct Workloads {
     /// Library entries.
     pub machines: Machines,
     /// Containers the app ran (and whether it can run any).
     pub containers: Containers,
-    container_dialog: Option<ContainerDialogState>,
+}
+
+/// The dialogs, while open.
+#[derive(Default)]
+pub(crate) struct Dialogs {
+    pub(crate) wizard: Option<WizardState>,
+    pub(crate) container_dialog: Option<ContainerDialogState>,
+    pub(crate) confirm_delete: Option<DeleteConfirmation>,
+}
+
+/// Work on worker threads whose progress the library shows.
+#[derive(Default)]
+pub(crate) struct Jobs {
     /// The running (or last) image import or pull.
-    image_job: Option<ImageJob>,
+    pub(crate) image_job: Option<ImageJob>,
     /// A template's disk being copied for a new machine (or the copy that
     /// failed, until dismissed).
-    clone_job: Option<CloneJob>,
-    /// Log panel and notifications.
-    pub log: Log,
-    host: HostCapability,
-    kit: Option<DefaultKit>,
-    wizard: Option<WizardState>,
-    confirm_delete: Option<DeleteConfirmation>,
-    ui_state_path: PathBuf,
-    commands: CommandQueue,
+    pub(crate) clone_job: Option<CloneJob>,
 }
 
 impl HangarApp {
@@ -249,19 +267,20 @@ impl HangarApp {
         Self {
             ui_state,
             rt: Runtime {
-                engine,
-                events,
-                repaint,
-                machines,
-                containers,
-                container_dialog: None,
-                image_job: None,
-                clone_job: None,
+                link: EngineLink {
+                    engine,
+                    events,
+                    repaint,
+                },
+                workloads: Workloads {
+                    machines,
+                    containers,
+                },
+                dialogs: Dialogs::default(),
+                jobs: Jobs::default(),
                 log,
                 host,
                 kit: env.kit,
-                wizard: None,
-                confirm_delete: None,
                 ui_state_path,
                 commands: CommandQueue::default(),
             },
@@ -270,7 +289,7 @@ impl HangarApp {
 
     /// One frame: events in, panels drawn, commands applied.
     pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
-        if self.rt.repaint.set(ui.ctx().clone()).is_ok() {
+        if self.rt.link.repaint.set(ui.ctx().clone()).is_ok() {
             install_fonts(ui.ctx());
         }
         self.drain_events();
@@ -279,11 +298,11 @@ impl HangarApp {
         host_banner_ui(ui, &self.rt.host);
         library_ui(
             ui,
-            &self.rt.machines,
-            &self.rt.containers,
+            &self.rt.workloads.machines,
+            &self.rt.workloads.containers,
             self.ui_state.selected.as_deref(),
             &self.rt.host,
-            self.rt.clone_job.as_ref(),
+            self.rt.jobs.clone_job.as_ref(),
             &mut self.rt.commands,
         );
         log_ui(ui, &self.rt.log, &mut self.ui_state.show_log);
@@ -294,10 +313,10 @@ impl HangarApp {
                 });
             } else {
                 let mut behavior = TabsBehavior {
-                    machines: &mut self.rt.machines,
-                    containers: &mut self.rt.containers,
+                    machines: &mut self.rt.workloads.machines,
+                    containers: &mut self.rt.workloads.containers,
                     commands: &mut self.rt.commands,
-                    data_dir: self.rt.engine.library().data_dir(),
+                    data_dir: self.rt.link.engine.library().data_dir(),
                 };
                 self.ui_state.tabs.ui(&mut behavior, ui);
             }
@@ -305,7 +324,7 @@ impl HangarApp {
         // A Display tab that was not drawn (hidden, closed) lets go of the
         // keyboard, releasing what the guest holds.
         let pass = ui.ctx().cumulative_pass_nr();
-        for (id, entry) in &mut self.rt.machines.entries {
+        for (id, entry) in &mut self.rt.workloads.machines.entries {
             if let Entry::Machine(m) = entry {
                 m.screen.release_if_hidden(id, pass, &mut self.rt.commands);
             }
@@ -313,14 +332,15 @@ impl HangarApp {
         let ctx = ui.ctx().clone();
         wizard_ui(
             &ctx,
-            &mut self.rt.wizard,
+            &mut self.rt.dialogs.wizard,
             &WizardContext {
-                machines: &self.rt.machines,
+                machines: &self.rt.workloads.machines,
                 kit: self.rt.kit.as_ref(),
                 host: &self.rt.host,
-                data_dir: self.rt.engine.library().data_dir(),
+                data_dir: self.rt.link.engine.library().data_dir(),
                 copying: self
                     .rt
+                    .jobs
                     .clone_job
                     .as_ref()
                     .filter(|j| j.is_running())
@@ -330,11 +350,15 @@ impl HangarApp {
         );
         container_dialog_ui(
             &ctx,
-            &mut self.rt.container_dialog,
-            self.rt.image_job.as_ref(),
+            &mut self.rt.dialogs.container_dialog,
+            self.rt.jobs.image_job.as_ref(),
             &mut self.rt.commands,
         );
-        delete_dialog_ui(&ctx, &mut self.rt.confirm_delete, &mut self.rt.commands);
+        delete_dialog_ui(
+            &ctx,
+            &mut self.rt.dialogs.confirm_delete,
+            &mut self.rt.commands,
+        );
         notifications_ui(&ctx, &self.rt.log, &mut self.rt.commands);
 
         for cmd in self.rt.commands.take() {
@@ -343,8 +367,14 @@ impl HangarApp {
     }
 
     fn drain_events(&mut self) {
-        while let Ok(event) = self.rt.events.try_recv() {
-            if self.rt.containers.get(event.id().as_str()).is_some() {
+        while let Ok(event) = self.rt.link.events.try_recv() {
+            if self
+                .rt
+                .workloads
+                .containers
+                .get(event.id().as_str())
+                .is_some()
+            {
                 self.on_container_event(event);
             } else {
                 self.on_machine_event(event);
@@ -358,354 +388,31 @@ impl HangarApp {
                 self.rt.log.push(Severity::Error, None, text);
             }
         }
-        let finished = self.rt.image_job.as_mut().and_then(ImageJob::poll);
+        let finished = self.rt.jobs.image_job.as_mut().and_then(ImageJob::poll);
         if let Some(result) = finished {
             self.on_image_job_finished(result);
         }
-        let copied = self.rt.clone_job.as_mut().and_then(CloneJob::poll);
+        let copied = self.rt.jobs.clone_job.as_mut().and_then(CloneJob::poll);
         if let Some(result) = copied {
             self.on_clone_finished(result);
         }
     }
 
-    /// An import or pull ended: say so, and offer the new image.
-    fn on_image_job_finished(&mut self, result: Result<ImageRecord, String>) {
-        match result {
-            Ok(record) => {
-                self.rt
-                    .log
-                    .push(Severity::Info, None, imported_text(&record));
-                let names = self.image_names();
-                if let Some(dialog) = &mut self.rt.container_dialog {
-                    dialog.set_images(names);
-                    dialog.image = record.name;
-                }
-            }
-            Err(why) => self.rt.log.push(Severity::Error, None, why),
-        }
-    }
-
-    /// The names of the images in the store (errors go to the Log).
-    fn image_names(&mut self) -> Vec<String> {
-        let Ok(images) = self.rt.engine.images() else {
-            return Vec::new();
-        };
-        match images.list() {
-            Ok(list) => list.into_iter().map(|i| i.name).collect(),
-            Err(e) => {
-                let message = format!(
-                    "{:#}",
-                    anyhow::Error::new(e).context("cannot list the container images")
-                );
-                self.error(None, message);
-                Vec::new()
-            }
-        }
-    }
-
-    /// Start an import or pull on a worker thread, unless one runs.
-    fn start_image_job(&mut self, request: ImageRequest) {
-        if self.rt.image_job.as_ref().is_some_and(ImageJob::is_running) {
-            self.error(
-                None,
-                format!(
-                    "cannot {}: another image import is running",
-                    request.describe()
-                ),
-            );
-            return;
-        }
-        let store = match self.rt.engine.images() {
-            Ok(images) => images.clone(),
-            Err(e) => {
-                self.error(None, format!("{:#}", anyhow::Error::new(e)));
-                return;
-            }
-        };
-        let repaint = self.rt.repaint.clone();
-        let described = request.describe();
-        match ImageJob::start(store, request, move || {
-            if let Some(ctx) = repaint.get() {
-                ctx.request_repaint();
-            }
-        }) {
-            Ok(job) => {
-                self.rt.log.push(Severity::Info, None, described);
-                self.rt.image_job = Some(job);
-            }
-            Err(e) => self.error(None, format!("{e:#}")),
-        }
-    }
-
-    fn on_container_event(&mut self, event: Event) {
-        let rt = &mut self.rt;
-        match event {
-            Event::StateChanged { id, state } => {
-                if let Some(c) = rt.containers.get_mut(&id.0) {
-                    c.state = state;
-                }
-                if state == WorkloadState::Failed {
-                    rt.log
-                        .push(Severity::Info, Some(id.0), "could not be started".into());
-                }
-            }
-            Event::Started { id, pid, setup } => {
-                if let Some(c) = rt.containers.get_mut(&id.0) {
-                    c.pid = pid;
-                    c.setup_time = Some(setup);
-                }
-                rt.log.push(
-                    Severity::Info,
-                    Some(id.0),
-                    format!("started in {} ms", setup.as_millis()),
-                );
-            }
-            Event::Output { id, stream, bytes } => {
-                let Some(c) = rt.containers.get_mut(&id.0) else {
-                    return;
-                };
-                let tty = stream == OutputStream::Terminal;
-                c.on_output(&bytes, tty);
-                // Answer the program's terminal queries at once, even while
-                // its console is hidden (a pipe has nobody to answer).
-                let replies = c.terminal.take_replies();
-                if tty && !replies.is_empty() && c.is_active() {
-                    let _ = rt.engine.execute(Command::Input { id, bytes: replies });
-                }
-            }
-            Event::Stats { id, stats } => {
-                if let Some(c) = rt.containers.get_mut(&id.0) {
-                    c.on_stats(stats);
-                }
-            }
-            Event::Exited { id, exit } => {
-                if let Some(c) = rt.containers.get_mut(&id.0) {
-                    if let Some(e) = exit.as_container() {
-                        c.on_exit(e.clone());
-                    }
-                    c.state = WorkloadState::Stopped;
-                    let described = c.exit_description.clone().unwrap_or_default();
-                    rt.log.push(Severity::Info, Some(id.0), described);
-                }
-            }
-            Event::Removed(id) => {
-                rt.containers.remove(&id.0);
-                close_workload(&mut self.ui_state.tabs, &id.0);
-                rt.log.push(Severity::Info, Some(id.0), "removed".into());
-            }
-            Event::Error { id, message, .. } => {
-                if let Some(c) = rt.containers.get_mut(&id.0) {
-                    c.last_error = Some(message.clone());
-                }
-                rt.log.push(Severity::Error, Some(id.0), message);
-            }
-            // The app starts no exec'd processes (yet), and a container has
-            // no VM events.
-            Event::Container { .. } | Event::Vm { .. } => {}
-        }
-    }
-
-    /// Run a container command; a refusal goes to the Log. True if
-    /// accepted.
-    fn container(&mut self, id: &str, command: Command) -> bool {
-        match self.rt.engine.execute(command) {
-            Ok(()) => true,
-            Err(e) => {
-                let message = format!("{:#}", anyhow::Error::new(e));
-                if let Some(c) = self.rt.containers.get_mut(id) {
-                    c.last_error = Some(message.clone());
-                }
-                self.rt
-                    .log
-                    .push(Severity::Error, Some(id.to_string()), message);
-                false
-            }
-        }
-    }
-
-    fn run_container(&mut self, config: ContainerConfig) {
-        let id = Engine::new_container_id();
-        let run = Command::Start {
-            id: id.clone(),
-            config: WorkloadConfig::Container(config.clone()),
-        };
-        if !self.container(&id.0, run) {
-            return;
-        }
-        let mut c = Container::new(id.clone(), config);
-        c.log_path = self
-            .rt
-            .engine
-            .container_dir(&id)
-            .ok()
-            .map(|dir| dir.join(CONSOLE_LOG_FILE));
-        self.rt.log.push(
-            Severity::Info,
-            Some(id.0.clone()),
-            format!("run {}", c.summary()),
-        );
-        self.rt.containers.entries.push(c);
-        open_pane(
-            &mut self.ui_state.tabs,
-            Pane {
-                workload: id.0,
-                view: View::Console,
-            },
-        );
-    }
-
-    fn container_input(&mut self, id: &str, bytes: Vec<u8>) {
-        let Some(c) = self.rt.containers.get(id) else {
-            return;
-        };
-        let cid = WorkloadId::from(id);
-        if c.config.terminal {
-            self.container(id, Command::Input { id: cid, bytes });
-            return;
-        }
-        // Pipes: Enter is a newline, Ctrl-D ends the input.
-        let (data, eof) = match bytes.iter().position(|&b| b == 0x04) {
-            Some(i) => (&bytes[..i], true),
-            None => (&bytes[..], false),
-        };
-        let data: Vec<u8> = data
-            .iter()
-            .map(|&b| if b == b'\r' { b'\n' } else { b })
-            .collect();
-        if !data.is_empty() {
-            self.container(
-                id,
-                Command::Input {
-                    id: cid.clone(),
-                    bytes: data,
-                },
-            );
-        }
-        if eof {
-            self.container(
-                id,
-                Command::Container {
-                    id: cid,
-                    command: ContainerCommand::CloseInput,
-                },
-            );
-        }
-    }
-
-    fn on_machine_event(&mut self, event: Event) {
-        let rt = &mut self.rt;
-        match event {
-            Event::StateChanged { id, state } => {
-                if let Some(m) = rt.machines.get_mut(&id.0) {
-                    m.on_state(state, STOP_TIMEOUT);
-                }
-            }
-            Event::Started { .. } => {}
-            // The Display tab reads the frame when it draws; here it is
-            // only counted (frames per second).
-            Event::Vm {
-                id,
-                event: VmEvent::DisplayUpdated,
-            } => {
-                if let Some(m) = rt.machines.get_mut(&id.0) {
-                    m.screen.on_display_updated(std::time::Instant::now());
-                }
-            }
-            Event::Stats { id, stats } => {
-                if let Some(m) = rt.machines.get_mut(&id.0) {
-                    m.on_stats(stats);
-                }
-            }
-            Event::Output { id, bytes, .. } => {
-                let replies = match rt.machines.get_mut(&id.0) {
-                    Some(m) => {
-                        m.terminal.feed(&bytes);
-                        m.terminal.take_replies()
-                    }
-                    None => Vec::new(),
-                };
-                // Answer the guest's terminal queries (cursor position...) at
-                // once, even while its console is hidden. A guest that is gone
-                // needs no answer.
-                if !replies.is_empty() {
-                    let _ = rt.engine.execute(Command::Input { id, bytes: replies });
-                }
-            }
-            Event::Vm {
-                id,
-                event: VmEvent::BootMarker { value, since_start },
-            } => {
-                if value == MARKER_INIT_REACHED {
-                    let name = rt.machines.display_name(&id.0);
-                    rt.log.push(
-                        Severity::Info,
-                        Some(name),
-                        format!("init reached after {} ms", since_start.as_millis()),
-                    );
-                }
-            }
-            Event::Error {
-                id,
-                message,
-                registers,
-            } => {
-                let name = rt.machines.display_name(&id.0);
-                let full = match &registers {
-                    Some(r) => format!("{message} [{r}]"),
-                    None => message.clone(),
-                };
-                rt.log.push(Severity::Error, Some(name), full);
-                if let Some(m) = rt.machines.get_mut(&id.0) {
-                    m.last_error = Some(message);
-                }
-            }
-            Event::Exited { id, exit } => {
-                let Some(reason) = exit.as_vm().cloned() else {
-                    return;
-                };
-                let name = rt.machines.display_name(&id.0);
-                let message = match &reason {
-                    // "stopped by force", not "stopped: stopped by force".
-                    VmExit::Stopped { .. } => reason.to_string(),
-                    _ => format!("stopped: {reason}"),
-                };
-                rt.log.push(Severity::Info, Some(name), message);
-                if let Some(m) = rt.machines.get_mut(&id.0) {
-                    m.status = RunStatus::Stopped;
-                    m.started = None;
-                    m.screen.on_exited();
-                    match &reason {
-                        // Not every failure comes with an Error event first.
-                        VmExit::Failed(why) => {
-                            if m.last_error.is_none() {
-                                m.last_error = Some(why.clone());
-                            }
-                        }
-                        _ => m.last_error = None,
-                    }
-                    m.last_exit = Some(reason);
-                }
-            }
-            // Only containers send these.
-            Event::Removed(_) | Event::Container { .. } => {}
-        }
-    }
-
-    fn error(&mut self, machine: Option<&str>, message: String) {
-        let name = machine.map(|id| self.rt.machines.display_name(id));
-        if let Some(m) = machine.and_then(|id| self.rt.machines.get_mut(id)) {
+    pub(crate) fn error(&mut self, machine: Option<&str>, message: String) {
+        let name = machine.map(|id| self.rt.workloads.machines.display_name(id));
+        if let Some(m) = machine.and_then(|id| self.rt.workloads.machines.get_mut(id)) {
             m.last_error = Some(message.clone());
         }
         self.rt.log.push(Severity::Error, name, message);
     }
 
-    fn send_to_engine(&mut self, id: &str, command: Command) {
+    pub(crate) fn send_to_engine(&mut self, id: &str, command: Command) {
         self.try_engine(id, command);
     }
 
     /// Run an engine command; a refusal goes to the Log. True if accepted.
-    fn try_engine(&mut self, id: &str, command: Command) -> bool {
-        match self.rt.engine.execute(command) {
+    pub(crate) fn try_engine(&mut self, id: &str, command: Command) -> bool {
+        match self.rt.link.engine.execute(command) {
             Ok(()) => true,
             Err(e) => {
                 self.error(Some(id), format!("{:#}", anyhow::Error::new(e)));
@@ -735,7 +442,7 @@ impl HangarApp {
                 );
                 // Only a stop the engine took counts down; a refused one
                 // would leave the machine "stopping" for ever.
-                if let Some(m) = self.rt.machines.get_mut(&id).filter(|_| asked) {
+                if let Some(m) = self.rt.workloads.machines.get_mut(&id).filter(|_| asked) {
                     m.status = RunStatus::Stopping {
                         force_at: std::time::Instant::now() + STOP_TIMEOUT,
                     };
@@ -745,26 +452,32 @@ impl HangarApp {
                 self.send_to_engine(&id, Command::Kill(WorkloadId::from(id.as_str())))
             }
             UiCommand::AskDelete(id) => {
-                self.rt.confirm_delete = Some(DeleteConfirmation::new(
+                self.rt.dialogs.confirm_delete = Some(DeleteConfirmation::new(
                     &id,
-                    &self.rt.machines,
-                    self.rt.engine.library(),
+                    &self.rt.workloads.machines,
+                    self.rt.link.engine.library(),
                 ))
             }
             UiCommand::Delete(id) => self.delete(&id, false),
             UiCommand::DeleteWithDisks(id) => self.delete(&id, true),
             UiCommand::Duplicate(id) => self.duplicate(&id),
             UiCommand::OpenWizard => {
-                let templates = self.rt.engine.library().templates();
-                self.rt.wizard = Some(WizardState::new(self.rt.kit.as_ref(), templates));
+                let templates = self.rt.link.engine.library().templates();
+                self.rt.dialogs.wizard = Some(WizardState::new(self.rt.kit.as_ref(), templates));
             }
             UiCommand::Create { config, start } => {
                 self.create(config, start);
             }
             UiCommand::CreateFromTemplate(request) => self.create_from_template(request),
             UiCommand::DismissCloneJob => {
-                if !self.rt.clone_job.as_ref().is_some_and(CloneJob::is_running) {
-                    self.rt.clone_job = None;
+                if !self
+                    .rt
+                    .jobs
+                    .clone_job
+                    .as_ref()
+                    .is_some_and(CloneJob::is_running)
+                {
+                    self.rt.jobs.clone_job = None;
                 }
             }
             UiCommand::AddDisk { id, disk } => self.edit(&id, MachineEdit::AddDisk(disk)),
@@ -840,12 +553,12 @@ impl HangarApp {
                 self.send_to_engine(&id, command)
             }
             UiCommand::DisplayZoom(id, mode) => {
-                if let Some(m) = self.rt.machines.get_mut(&id) {
+                if let Some(m) = self.rt.workloads.machines.get_mut(&id) {
                     m.screen.mode = mode;
                 }
             }
             UiCommand::ScreenshotSaved { id, result } => {
-                let name = self.rt.machines.display_name(&id);
+                let name = self.rt.workloads.machines.display_name(&id);
                 match result {
                     Ok(path) => self.rt.log.push(
                         Severity::Info,
@@ -857,7 +570,7 @@ impl HangarApp {
             }
             UiCommand::OpenContainerDialog => {
                 let images = self.image_names();
-                self.rt.container_dialog = Some(ContainerDialogState::new(images));
+                self.rt.dialogs.container_dialog = Some(ContainerDialogState::new(images));
             }
             UiCommand::ImportImage { source, name } => {
                 self.start_image_job(ImageRequest::Import { source, name })
@@ -908,7 +621,7 @@ impl HangarApp {
                         force: false,
                     },
                 );
-                if let Some(c) = self.rt.containers.get_mut(&id).filter(|_| asked) {
+                if let Some(c) = self.rt.workloads.containers.get_mut(&id).filter(|_| asked) {
                     c.removing = true;
                 }
             }
@@ -932,215 +645,36 @@ impl HangarApp {
         }
     }
 
-    fn start(&mut self, id: &str) {
-        let Some(m) = self.rt.machines.get_mut(id) else {
-            return;
-        };
-        let config = m.def.config.clone();
-        m.last_error = None;
-        open_pane(
-            &mut self.ui_state.tabs,
-            Pane {
-                workload: id.to_string(),
-                view: View::Console,
-            },
-        );
-        let started = self.try_engine(
-            id,
-            Command::Start {
-                id: WorkloadId::from(id),
-                config: WorkloadConfig::Vm(config),
-            },
-        );
-        // Starting at once, so that Start is disabled before the engine's
-        // first event (a double click would be refused as already running).
-        if let Some(m) = self.rt.machines.get_mut(id).filter(|_| started) {
-            m.status = RunStatus::Starting;
-            // The screen of this run (none if the definition has none).
-            m.screen
-                .attach(self.rt.engine.display(&WorkloadId::from(id)));
-        }
-    }
-
-    /// Save a new machine and start it if asked; true if it was saved.
-    fn create(&mut self, config: VmConfig, start: bool) -> bool {
-        let def = MachineDefinition::new(config);
-        if let Err(e) = self.rt.engine.library().create_machine(&def) {
-            self.error(None, error_text(&e));
-            return false;
-        }
-        self.adopt(def, start);
-        true
-    }
-
-    /// List a machine the library has just saved, select it, and start it
-    /// if asked.
-    fn adopt(&mut self, def: MachineDefinition, start: bool) {
-        let id = def.id.clone();
-        self.rt.log.push(
-            Severity::Info,
-            Some(def.config.name.clone()),
-            "created".into(),
-        );
-        self.rt
-            .machines
-            .entries
-            .insert(id.clone(), Entry::Machine(Box::new(Machine::new(def))));
-        self.ui_state.selected = Some(id.clone());
-        if start {
-            self.start(&id);
-        }
-    }
-
-    fn duplicate(&mut self, id: &str) {
-        let copy = match self.rt.engine.library().duplicate_machine(id) {
-            Ok(copy) => copy,
-            Err(e) => {
-                self.error(Some(id), error_text(&e));
-                return;
-            }
-        };
-        let copy_name = copy.def.config.name.clone();
-        self.adopt(copy.def, false);
-        if copy.shared_disks > 0 {
-            // The copy's definition names the same disk files: two machines
-            // writing one disk at once would corrupt it.
-            self.rt.log.push(
-                Severity::Info,
-                Some(copy_name),
-                format!(
-                    "shares its {} disk file(s) with \"{}\": do not run both at once",
-                    copy.shared_disks, copy.original
-                ),
-            );
-        }
-    }
-
-    /// Delete a stopped machine (with `with_disks`, the disk files the
-    /// library says may go with it).
-    fn delete(&mut self, id: &str, with_disks: bool) {
-        let deleted = match self.rt.engine.delete_machine(id, with_disks) {
-            Ok(deleted) => deleted,
-            Err(e) => {
-                self.error(Some(id), error_text(&e));
-                return;
-            }
-        };
-        let name = deleted.name;
-        self.rt.machines.entries.remove(id);
-        close_workload(&mut self.ui_state.tabs, id);
-        if self.ui_state.selected.as_deref() == Some(id) {
-            self.ui_state.selected = None;
-        }
-        self.rt
-            .log
-            .push(Severity::Info, Some(name.clone()), "deleted".into());
-        for (path, result) in deleted.disks {
-            match result {
-                Ok(()) => self.rt.log.push(
-                    Severity::Info,
-                    Some(name.clone()),
-                    format!("deleted its disk {}", path.display()),
-                ),
-                Err(e) => self.rt.log.push(
-                    Severity::Error,
-                    Some(name.clone()),
-                    format!("cannot delete its disk {}: {e}", path.display()),
-                ),
-            }
-        }
-    }
-
-    /// Start copying a template's disk for a new machine; the library saves
-    /// the machine when the copy is complete ([`Self::on_clone_finished`]).
-    fn create_from_template(&mut self, request: TemplateMachine) {
-        if let Some(job) = self.rt.clone_job.as_ref().filter(|j| j.is_running()) {
-            let why = format!(
-                "cannot create {}: the disk of {} is being copied; try again when it is done",
-                request.name,
-                job.name()
-            );
-            self.error(None, why);
-            return;
-        }
-        match self
-            .rt
-            .engine
-            .clone_template(&request, self.rt.kit.as_ref())
-        {
-            Ok(clone) => {
-                let job = CloneJob::new(clone, request.start);
-                self.rt.log.push(
-                    Severity::Info,
-                    Some(request.name.clone()),
-                    format!("copying the {} disk", job.template_title()),
-                );
-                self.rt.clone_job = Some(job);
-            }
-            Err(e) => self.error(None, error_text(&e)),
-        }
-    }
-
-    /// A template copy ended: list the saved machine, or say why not.
-    fn on_clone_finished(&mut self, result: Result<MachineDefinition, String>) {
-        let start = self.rt.clone_job.as_ref().is_some_and(|j| j.start);
-        match result {
-            Ok(def) => {
-                self.rt.clone_job = None;
-                self.adopt(def, start);
-            }
-            Err(why) => self.error(None, why),
-        }
-    }
-
-    /// Change a stopped machine's definition through the engine; the Log
-    /// says what changed, or why nothing did.
-    fn edit(&mut self, id: &str, edit: MachineEdit) {
-        match self.rt.engine.edit_machine(id, edit) {
-            Ok((def, change)) => {
-                let name = def.config.name.clone();
-                if let Some(m) = self.rt.machines.get_mut(id) {
-                    m.def = def;
-                    m.overview.disk_info.invalidate();
-                }
-                self.rt
-                    .log
-                    .push(Severity::Info, Some(name), change.to_string());
-            }
-            Err(e) => self.error(Some(id), error_text(&e)),
-        }
-    }
-
     /// The open wizard, if any (UI scripts set its fields: automation.rs).
     pub fn wizard_mut(&mut self) -> Option<&mut WizardState> {
-        self.rt.wizard.as_mut()
+        self.rt.dialogs.wizard.as_mut()
     }
 
     /// Choose the open wizard's OS source, as clicking it would (UI scripts).
     pub fn set_wizard_source(&mut self, source: crate::gui::vm::wizard::OsSource) {
-        if let Some(w) = self.rt.wizard.as_mut() {
+        if let Some(w) = self.rt.dialogs.wizard.as_mut() {
             w.set_source(source, self.rt.kit.as_ref());
         }
     }
 
     /// The open Run container dialog, if any (tests and UI scripts).
     pub fn container_dialog_mut(&mut self) -> Option<&mut ContainerDialogState> {
-        self.rt.container_dialog.as_mut()
+        self.rt.dialogs.container_dialog.as_mut()
     }
 
     /// The running (or failed) template disk copy, if any.
     pub fn clone_job(&self) -> Option<&CloneJob> {
-        self.rt.clone_job.as_ref()
+        self.rt.jobs.clone_job.as_ref()
     }
 
     /// The running (or last) image import or pull, if any.
     pub fn image_job(&self) -> Option<&ImageJob> {
-        self.rt.image_job.as_ref()
+        self.rt.jobs.image_job.as_ref()
     }
 
     /// The engine, for what tests and hooks read of it.
     pub fn engine(&self) -> &Engine {
-        &self.rt.engine
+        &self.rt.link.engine
     }
 
     /// Save the window layout.

@@ -394,7 +394,14 @@ impl Hooks {
                     ctx.request_repaint();
                 }
                 Step::ContainerTab(kind) => {
-                    let Some(id) = app.rt.containers.entries.last().map(|c| c.id.0.clone()) else {
+                    let Some(id) = app
+                        .rt
+                        .workloads
+                        .containers
+                        .entries
+                        .last()
+                        .map(|c| c.id.0.clone())
+                    else {
                         return self.fail(
                             ctx,
                             "a container_tab step needs a container (\"RunContainer\" first)"
@@ -414,6 +421,7 @@ impl Hooks {
                     // display benchmark's "nothing changes, nothing sent".
                     let (full, partial, pixels) = app
                         .rt
+                        .workloads
                         .machines
                         .entries
                         .values()

@@ -302,7 +302,7 @@ pub fn select(h: &mut Gui, name: &str) {
 /// The id of the machine called `name`.
 #[track_caller]
 pub fn machine_id(h: &Gui, name: &str) -> String {
-    let machines = &h.state().rt.machines;
+    let machines = &h.state().rt.workloads.machines;
     machines
         .entries
         .keys()
@@ -315,7 +315,12 @@ pub fn machine_id(h: &Gui, name: &str) -> String {
 #[track_caller]
 pub fn machine<'a>(h: &'a Gui, name: &str) -> &'a Machine {
     let id = machine_id(h, name);
-    h.state().rt.machines.get(&id).expect("just found it")
+    h.state()
+        .rt
+        .workloads
+        .machines
+        .get(&id)
+        .expect("just found it")
 }
 
 /// The Log panel's lines, one a line, for failure messages.
@@ -346,10 +351,11 @@ pub fn wait_until(h: &mut Gui, what: &str, timeout: Duration, done: impl Fn(&Gui
             let app = h.state();
             let consoles: String = app
                 .rt
+                .workloads
                 .machines
                 .entries
                 .keys()
-                .filter_map(|id| app.rt.machines.get(id))
+                .filter_map(|id| app.rt.workloads.machines.get(id))
                 .map(|m| {
                     format!(
                         "  {} ({}):\n{}\n",
@@ -361,6 +367,7 @@ pub fn wait_until(h: &mut Gui, what: &str, timeout: Duration, done: impl Fn(&Gui
                 .collect();
             let containers: String = app
                 .rt
+                .workloads
                 .containers
                 .entries
                 .iter()

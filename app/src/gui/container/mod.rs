@@ -2,6 +2,7 @@
 //! Run container dialog and image imports. (Functions will get a folder
 //! like this one.)
 
+pub mod actions;
 pub mod console_tab;
 pub mod dialog;
 pub mod image_import;

@@ -1,6 +1,7 @@
 //! Virtual machines: their runtime model, their tabs (Console, Display,
 //! Overview), the New machine wizard and the delete dialog.
 
+pub mod actions;
 pub mod console_tab;
 pub mod delete_dialog;
 pub mod display_keys;
