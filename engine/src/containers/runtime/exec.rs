@@ -11,7 +11,9 @@ use super::stdio::{output_fds, poll, pollfd, read_some, stdio_pipes, Stdio, DRAI
 use super::{unexpected, LoopState, Supervisor};
 use crate::api::{ContainerEvent, Event};
 use crate::containers::helper::{HelperProcess, Reply, Request};
-use crate::containers::{CgroupCounters, ContainerError};
+use crate::containers::{
+    error_chain, CgroupCounters, ConfigError, ContainerError, HelperError, InternalError,
+};
 
 /// A process started in a running container.
 pub(super) struct ExecSession {
@@ -52,7 +54,10 @@ impl Supervisor {
             }
             Err(e) => self.emit(Event::Error {
                 id: self.id.clone(),
-                message: format!("cannot run process {n} in the container: {e}"),
+                message: format!(
+                    "cannot run process {n} in the container: {}",
+                    error_chain(&e)
+                ),
                 registers: None,
             }),
         }
@@ -68,14 +73,19 @@ impl Supervisor {
         terminal: bool,
     ) -> Result<ExecSession, ContainerError> {
         if command.is_empty() {
-            return Err(ContainerError::InvalidConfig("no command given".into()));
+            return Err(ConfigError::NoExecCommand.into());
         }
         let spec_path = self.dir.join("bundle/config.json");
         let spec: serde_json::Value = std::fs::read(&spec_path)
             .map_err(ContainerError::io("read", &spec_path))
             .and_then(|b| {
-                serde_json::from_slice(&b)
-                    .map_err(|e| ContainerError::Internal(format!("runtime spec: {e}")))
+                serde_json::from_slice(&b).map_err(|source| {
+                    InternalError::ReadSpec {
+                        path: spec_path.clone(),
+                        source,
+                    }
+                    .into()
+                })
             })?;
         let mut process = spec["process"].clone();
         process["args"] = serde_json::json!(command);
@@ -115,13 +125,13 @@ impl Supervisor {
             (Reply::ExecStarted { pid }, fds) => {
                 let stdio = match stdio {
                     Some(s) => s,
-                    None => Stdio::Terminal(Some(File::from(fds.into_iter().next().ok_or_else(
-                        || ContainerError::Runtime("the helper sent no terminal".into()),
-                    )?))),
+                    None => Stdio::Terminal(Some(File::from(
+                        fds.into_iter().next().ok_or(HelperError::NoTerminal)?,
+                    ))),
                 };
                 Ok(ExecSession { n, pid, stdio })
             }
-            (Reply::Failed { message }, _) => Err(ContainerError::Runtime(message)),
+            (Reply::Failed { message }, _) => Err(ContainerError::runtime("exec", message)),
             (other, _) => Err(unexpected(&other)),
         }
     }

@@ -9,7 +9,7 @@ use super::{LoopEnd, LoopState, Supervisor};
 use crate::api::{ContainerEvent, Event, Exit, WorkloadState};
 use crate::containers::cgroup::CgroupFiles;
 use crate::containers::helper::{HelperProcess, Reply, Request};
-use crate::containers::{CgroupCounters, ContainerExit};
+use crate::containers::{error_chain, CgroupCounters, ContainerError, ContainerExit};
 
 impl Supervisor {
     /// Cleans up after the main loop and reports how it ended.
@@ -44,7 +44,7 @@ impl Supervisor {
             LoopEnd::HelperLost(e) => {
                 self.emit(Event::Error {
                     id: self.id.clone(),
-                    message: e.to_string(),
+                    message: error_chain(&e),
                     registers: None,
                 });
                 None
@@ -59,7 +59,10 @@ impl Supervisor {
             Ok((Reply::Done, _)) => {}
             Ok((Reply::Failed { message }, _)) => self.emit(Event::Error {
                 id: self.id.clone(),
-                message: format!("cleaning up the container's runtime state: {message}"),
+                message: error_chain(&ContainerError::runtime(
+                    "clean up the container's runtime state",
+                    message,
+                )),
                 registers: None,
             }),
             Ok(_) | Err(_) => {}
@@ -87,7 +90,7 @@ impl Supervisor {
         };
         exit.ended_with_app = st.ended_with_app;
         if let Err(e) = self.record(Some(exit.clone()), None) {
-            log::warn!("container {}: {e}", self.id);
+            log::warn!("container {}: {}", self.id, error_chain(&e));
         }
         // The state changes before anyone hears of the exit, so a Remove
         // sent in answer to the event is accepted.

@@ -40,7 +40,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::cgroup::{self, CgroupFiles};
 use super::helper::{HelperCommand, HelperProcess, Reply};
 use super::network::UserNetwork;
-use super::{ContainerConfig, ContainerError};
+use super::{error_chain, ContainerConfig, ContainerError, HelperError, HostError, InternalError};
 use crate::api::{ContainerEvent, Event, EventSink, OutputStream, WorkloadId, WorkloadState};
 use crate::images::ImageStore;
 
@@ -65,19 +65,14 @@ impl RuntimePaths {
     /// Hangar's data directory and `/run/hangar/containers` (root) or
     /// `$XDG_RUNTIME_DIR/hangar/containers`.
     pub fn locate() -> Result<Self, ContainerError> {
-        let data_dir = crate::kit::data_dir()
-            .map_err(|e| ContainerError::Host(format!("no data directory: {e}")))?;
+        let data_dir = crate::kit::data_dir().map_err(HostError::NoDataDir)?;
         // SAFETY: geteuid has no preconditions.
         let run_dir = if unsafe { libc::geteuid() } == 0 {
             PathBuf::from("/run/hangar/containers")
         } else {
             match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
                 Some(d) => PathBuf::from(d).join("hangar/containers"),
-                None => {
-                    return Err(ContainerError::Host(
-                        "XDG_RUNTIME_DIR is not set (no user session)".into(),
-                    ))
-                }
+                None => return Err(HostError::NoRuntimeDir.into()),
             }
         };
         Ok(Self { data_dir, run_dir })
@@ -158,7 +153,10 @@ impl Shared {
         if w.is_none() {
             match HelperProcess::spawn(&self.helper) {
                 Ok(h) => *w = Some(h),
-                Err(e) => log::warn!("could not start a spare container helper: {e}"),
+                Err(e) => log::warn!(
+                    "could not start a spare container helper: {}",
+                    error_chain(&e)
+                ),
             }
         }
     }
@@ -247,9 +245,12 @@ impl ContainerRuntime {
     fn table(
         &self,
     ) -> Result<std::sync::MutexGuard<'_, HashMap<WorkloadId, Handle>>, ContainerError> {
-        self.containers
-            .lock()
-            .map_err(|_| ContainerError::Internal("container table poisoned".into()))
+        self.containers.lock().map_err(|_| {
+            InternalError::Poisoned {
+                what: "container table",
+            }
+            .into()
+        })
     }
 
     /// True if the runtime knows the container: run by it, or left by an
@@ -270,10 +271,8 @@ impl ContainerRuntime {
             .get(id)
             .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
         h.tx.send(control)
-            .map_err(|_| ContainerError::Internal(format!("supervisor of '{id}' is gone")))?;
-        h.wake
-            .write(1)
-            .map_err(|e| ContainerError::Internal(format!("wake supervisor: {e}")))?;
+            .map_err(|_| InternalError::SupervisorGone { id: id.clone() })?;
+        h.wake.write(1).map_err(InternalError::WakeSupervisor)?;
         Ok(())
     }
 
@@ -283,10 +282,7 @@ impl ContainerRuntime {
         config: ContainerConfig,
     ) -> Result<Handle, ContainerError> {
         let (tx, rx) = mpsc::channel();
-        let wake = Arc::new(
-            EventFd::new(EFD_NONBLOCK)
-                .map_err(|e| ContainerError::Internal(format!("eventfd: {e}")))?,
-        );
+        let wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(InternalError::EventFd)?);
         let cgroup_parent = if self.shared.rootless {
             // SAFETY: geteuid has no preconditions.
             cgroup::rootless_parent(unsafe { libc::geteuid() })?
@@ -313,7 +309,10 @@ impl ContainerRuntime {
         let thread = std::thread::Builder::new()
             .name(format!("container-{}", id.0))
             .spawn(move || sup.run())
-            .map_err(|e| ContainerError::Internal(format!("spawn supervisor thread: {e}")))?;
+            .map_err(|source| InternalError::SpawnThread {
+                what: "supervisor",
+                source,
+            })?;
         Ok(Handle {
             tx,
             wake,
@@ -414,13 +413,13 @@ impl Supervisor {
                 // Only if the directory is there: a container refused
                 // before anything was made leaves nothing behind.
                 if self.dir.join("container.json").exists() {
-                    if let Err(e) = self.record(None, Some(e.to_string())) {
-                        log::warn!("container {}: {e}", self.id);
+                    if let Err(e) = self.record(None, Some(error_chain(&e))) {
+                        log::warn!("container {}: {}", self.id, error_chain(&e));
                     }
                 }
                 self.emit(Event::Error {
                     id: self.id.clone(),
-                    message: e.to_string(),
+                    message: error_chain(&e),
                     registers: None,
                 });
                 self.network = None;
@@ -493,7 +492,7 @@ impl Supervisor {
             }
             fds.extend(outputs.iter().map(|(fd, _, _)| pollfd(*fd)));
             if let Err(e) = poll(&mut fds, timeout) {
-                break LoopEnd::HelperLost(ContainerError::Internal(format!("poll: {e}")));
+                break LoopEnd::HelperLost(InternalError::Poll(e).into());
             }
             for (i, (_, exec, stream)) in outputs.iter().enumerate() {
                 if fds[2 + i].revents == 0 {
@@ -576,5 +575,8 @@ impl Supervisor {
 }
 
 fn unexpected(reply: &Reply) -> ContainerError {
-    ContainerError::Internal(format!("unexpected reply from the helper: {reply:?}"))
+    HelperError::UnexpectedReply {
+        reply: format!("{reply:?}"),
+    }
+    .into()
 }

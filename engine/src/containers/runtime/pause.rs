@@ -4,6 +4,7 @@
 use super::{LoopState, Supervisor};
 use crate::api::{Event, WorkloadState};
 use crate::containers::cgroup::CgroupFiles;
+use crate::containers::error_chain;
 
 impl Supervisor {
     /// Control::Pause: freezes it, unless it is frozen or being stopped.
@@ -16,7 +17,7 @@ impl Supervisor {
                 }
                 Err(e) => self.emit(Event::Error {
                     id: self.id.clone(),
-                    message: format!("cannot pause the container: {e}"),
+                    message: format!("cannot pause the container: {}", error_chain(&e)),
                     registers: None,
                 }),
             }
@@ -41,7 +42,7 @@ impl Supervisor {
             Ok(()) => *frozen = false,
             Err(e) => self.emit(Event::Error {
                 id: self.id.clone(),
-                message: format!("cannot resume the container: {e}"),
+                message: format!("cannot resume the container: {}", error_chain(&e)),
                 registers: None,
             }),
         }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::{valid_id, ContainerRuntime, RuntimePaths, Supervisor};
 use crate::api::{WorkloadId, WorkloadState};
 use crate::containers::network::UserNetwork;
-use crate::containers::{ContainerConfig, ContainerError, ContainerExit};
+use crate::containers::{
+    error_chain, ContainerConfig, ContainerError, ContainerExit, InternalError,
+};
 
 /// What `container.json` keeps of a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,8 +49,7 @@ impl ContainerRecord {
     fn save(&self, dir: &std::path::Path) -> Result<(), ContainerError> {
         let p = dir.join("container.json");
         let tmp = dir.join(".container.json.tmp");
-        let bytes = serde_json::to_vec_pretty(self)
-            .map_err(|e| ContainerError::Internal(format!("encode record: {e}")))?;
+        let bytes = serde_json::to_vec_pretty(self).map_err(InternalError::EncodeRecord)?;
         std::fs::write(&tmp, &bytes).map_err(ContainerError::io("write", &tmp))?;
         std::fs::rename(&tmp, &p).map_err(ContainerError::io("rename", &p))
     }
@@ -103,7 +104,7 @@ pub(super) fn load_previous(paths: &RuntimePaths) -> HashMap<WorkloadId, Contain
                 ..Default::default()
             });
             if let Err(e) = rec.save(&cdir) {
-                log::warn!("container {name}: {e}");
+                log::warn!("container {name}: {}", error_chain(&e));
             }
         }
         found.insert(rec.id.clone(), rec);

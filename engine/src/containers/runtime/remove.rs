@@ -8,7 +8,7 @@ use super::{ContainerRuntime, Control, LoopState, Supervisor};
 use crate::api::{Event, WorkloadId, WorkloadState};
 use crate::containers::cgroup::CgroupFiles;
 use crate::containers::helper::HelperProcess;
-use crate::containers::ContainerError;
+use crate::containers::{error_chain, ContainerError, InternalError};
 
 impl ContainerRuntime {
     /// Deletes an exited (or, forced, a running) container: its writable
@@ -49,7 +49,9 @@ impl ContainerRuntime {
             .shared
             .previous
             .lock()
-            .map_err(|_| ContainerError::Internal("container list poisoned".into()))?
+            .map_err(|_| InternalError::Poisoned {
+                what: "list of earlier containers",
+            })?
             .remove(&id)
             .is_some();
         if !known {
@@ -64,12 +66,18 @@ impl ContainerRuntime {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => events.emit(Event::Removed(id)),
                 Err(e) => events.emit(Event::Error {
                     id,
-                    message: format!("cannot remove {}: {e}", dir.display()),
+                    message: error_chain(&ContainerError::io("remove", &dir)(e)),
                     registers: None,
                 }),
             })
             .map(|_| ())
-            .map_err(|e| ContainerError::Internal(format!("spawn removal thread: {e}")))
+            .map_err(|source| {
+                InternalError::SpawnThread {
+                    what: "removal",
+                    source,
+                }
+                .into()
+            })
     }
 }
 
@@ -108,7 +116,7 @@ impl Supervisor {
             }
             Err(e) => self.emit(Event::Error {
                 id: self.id.clone(),
-                message: format!("cannot remove {}: {e}", self.dir.display()),
+                message: error_chain(&ContainerError::io("remove", &self.dir)(e)),
                 registers: None,
             }),
         }

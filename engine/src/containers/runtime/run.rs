@@ -14,7 +14,9 @@ use crate::containers::cgroup::CgroupFiles;
 use crate::containers::helper::{HelperProcess, OverlayRoot, Reply, Request};
 use crate::containers::network::UserNetwork;
 use crate::containers::spec::{self, build_spec, SpecInputs, SpecNetwork};
-use crate::containers::{rootfs, ContainerConfig, ContainerError, NetworkMode};
+use crate::containers::{
+    rootfs, ConfigError, ContainerConfig, ContainerError, HelperError, InternalError, NetworkMode,
+};
 use crate::images::{ImageError, ImageRecord};
 
 impl ContainerRuntime {
@@ -28,9 +30,7 @@ impl ContainerRuntime {
         let mut map = self.table()?;
         config.validate()?;
         if !valid_id(&id.0) {
-            return Err(ContainerError::InvalidConfig(format!(
-                "container id '{id}' must be 1-64 characters of a-z, 0-9, '_' or '-'"
-            )));
+            return Err(ConfigError::BadId { id }.into());
         }
         if map.contains_key(&id) || self.container_dir(&id).exists() {
             return Err(ContainerError::Exists(id));
@@ -52,10 +52,11 @@ fn resolve_image(shared: &Shared, name: &str) -> Result<ImageRecord, ContainerEr
         Err(ImageError::NotFound(_)) if BUILT_IN_IMAGES.contains(&name) => {
             let src = shared.paths.data_dir.join("images-src").join(name);
             if !src.join("index.json").exists() {
-                return Err(ContainerError::InvalidConfig(format!(
-                    "the image '{name}' is not in the store and {} does not exist: run packaging/setup.sh",
-                    src.display()
-                )));
+                return Err(ConfigError::BuiltInImageMissing {
+                    name: name.to_string(),
+                    dir: src,
+                }
+                .into());
             }
             Ok(shared.images.import(&src, Some(name), &mut |_| {})?)
         }
@@ -110,10 +111,10 @@ impl Supervisor {
             args.extend(self.config.command.iter().cloned());
         }
         if args.is_empty() {
-            return Err(ContainerError::InvalidConfig(format!(
-                "the image '{}' names no command: give one",
-                self.config.image
-            )));
+            return Err(ConfigError::NoCommand {
+                image: self.config.image.clone(),
+            }
+            .into());
         }
         let env = merge_env(
             run.env.as_deref().unwrap_or_default(),
@@ -146,8 +147,13 @@ impl Supervisor {
             },
         )?;
         let spec_path = bundle.join("config.json");
-        spec.save(&spec_path)
-            .map_err(|e| ContainerError::Internal(format!("write {}: {e}", spec_path.display())))?;
+        if let Err(source) = spec.save(&spec_path) {
+            return Err(InternalError::WriteSpec {
+                path: spec_path,
+                source,
+            }
+            .into());
+        }
 
         let prepared = started.elapsed();
         let mut helper = self.shared.take_helper()?;
@@ -224,18 +230,14 @@ impl Supervisor {
         let (pid, master) = match reply? {
             (Reply::Created { pid }, fds) => (pid, fds.into_iter().next()),
             (Reply::Failed { message }, _) => {
-                return Err(ContainerError::Runtime(format!("cannot create: {message}")))
+                return Err(ContainerError::runtime("create", message))
             }
             (other, _) => return Err(unexpected(&other)),
         };
         let stdio = match (stdio, master) {
             (Some(s), _) => s,
             (None, Some(m)) => Stdio::Terminal(Some(File::from(m))),
-            (None, None) => {
-                return Err(ContainerError::Runtime(
-                    "the helper sent no terminal".into(),
-                ))
-            }
+            (None, None) => return Err(HelperError::NoTerminal.into()),
         };
         if self.shared.rootless {
             // Before its first instruction runs (see cgroup.rs).
@@ -253,7 +255,7 @@ impl Supervisor {
             (Reply::Done, _) => Ok((pid, stdio)),
             (Reply::Failed { message }, _) => {
                 let _ = helper.request(&Request::Delete, &[]);
-                Err(ContainerError::Runtime(format!("cannot start: {message}")))
+                Err(ContainerError::runtime("start", message))
             }
             (other, _) => Err(unexpected(&other)),
         }
@@ -300,9 +302,10 @@ fn rootless_user(user: &str) -> Result<(u32, u32), ContainerError> {
     if is_root(u) && is_root(g) {
         Ok((0, 0))
     } else {
-        Err(ContainerError::InvalidConfig(format!(
-            "user '{user}': a rootless container runs as root inside (only your own user is mapped into it)"
-        )))
+        Err(ConfigError::RootlessUser {
+            user: user.to_string(),
+        }
+        .into())
     }
 }
 

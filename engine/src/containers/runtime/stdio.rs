@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::Supervisor;
 use crate::api::{Event, OutputStream};
-use crate::containers::ContainerError;
+use crate::containers::{ContainerError, InternalError};
 
 /// After the init exits, how long the rest of its output may take to drain.
 pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -186,10 +186,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(ContainerError::Internal(format!(
-            "pipe: {}",
-            io::Error::last_os_error()
-        )));
+        return Err(InternalError::Pipe(io::Error::last_os_error()).into());
     }
     // SAFETY: two new descriptors nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::{LoopState, Supervisor};
 use crate::api::{Event, WorkloadState};
 use crate::containers::cgroup::CgroupFiles;
+use crate::containers::error_chain;
 use crate::containers::helper::{HelperProcess, Reply, Request};
 
 impl Supervisor {
@@ -80,7 +81,7 @@ impl Supervisor {
             Ok(_) => {}
             Err(e) => self.emit(Event::Error {
                 id: self.id.clone(),
-                message: e.to_string(),
+                message: error_chain(&e),
                 registers: None,
             }),
         }
