@@ -125,3 +125,27 @@ pub(super) fn decode_status(
         ended_with_app: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_statuses_become_exit_codes_as_shells_give_them() {
+        // Raw wait statuses: exit code in the second byte, a signal in the
+        // low seven bits.
+        let exited = decode_status(3 << 8, CgroupCounters::default(), false);
+        assert_eq!((exited.code, exited.signal), (3, None));
+        let killed = decode_status(
+            libc::SIGKILL,
+            CgroupCounters {
+                oom_kills: 1,
+                pids_max_hits: 2,
+            },
+            true,
+        );
+        assert_eq!((killed.code, killed.signal), (137, Some(libc::SIGKILL)));
+        assert!(killed.oom_killed && killed.stopped_by_user && !killed.ended_with_app);
+        assert_eq!(killed.pids_limit_hits, 2);
+    }
+}

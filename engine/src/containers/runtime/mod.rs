@@ -580,3 +580,20 @@ fn unexpected(reply: &Reply) -> ContainerError {
     }
     .into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_a_directory_and_nothing_else() {
+        for ok in ["a", "web-1", "db_2", &"x".repeat(64)] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in ["", "A", "a/b", "..", "a.b", " a", &"x".repeat(65)] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        let id = ContainerRuntime::new_id();
+        assert!(valid_id(&id.0) && id.0.len() == 12, "{id}");
+    }
+}

@@ -328,3 +328,52 @@ fn merge_env(image: &[String], user: &[String], hostname: &str, terminal: bool) 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::error_chain;
+
+    #[test]
+    fn the_users_environment_overrides_the_images() {
+        let env = merge_env(
+            &["PATH=/image/bin".into(), "LANG=C".into()],
+            &["LANG=C.UTF-8".into(), "EXTRA=1".into()],
+            "box",
+            true,
+        );
+        assert_eq!(
+            env,
+            [
+                "HOSTNAME=box",
+                "TERM=xterm-256color",
+                "PATH=/image/bin",
+                "LANG=C.UTF-8",
+                "EXTRA=1"
+            ]
+        );
+        let env = merge_env(&[], &[], "box", false);
+        assert!(env.iter().any(|e| e.starts_with("PATH=/usr/local/sbin")));
+        assert!(!env.iter().any(|e| e.starts_with("TERM=")), "{env:?}");
+    }
+
+    #[test]
+    fn rootless_containers_run_as_root_only() {
+        for ok in ["", "0", "root", "0:0", "root:root", " 0 : root "] {
+            assert_eq!(rootless_user(ok).unwrap(), (0, 0), "{ok:?}");
+        }
+        let err = rootless_user("1000:1000").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ContainerError::InvalidConfig(ConfigError::RootlessUser { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            error_chain(&err).contains("rootless container runs as root"),
+            "{}",
+            error_chain(&err)
+        );
+    }
+}
