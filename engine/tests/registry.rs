@@ -156,7 +156,11 @@ fn corrupted_registry_blob_is_rejected_and_nothing_is_kept() {
         matches!(err, ImageError::DigestMismatch { .. } | ImageError::Pull(_)),
         "{err}"
     );
-    assert!(err.to_string().to_lowercase().contains("digest"), "{err}");
+    assert!(
+        error_chain(&err).to_lowercase().contains("digest"),
+        "{}",
+        error_chain(&err)
+    );
     assert!(store.list().unwrap().is_empty());
     assert!(std::fs::read_dir(store.root().join("downloads"))
         .unwrap()
@@ -177,8 +181,20 @@ fn plain_http_is_refused_for_remote_registries() {
         )
         .unwrap_err();
     assert!(
-        err.to_string()
-            .contains("only for a registry on this machine"),
-        "{err}"
+        error_chain(&err).contains("only for a registry on this machine"),
+        "{}",
+        error_chain(&err)
     );
+}
+
+/// The error and its sources joined with ": ", as the app shows them.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
 }

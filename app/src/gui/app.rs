@@ -54,7 +54,7 @@ pub struct AppEnv {
 
 /// The user's container directories; helpers re-execute this binary.
 pub fn container_setup_from_system() -> Result<ContainerSetup, String> {
-    let paths = RuntimePaths::locate().map_err(|e| e.to_string())?;
+    let paths = RuntimePaths::locate().map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
     let helper = crate::cli::helper_command().map_err(|e| format!("{e:#}"))?;
     Ok(ContainerSetup { paths, helper })
 }
@@ -198,6 +198,9 @@ impl HangarApp {
                 }
             }
             Some(why) => {
+                // The reason's whole chain: the runtime's errors keep the
+                // cause as their source.
+                let why = format!("{:#}", anyhow::Error::new(why.clone()));
                 // A set-up that was found but could not start is news; no
                 // set-up at all is only shown in the library.
                 if set_up {
@@ -207,7 +210,7 @@ impl HangarApp {
                         format!("containers are unavailable: {why}"),
                     );
                 }
-                containers.unavailable = Some(why.to_string());
+                containers.unavailable = Some(why);
             }
         }
         let ui_state_path = ui_state_path(&env.config_dir);

@@ -272,13 +272,20 @@ pub enum ContainersUnavailable {
 }
 
 /// An error and its sources in one line, "outer: inner: innermost": the
-/// text events and the GUI show.
+/// text events, records, logs and the GUI show. A source whose text the
+/// message above it already includes is left out: some libraries' messages
+/// repeat their source.
 pub fn error_text(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
+    let mut above = text.clone();
     let mut source = e.source();
     while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
+        let inner_text = inner.to_string();
+        if !above.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        above = inner_text;
         source = inner.source();
     }
     text

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ContainerError, ContainerLimits};
+use super::{ConfigError, ContainerError, ContainerLimits, HostError};
 use crate::api::{ContainerStats, Stats, StatsDetail};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -132,9 +132,10 @@ impl CgroupFiles {
             .cpus
             .map(|c| (c * cpu_period_us as f64).round() as u64);
         let memory = match limits.memory_mib {
-            Some(mib) => Some(mib.checked_mul(1 << 20).ok_or_else(|| {
-                ContainerError::InvalidConfig(format!("memory limit {mib} MiB is too large"))
-            })?),
+            Some(mib) => Some(
+                mib.checked_mul(1 << 20)
+                    .ok_or(ConfigError::MemoryTooLarge { mib })?,
+            ),
             None => None,
         };
         let mut writes: Vec<(PathBuf, String)> = Vec::new();
@@ -168,12 +169,14 @@ impl CgroupFiles {
             }
         }
         for (path, value) in writes {
-            std::fs::write(&path, &value).map_err(|e| {
-                ContainerError::Host(format!(
-                    "cannot set the limit {} = {value}: {e}",
-                    path.display()
-                ))
-            })?;
+            if let Err(source) = std::fs::write(&path, &value) {
+                return Err(HostError::SetLimit {
+                    path,
+                    value,
+                    source,
+                }
+                .into());
+            }
         }
         Ok(())
     }
@@ -201,23 +204,25 @@ fn rootless_parent_in(root: &Path, uid: u32, own_v2: &str) -> Result<String, Con
         // v2: systemd delegates user@<uid>.service to the user.
         let service = format!("user@{uid}.service");
         let Some(end) = own_v2.find(&service) else {
-            return Err(ContainerError::Host(format!(
-                "rootless containers need the cgroup systemd delegates to you ({service}); \
-                 this process is in '{own_v2}': start Hangar from your desktop session"
-            )));
+            return Err(HostError::NotInUserService {
+                service,
+                own: own_v2.to_string(),
+            }
+            .into());
         };
         let parent = format!("{}/hangar", &own_v2[..end + service.len()]);
         let dir = root.join(parent.trim_start_matches('/'));
         std::fs::create_dir_all(&dir).map_err(ContainerError::io("create", &dir))?;
         // Give the containers below the controllers we limit.
         let subtree = dir.join("cgroup.subtree_control");
-        for c in ["+memory", "+pids", "+cpu"] {
-            if let Err(e) = std::fs::write(&subtree, c) {
-                return Err(ContainerError::Host(format!(
-                    "cannot enable {} for rootless containers in {}: {e} (is the controller delegated to your user?)",
-                    &c[1..],
-                    subtree.display()
-                )));
+        for c in ["memory", "pids", "cpu"] {
+            if let Err(source) = std::fs::write(&subtree, format!("+{c}")) {
+                return Err(HostError::EnableController {
+                    controller: c,
+                    subtree,
+                    source,
+                }
+                .into());
             }
         }
         return Ok(parent);
@@ -232,12 +237,7 @@ fn rootless_parent_in(root: &Path, uid: u32, own_v2: &str) -> Result<String, Con
         }
         let dir = hierarchy.join(parent.trim_start_matches('/'));
         if !writable(&dir) {
-            return Err(ContainerError::Host(format!(
-                "rootless containers need a cgroup delegated to you: {} is missing or not yours; \
-                 as root run `packaging/delegate-cgroup <your user name>` (the set-up script does; \
-                 cgroup v1 hierarchies are empty again after a reboot)",
-                dir.display()
-            )));
+            return Err(HostError::NoDelegatedCgroup { dir }.into());
         }
     }
     Ok(parent)
@@ -271,6 +271,7 @@ fn parse_keyed(text: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::containers::error_chain;
 
     #[test]
     fn keyed_files_parse() {
@@ -341,7 +342,7 @@ mod tests {
         assert_eq!(read("h/x/cpu.max"), "50000 100000");
         // A missing cgroup is an error that names the file.
         let gone = CgroupFiles::with_root(&dir, "/h/none");
-        let e = gone.apply_limits(&limits, 100_000).unwrap_err().to_string();
+        let e = error_chain(&gone.apply_limits(&limits, 100_000).unwrap_err());
         assert!(e.contains("memory.max"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -350,7 +351,7 @@ mod tests {
     fn rootless_parent_v1_must_be_delegated() {
         let dir = std::env::temp_dir().join(format!("hangar-cgd-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("memory")).unwrap();
-        let e = rootless_parent_in(&dir, 4242, "").unwrap_err().to_string();
+        let e = error_chain(&rootless_parent_in(&dir, 4242, "").unwrap_err());
         assert!(e.contains("delegate-cgroup"), "{e}");
         std::fs::create_dir_all(dir.join("memory/hangar/user-4242")).unwrap();
         assert_eq!(
@@ -366,9 +367,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cgroup.controllers"), "memory pids cpu\n").unwrap();
         let own = "/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope";
-        let e = rootless_parent_in(&dir, 1000, "/system.slice/x.service")
-            .unwrap_err()
-            .to_string();
+        let e =
+            error_chain(&rootless_parent_in(&dir, 1000, "/system.slice/x.service").unwrap_err());
         assert!(e.contains("user@1000.service"), "{e}");
         let p = rootless_parent_in(&dir, 1000, own).unwrap();
         assert_eq!(p, "/user.slice/user-1000.slice/user@1000.service/hangar");

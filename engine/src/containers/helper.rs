@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ContainerError;
+use super::{error_chain, ContainerError, HelperError, HelperReported};
 
 /// The fd number of the helper's end of the socket.
 pub const HELPER_FD: RawFd = 3;
@@ -230,8 +230,7 @@ const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 impl HelperProcess {
     /// Starts a helper; it then waits for requests.
     pub(crate) fn spawn(cmd: &HelperCommand) -> Result<Self, ContainerError> {
-        let (ours, theirs) = UnixDatagram::pair_seqpacket()
-            .map_err(|e| ContainerError::Helper(format!("cannot create its socket pair: {e}")))?;
+        let (ours, theirs) = UnixDatagram::pair_seqpacket().map_err(HelperError::SocketPair)?;
         let theirs_raw = theirs.as_raw_fd();
         let mut c = std::process::Command::new(&cmd.program);
         c.args(&cmd.args)
@@ -249,8 +248,9 @@ impl HelperProcess {
                 Ok(())
             });
         }
-        let child = c.spawn().map_err(|e| {
-            ContainerError::Helper(format!("cannot start {}: {e}", cmd.program.display()))
+        let child = c.spawn().map_err(|source| HelperError::Spawn {
+            program: cmd.program.clone(),
+            source,
         })?;
         drop(theirs);
         Ok(Self {
@@ -283,14 +283,15 @@ impl HelperProcess {
                 return Err(self.died(e));
             }
             if n == 0 {
-                return Err(ContainerError::Helper(format!(
-                    "it was not ready after {HELPER_READY_TIMEOUT:?}"
-                )));
+                return Err(HelperError::NotReady {
+                    timeout: HELPER_READY_TIMEOUT,
+                }
+                .into());
             }
             match recv_msg::<Reply>(self.sock.as_fd()) {
                 Ok(Some((Reply::Ready, _))) => self.ready = true,
                 Ok(Some((Reply::Failed { message }, _))) => {
-                    return Err(ContainerError::Helper(message))
+                    return Err(HelperError::SetUp(HelperReported { message }).into())
                 }
                 Ok(Some((other, _))) => self.pending.push_back(other),
                 Ok(None) => return Err(self.died(io::Error::other("it closed its socket"))),
@@ -352,12 +353,9 @@ impl HelperProcess {
         self.pending.pop_front()
     }
 
-    fn died(&mut self, e: io::Error) -> ContainerError {
-        let status = match self.child.try_wait() {
-            Ok(Some(s)) => format!(" (it exited: {s})"),
-            _ => String::new(),
-        };
-        ContainerError::Helper(format!("lost contact: {e}{status}"))
+    fn died(&mut self, source: io::Error) -> ContainerError {
+        let exit = self.child.try_wait().ok().flatten();
+        HelperError::LostContact { exit, source }.into()
     }
 
     /// Closes the socket (the helper then cleans up and exits) and reaps it.
@@ -434,11 +432,11 @@ pub fn helper_main() -> i32 {
     // engine has nobody else to hear it from.
     let setup_error = enter_namespaces(rootless)
         .err()
-        .map(|e| format!("cannot make the helper's namespaces: {e}"));
+        .map(RequestError::Namespaces);
     let first = match &setup_error {
         None => Reply::Ready,
-        Some(message) => Reply::Failed {
-            message: message.clone(),
+        Some(e) => Reply::Failed {
+            message: error_chain(e),
         },
     };
     if send_msg(sock.as_fd(), &first, &[]).is_err() {
@@ -459,11 +457,44 @@ pub fn helper_main() -> i32 {
     0
 }
 
+/// Why a request failed in the helper. It goes to the engine as its
+/// chain's text ([`Reply::Failed`]), where it becomes a
+/// [`HelperReported`].
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("cannot make the helper's namespaces")]
+    Namespaces(#[source] io::Error),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Runtime(#[from] libcontainer::error::LibcontainerError),
+    #[error("cannot use that signal")]
+    Signal(#[source] libcontainer::signal::SignalError<i32>),
+    #[error("no container has been created")]
+    NoContainer,
+    #[error("this helper already has a container")]
+    HasContainer,
+    #[error("the container's terminal did not arrive")]
+    InitTerminal(#[source] io::Error),
+    #[error("the process's terminal did not arrive")]
+    ExecTerminal(#[source] io::Error),
+    #[error("the runtime reported no init process")]
+    NoInit,
+    #[error("cannot open a pidfd for process {pid}")]
+    Pidfd { pid: i32, source: io::Error },
+    #[error("cannot listen on the console socket {}", path.display())]
+    ConsoleSocket { path: PathBuf, source: io::Error },
+    #[error("without a terminal, stdin, stdout and stderr must come along")]
+    NoStdio,
+}
+
 struct Helper {
     /// Started by an unprivileged user: we are root only in our own user
     /// namespace.
     rootless: bool,
-    setup_error: Option<String>,
+    /// Why the helper's namespaces could not be made: every request gets
+    /// it as its answer.
+    setup_error: Option<RequestError>,
     sock: OwnedFd,
     container: Option<libcontainer::container::Container>,
     init_pidfd: Option<OwnedFd>,
@@ -520,8 +551,13 @@ impl Helper {
     }
 
     fn handle(&mut self, req: Request, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
-        if let Some(message) = self.setup_error.clone() {
-            return (Reply::Failed { message }, vec![]);
+        if let Some(e) = &self.setup_error {
+            return (
+                Reply::Failed {
+                    message: error_chain(e),
+                },
+                vec![],
+            );
         }
         let r = match req {
             Request::Create {
@@ -541,7 +577,7 @@ impl Helper {
                 Ok(s) => self
                     .with_container(|c| c.kill(s, all))
                     .map(|()| (Reply::Done, vec![])),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(RequestError::Signal(e)),
             },
             Request::Delete => {
                 let r = self.with_container(|c| c.delete(true));
@@ -553,21 +589,28 @@ impl Helper {
             }
             Request::Exec { process, terminal } => self.exec(&process, terminal, fds),
         };
-        r.unwrap_or_else(|message| (Reply::Failed { message }, vec![]))
+        // The error crosses the socket as its chain's text.
+        r.unwrap_or_else(|e| {
+            (
+                Reply::Failed {
+                    message: error_chain(&e),
+                },
+                vec![],
+            )
+        })
     }
 
     /// Mounts the container's overlay root, here in our own mount
     /// namespace: the host never sees it, and it goes away with the helper
     /// and the container, whatever happens to the app.
-    fn mount_root(&self, overlay: &OverlayRoot) -> Result<(), String> {
-        super::rootfs::mount_overlay(
+    fn mount_root(&self, overlay: &OverlayRoot) -> Result<(), RequestError> {
+        Ok(super::rootfs::mount_overlay(
             &overlay.lower,
             &overlay.upper,
             &overlay.work,
             &overlay.target,
             self.rootless,
-        )
-        .map_err(|e| e.to_string())
+        )?)
     }
 
     fn with_container(
@@ -575,10 +618,10 @@ impl Helper {
         f: impl FnOnce(
             &mut libcontainer::container::Container,
         ) -> Result<(), libcontainer::error::LibcontainerError>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RequestError> {
         match &mut self.container {
-            Some(c) => f(c).map_err(|e| e.to_string()),
-            None => Err("no container has been created".into()),
+            Some(c) => Ok(f(c)?),
+            None => Err(RequestError::NoContainer),
         }
     }
 
@@ -589,9 +632,9 @@ impl Helper {
         bundle: &Path,
         terminal: bool,
         fds: Vec<OwnedFd>,
-    ) -> Result<(Reply, Vec<OwnedFd>), String> {
+    ) -> Result<(Reply, Vec<OwnedFd>), RequestError> {
         if self.container.is_some() {
-            return Err("this helper already has a container".into());
+            return Err(RequestError::HasContainer);
         }
         let (builder, console) =
             builder_with_stdio(id, state_root, &format!("{id}.console"), terminal, fds)?;
@@ -609,7 +652,7 @@ impl Helper {
                 // A failed create leaves its state directory behind.
                 let _ = std::fs::remove_dir_all(state_root.join(id));
                 self.reap();
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
@@ -622,11 +665,11 @@ impl Helper {
             let _ = std::fs::remove_file(&path);
             match master {
                 Ok(m) => out.push(m),
-                Err(e) => return Err(format!("the container's terminal did not arrive: {e}")),
+                Err(e) => return Err(RequestError::InitTerminal(e)),
             }
         }
         if pid <= 0 {
-            return Err("the runtime reported no init process".into());
+            return Err(RequestError::NoInit);
         }
         self.init_pidfd = Some(pidfd_open(pid)?);
         self.init_pid = pid;
@@ -638,9 +681,9 @@ impl Helper {
         process: &Path,
         terminal: bool,
         fds: Vec<OwnedFd>,
-    ) -> Result<(Reply, Vec<OwnedFd>), String> {
+    ) -> Result<(Reply, Vec<OwnedFd>), RequestError> {
         if self.container.is_none() {
-            return Err("no container has been created".into());
+            return Err(RequestError::NoContainer);
         }
         let name = format!("{}.exec{}.console", self.id, self.execs.len());
         let (builder, console) =
@@ -657,14 +700,14 @@ impl Helper {
                     let _ = std::fs::remove_file(p);
                 }
                 self.reap();
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         let mut out = Vec::new();
         if let Some((listener, path)) = console {
             let master = receive_console(&listener);
             let _ = std::fs::remove_file(&path);
-            out.push(master.map_err(|e| format!("the process's terminal did not arrive: {e}"))?);
+            out.push(master.map_err(RequestError::ExecTerminal)?);
         }
         self.execs.push((pid, pidfd_open(pid)?));
         Ok((Reply::ExecStarted { pid }, out))
@@ -767,19 +810,20 @@ fn builder_with_stdio(
         libcontainer::container::builder::ContainerBuilder,
         Option<(UnixListener, PathBuf)>,
     ),
-    String,
+    RequestError,
 > {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
 
-    let builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-        .with_root_path(state_root)
-        .map_err(|e| e.to_string())?;
+    let builder =
+        ContainerBuilder::new(id.to_string(), SyscallType::Linux).with_root_path(state_root)?;
     if terminal {
         let path = state_root.join(console_name);
         let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| format!("console socket {}: {e}", path.display()))?;
+        let listener = match UnixListener::bind(&path) {
+            Ok(l) => l,
+            Err(source) => return Err(RequestError::ConsoleSocket { path, source }),
+        };
         return Ok((
             builder.with_console_socket(Some(&path)),
             Some((listener, path)),
@@ -790,15 +834,18 @@ fn builder_with_stdio(
         (Some(i), Some(o), Some(e)) => {
             Ok((builder.with_stdin(i).with_stdout(o).with_stderr(e), None))
         }
-        _ => Err("without a terminal, stdin, stdout and stderr must come along".into()),
+        _ => Err(RequestError::NoStdio),
     }
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd, String> {
+fn pidfd_open(pid: i32) -> Result<OwnedFd, RequestError> {
     // SAFETY: pidfd_open with a pid and no flags; returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        return Err(format!("pidfd_open: {}", io::Error::last_os_error()));
+        return Err(RequestError::Pidfd {
+            pid,
+            source: io::Error::last_os_error(),
+        });
     }
     // SAFETY: a new descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })

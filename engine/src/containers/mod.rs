@@ -15,6 +15,7 @@
 //! event channel.
 
 mod cgroup;
+mod error;
 pub mod helper;
 mod network;
 mod rootfs;
@@ -25,9 +26,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{WorkloadId, WorkloadState};
-
 pub use cgroup::CgroupCounters;
+pub(crate) use error::error_chain;
+pub use error::{
+    ConfigError, ContainerError, HelperError, HelperReported, HostError, InternalError, PastaError,
+};
 pub use helper::{helper_main, HelperCommand, HELPER_FD_ENV};
 pub use network::PortForward;
 pub(crate) use runtime::ContainerRuntime;
@@ -119,71 +122,69 @@ impl ContainerConfig {
 
     /// Checks what can be checked without the image or the host.
     pub fn validate(&self) -> Result<(), ContainerError> {
-        let bad = |m: String| Err(ContainerError::InvalidConfig(m));
+        Ok(self.check()?)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
         if self.image.trim().is_empty() {
-            return bad("no image given".into());
+            return Err(ConfigError::NoImage);
         }
-        if let Some(m) = self.limits.memory_mib {
+        if let Some(mib) = self.limits.memory_mib {
             // Below a few MiB not even the runtime's init fits.
-            if !(4..=(1 << 30)).contains(&m) {
-                return bad(format!(
-                    "memory limit {m} MiB is out of range (4 MiB or more)"
-                ));
+            if !(4..=(1 << 30)).contains(&mib) {
+                return Err(ConfigError::MemoryOutOfRange { mib });
             }
         }
-        if let Some(c) = self.limits.cpus {
-            if !(c.is_finite() && (0.01..=1024.0).contains(&c)) {
-                return bad(format!("CPU limit {c} is out of range (0.01 to 1024 CPUs)"));
+        if let Some(cpus) = self.limits.cpus {
+            if !(cpus.is_finite() && (0.01..=1024.0).contains(&cpus)) {
+                return Err(ConfigError::CpusOutOfRange { cpus });
             }
         }
         if let Some(p) = self.limits.pids {
             if p < 1 {
-                return bad("pids limit must be at least 1".into());
+                return Err(ConfigError::NoPids);
             }
         }
         for e in &self.env {
             match e.split_once('=') {
                 Some((k, _)) if !k.is_empty() && !k.contains('\0') => {}
-                _ => return bad(format!("environment entry '{e}' is not NAME=value")),
+                _ => return Err(ConfigError::BadEnv { entry: e.clone() }),
             }
         }
         for v in &self.volumes {
             if !v.target.starts_with('/') || v.target.split('/').any(|c| c == "..") {
-                return bad(format!(
-                    "volume target '{}' must be an absolute path without '..'",
-                    v.target
-                ));
+                return Err(ConfigError::VolumeTarget {
+                    target: v.target.clone(),
+                });
             }
             if !v.source.is_absolute() {
-                return bad(format!(
-                    "volume source '{}' must be an absolute path",
-                    v.source.display()
-                ));
+                return Err(ConfigError::VolumeSourceRelative {
+                    path: v.source.clone(),
+                });
             }
             if !v.source.exists() {
-                return bad(format!(
-                    "volume source '{}' does not exist",
-                    v.source.display()
-                ));
+                return Err(ConfigError::VolumeSourceMissing {
+                    path: v.source.clone(),
+                });
             }
         }
         if !self.ports.is_empty() && self.network != NetworkMode::User {
-            return bad("port forwards need user-mode networking (network 'user')".into());
+            return Err(ConfigError::PortsWithoutNetwork);
         }
         for (i, p) in self.ports.iter().enumerate() {
             if p.host_port == 0 || p.container_port == 0 {
-                return bad(format!(
-                    "port forward {}:{} uses port 0",
-                    p.host_port, p.container_port
-                ));
+                return Err(ConfigError::PortZero {
+                    host_port: p.host_port,
+                    container_port: p.container_port,
+                });
             }
             if self.ports[..i].iter().any(|q| q.host_port == p.host_port) {
-                return bad(format!("host port {} is forwarded twice", p.host_port));
+                return Err(ConfigError::PortTwice { port: p.host_port });
             }
         }
         if let Some(w) = &self.workdir {
             if !w.starts_with('/') {
-                return bad(format!("working directory '{w}' must be absolute"));
+                return Err(ConfigError::RelativeWorkdir { dir: w.clone() });
             }
         }
         Ok(())
@@ -260,66 +261,6 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Container errors.
-#[derive(Debug, thiserror::Error)]
-pub enum ContainerError {
-    /// The user's configuration cannot work.
-    #[error("invalid container settings: {0}")]
-    InvalidConfig(String),
-    /// The image could not be found or used.
-    #[error(transparent)]
-    Image(#[from] crate::images::ImageError),
-    /// No container by that id.
-    #[error("no container '{0}'")]
-    NotFound(WorkloadId),
-    /// The id is taken.
-    #[error("a container '{0}' already exists")]
-    Exists(WorkloadId),
-    /// The request does not fit the container's state.
-    #[error("container '{id}' is {state:?}: cannot {what}")]
-    WrongState {
-        /// Which container.
-        id: WorkloadId,
-        /// Its state.
-        state: WorkloadState,
-        /// What was asked.
-        what: &'static str,
-    },
-    /// The host cannot run containers (not root and no rootless set-up,
-    /// no cgroup, no overlayfs).
-    #[error("this host cannot run containers: {0}")]
-    Host(String),
-    /// A file system operation failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The OCI runtime (in the helper process) refused or failed.
-    #[error("container runtime: {0}")]
-    Runtime(String),
-    /// The helper process could not be started or died.
-    #[error("container helper process: {0}")]
-    Helper(String),
-    /// A bug or an impossible state; the message says which.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl ContainerError {
-    pub(crate) fn io(
-        what: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> ContainerError {
-        let path = path.into();
-        move |source| ContainerError::Io { what, path, source }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,9 +271,15 @@ mod tests {
         assert!(ok.validate().is_ok());
         let mut c = ok.clone();
         c.limits.memory_mib = Some(1);
+        let err = c.validate().unwrap_err();
         assert!(
-            matches!(c.validate(), Err(ContainerError::InvalidConfig(m)) if m.contains("memory"))
+            matches!(
+                err,
+                ContainerError::InvalidConfig(ConfigError::MemoryOutOfRange { mib: 1 })
+            ),
+            "{err:?}"
         );
+        assert!(error_chain(&err).contains("memory"), "{err:?}");
         let mut c = ok.clone();
         c.limits.cpus = Some(f64::NAN);
         assert!(c.validate().is_err());
@@ -355,9 +302,15 @@ mod tests {
             target: "/data".into(),
             read_only: false,
         });
+        let err = c.validate().unwrap_err();
         assert!(
-            matches!(c.validate(), Err(ContainerError::InvalidConfig(m)) if m.contains("does not exist"))
+            matches!(
+                err,
+                ContainerError::InvalidConfig(ConfigError::VolumeSourceMissing { .. })
+            ),
+            "{err:?}"
         );
+        assert!(error_chain(&err).contains("does not exist"), "{err:?}");
         let mut c = ok;
         c.image = " ".into();
         assert!(c.validate().is_err());

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use super::ContainerError;
+use super::{ContainerError, HostError, InternalError, PastaError};
 
 /// The address a container with user-mode networking sends DNS queries to
 /// (its /etc/resolv.conf names it): pasta forwards them to the host's own
@@ -104,15 +104,13 @@ impl UserNetwork {
                     an unprivileged user needs read-write access to /dev/net/tun \
                     (mode 0666, as Debian ships it)";
         }
-        run("pasta", &args).map_err(|e| ContainerError::Host(format!("{e} ({hint})")))?;
+        run_pasta(&args).map_err(|source| HostError::Pasta { hint, source })?;
         let read = std::fs::read_to_string(&net.pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok());
         net.pasta_pid = read;
         if read.is_none() {
-            return Err(ContainerError::Host(
-                "pasta started but wrote no pid file".into(),
-            ));
+            return Err(HostError::PastaNoPid.into());
         }
         Ok(net)
     }
@@ -158,7 +156,7 @@ fn bind_netns(pid: i32, at: &Path) -> Result<(), ContainerError> {
     std::fs::File::create(at).map_err(ContainerError::io("create", at))?;
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| ContainerError::Internal("NUL in a path".into()))
+            .map_err(|_| InternalError::NulInPath { path: p.into() })
     };
     let (src, dst) = (c(Path::new(&format!("/proc/{pid}/ns/net")))?, c(at)?);
     // SAFETY: valid NUL-terminated paths; a bind mount takes no data.
@@ -172,12 +170,13 @@ fn bind_netns(pid: i32, at: &Path) -> Result<(), ContainerError> {
         )
     };
     if r != 0 {
-        let e = std::io::Error::last_os_error();
+        let source = std::io::Error::last_os_error();
         let _ = std::fs::remove_file(at);
-        return Err(ContainerError::Host(format!(
-            "cannot bind the container's network namespace on {}: {e}",
-            at.display()
-        )));
+        return Err(HostError::BindNetns {
+            at: at.to_path_buf(),
+            source,
+        }
+        .into());
     }
     Ok(())
 }
@@ -191,20 +190,19 @@ fn unbind_netns(at: &Path) {
     let _ = std::fs::remove_file(at);
 }
 
-fn run(prog: &str, args: &[String]) -> Result<(), String> {
-    let out = Command::new(prog)
+fn run_pasta(args: &[String]) -> Result<(), PastaError> {
+    let out = Command::new("pasta")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+        .map_err(PastaError::Spawn)?;
     if !out.status.success() {
-        return Err(format!(
-            "{prog} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(PastaError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }

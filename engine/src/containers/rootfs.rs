@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::ContainerError;
+use super::{ConfigError, ContainerError, HostError, InternalError};
 use crate::images::unpack::{open_file_in, open_root};
 
 /// The kernel refuses mount options longer than a page.
@@ -27,9 +27,7 @@ pub(crate) fn mount_overlay(
     rootless: bool,
 ) -> Result<(), ContainerError> {
     if lower.is_empty() {
-        return Err(ContainerError::InvalidConfig(
-            "the image has no layers".into(),
-        ));
+        return Err(ConfigError::NoLayers.into());
     }
     let mut all = lower.to_vec();
     all.extend([upper.to_path_buf(), work.to_path_buf()]);
@@ -37,10 +35,7 @@ pub(crate) fn mount_overlay(
         let s = p.as_os_str().as_bytes();
         // overlayfs splits its options on ',' and lowerdir on ':'.
         if s.iter().any(|b| matches!(b, b',' | b':' | b'\\')) {
-            return Err(ContainerError::Host(format!(
-                "path '{}' contains ',', ':' or '\\', which overlayfs cannot take",
-                p.display()
-            )));
+            return Err(HostError::OverlayPath { path: p.clone() }.into());
         }
     }
     // overlayfs wants the top layer first.
@@ -59,13 +54,15 @@ pub(crate) fn mount_overlay(
         data.push_str(",userxattr");
     }
     if data.len() > MAX_MOUNT_DATA {
-        return Err(ContainerError::Host(format!(
-            "the image has too many layers ({}) for one overlay mount",
-            lower.len()
-        )));
+        return Err(HostError::TooManyLayers {
+            layers: lower.len(),
+        }
+        .into());
     }
     let c = |s: &[u8]| {
-        CString::new(s).map_err(|_| ContainerError::Internal("NUL in a mount path".into()))
+        CString::new(s).map_err(|_| InternalError::NulInPath {
+            path: PathBuf::from(std::ffi::OsStr::from_bytes(s)),
+        })
     };
     let (src, fstype, tgt, opts) = (
         c(b"overlay")?,
@@ -85,11 +82,12 @@ pub(crate) fn mount_overlay(
         )
     };
     if r != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(ContainerError::Host(format!(
-            "cannot mount the container's overlay root on {}: {e}",
-            target.display()
-        )));
+        let source = std::io::Error::last_os_error();
+        return Err(HostError::MountOverlay {
+            target: target.to_path_buf(),
+            source,
+        }
+        .into());
     }
     Ok(())
 }
@@ -121,10 +119,8 @@ pub(crate) fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<(u32, u32),
                 .and_then(|p| lookup(p, |f| f.first() == Some(&user)));
             let parsed =
                 fields.and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)));
-            parsed.ok_or_else(|| {
-                ContainerError::InvalidConfig(format!(
-                    "user '{user}' is not in the image's /etc/passwd"
-                ))
+            parsed.ok_or_else(|| ConfigError::UnknownUser {
+                user: user.to_string(),
             })?
         }
     };
@@ -137,10 +133,8 @@ pub(crate) fn resolve_user(layers: &[PathBuf], spec: &str) -> Result<(u32, u32),
                 .and_then(|t| {
                     lookup(t, |f| f.first() == Some(&g)).and_then(|f| f.get(2)?.parse().ok())
                 })
-                .ok_or_else(|| {
-                    ContainerError::InvalidConfig(format!(
-                        "group '{g}' is not in the image's /etc/group"
-                    ))
+                .ok_or_else(|| ConfigError::UnknownGroup {
+                    group: g.to_string(),
                 })?,
         },
     };

@@ -7,7 +7,7 @@ use std::path::Path;
 use libcontainer::oci_spec::runtime::Spec;
 use serde_json::{json, Value};
 
-use super::{ContainerConfig, ContainerError};
+use super::{ConfigError, ContainerConfig, ContainerError, InternalError};
 
 /// Docker's default capability set: everything else is dropped.
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -221,9 +221,9 @@ pub fn build_spec(
     });
     let limits = &config.limits;
     if let Some(mib) = limits.memory_mib {
-        let bytes = mib.checked_mul(1 << 20).ok_or_else(|| {
-            ContainerError::InvalidConfig(format!("memory limit {mib} MiB is too large"))
-        })?;
+        let bytes = mib
+            .checked_mul(1 << 20)
+            .ok_or(ConfigError::MemoryTooLarge { mib })?;
         resources["memory"] = json!({"limit": bytes});
     }
     if let Some(cpus) = limits.cpus {
@@ -287,12 +287,11 @@ pub fn runtime_spec_json(
     inputs: &SpecInputs<'_>,
 ) -> Result<Value, ContainerError> {
     serde_json::to_value(build_spec(config, inputs)?)
-        .map_err(|e| ContainerError::Internal(format!("encode the runtime spec: {e}")))
+        .map_err(|e| InternalError::EncodeSpec(e).into())
 }
 
 fn to_spec(v: Value) -> Result<Spec, ContainerError> {
-    serde_json::from_value(v)
-        .map_err(|e| ContainerError::Internal(format!("generated runtime spec is invalid: {e}")))
+    serde_json::from_value(v).map_err(|e| InternalError::InvalidSpec(e).into())
 }
 
 #[cfg(test)]

@@ -14,9 +14,10 @@ use super::format::{
 };
 use super::unpack::{self, UnpackOptions};
 use super::{
-    remove_tree, ImageError, ImageProgressSink, ImageRecord, ImageStore, ImportProgress,
-    ImportStage, LayerRecord, RECORD_VERSION,
+    remove_tree, FormatError, ImageError, ImageProgressSink, ImageRecord, ImageStore,
+    ImportProgress, ImportStage, LayerRecord, RECORD_VERSION,
 };
+use crate::containers::error_chain;
 
 /// Largest JSON document (index, manifest, config) read into memory.
 const MAX_JSON: u64 = 4 << 20;
@@ -34,7 +35,7 @@ impl Drop for Undo {
         if !self.done {
             for p in self.paths.iter().rev() {
                 if let Err(e) = remove_tree(p) {
-                    log::warn!("cannot clean up after a failed import: {e}");
+                    log::warn!("cannot clean up after a failed import: {}", error_chain(&e));
                 }
             }
         }
@@ -47,7 +48,7 @@ struct Scratch(PathBuf);
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Err(e) = remove_tree(&self.0) {
-            log::warn!("cannot remove {}: {e}", self.0.display());
+            log::warn!("{}", error_chain(&e));
         }
     }
 }
@@ -149,10 +150,10 @@ pub(super) fn import(
     } else if exists(&root, "manifest.json") {
         plan_docker(&root, name)?
     } else {
-        return Err(ImageError::Format(format!(
-            "{} has neither index.json (OCI layout) nor manifest.json (docker-archive)",
-            source.display()
-        )));
+        return Err(FormatError::UnknownLayout {
+            path: source.to_path_buf(),
+        }
+        .into());
     };
     let name = match name.map(str::to_string).or(plan.name.clone()) {
         Some(n) => n,
@@ -166,11 +167,11 @@ pub(super) fn import(
     let config: ImageConfig =
         serde_json::from_slice(&plan.config_raw).map_err(ImageError::json("image config"))?;
     if config.rootfs.diff_ids.len() != plan.layers.len() {
-        return Err(ImageError::Format(format!(
-            "the config lists {} layer digests for {} layers",
-            config.rootfs.diff_ids.len(),
-            plan.layers.len()
-        )));
+        return Err(FormatError::LayerCount {
+            diff_ids: config.rootfs.diff_ids.len(),
+            layers: plan.layers.len(),
+        }
+        .into());
     }
     for d in &config.rootfs.diff_ids {
         digest_hex(d)?;
@@ -253,8 +254,7 @@ pub(super) fn import(
         }
     };
     put_bytes(store, &manifest_raw, &mut undo)?;
-    let manifest = String::from_utf8(manifest_raw)
-        .map_err(|_| ImageError::Format("the manifest is not UTF-8".into()))?;
+    let manifest = String::from_utf8(manifest_raw).map_err(FormatError::ManifestNotUtf8)?;
 
     // Stage 2: unpack the layers the store does not have yet.
     let mut budget = store.size_cap;
@@ -362,7 +362,10 @@ fn read_small(root: &OwnedFd, rel: &str) -> Result<Vec<u8>, ImageError> {
         .read_to_end(&mut buf)
         .map_err(ImageError::io("read", Path::new(rel)))?;
     if buf.len() as u64 > MAX_JSON {
-        return Err(ImageError::Format(format!("{rel} is too large")));
+        return Err(FormatError::DocumentTooLarge {
+            file: rel.to_string(),
+        }
+        .into());
     }
     Ok(buf)
 }
@@ -433,11 +436,8 @@ fn plan_oci(root: &OwnedFd, name: Option<&str>) -> Result<Plan, ImageError> {
     let mut carried_name = None;
     for _depth in 0..3 {
         let d = pick(&entries, name)
-            .ok_or_else(|| {
-                ImageError::Format(format!(
-                    "no image for linux/{} in the index",
-                    format::host_arch()
-                ))
+            .ok_or(FormatError::NoPlatform {
+                arch: format::host_arch(),
             })?
             .clone();
         if carried_name.is_none() {
@@ -478,7 +478,7 @@ fn plan_oci(root: &OwnedFd, name: Option<&str>) -> Result<Plan, ImageError> {
             name: carried_name,
         });
     }
-    Err(ImageError::Format("indexes nested too deeply".into()))
+    Err(FormatError::NestedTooDeep.into())
 }
 
 /// The digest a docker-archive path carries in its name, if any
@@ -500,7 +500,7 @@ fn plan_docker(root: &OwnedFd, name: Option<&str>) -> Result<Plan, ImageError> {
     let entry = name
         .and_then(|n| entries.iter().find(|e| tags(e).iter().any(|t| t == n)))
         .or(entries.first())
-        .ok_or_else(|| ImageError::Format("manifest.json lists no image".into()))?;
+        .ok_or(FormatError::NoImageListed)?;
     let config_raw = read_small(root, &entry.config)?;
     let config_digest = sha256_digest(&config_raw);
     if let Some(d) = digest_in_path(&entry.config) {

@@ -23,6 +23,7 @@
 //! uses (reference counts are computed from the records, so they never
 //! drift).
 
+mod error;
 mod format;
 mod import;
 mod pull;
@@ -41,6 +42,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use error::{ArchiveFault, FormatError, ImageError, PullError, RegistryFault};
 pub use format::{ImageConfig, RootFs, RunConfig};
 pub use unpack::LayerSummary;
 
@@ -48,102 +50,6 @@ pub use unpack::LayerSummary;
 pub const RECORD_VERSION: u32 = 1;
 /// Default cap on an image's total uncompressed layer size: 8 GiB.
 pub const DEFAULT_SIZE_CAP: u64 = 8 << 30;
-
-/// Errors of the image store.
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    /// No data directory could be determined.
-    #[error("cannot determine Hangar's data directory (is HOME set?)")]
-    NoDataDir,
-    /// A file or directory operation failed.
-    #[error("cannot {what} {path}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A blob's content does not match its digest or size.
-    #[error("{what} does not match its digest: expected {expected}, got {actual}")]
-    DigestMismatch {
-        /// Which blob.
-        what: String,
-        /// The digest (or size) the image claims.
-        expected: String,
-        /// What the content has.
-        actual: String,
-    },
-    /// A digest that is not `sha256:` and 64 lowercase hex digits.
-    #[error("unsupported or malformed digest {0:?}")]
-    BadDigest(String),
-    /// The source is not an image in a format we read.
-    #[error("not a valid image: {0}")]
-    Format(String),
-    /// A JSON document could not be parsed or written.
-    #[error("invalid {what}")]
-    Json {
-        /// Which document.
-        what: String,
-        /// Why.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A layer or archive is damaged (bad compression, truncated tar).
-    #[error("damaged archive: {0}")]
-    Corrupt(String),
-    /// A layer entry that tries to leave its root.
-    #[error("unsafe entry {path:?} in a layer: {reason}")]
-    UnsafeEntry {
-        /// The entry's path as written in the archive.
-        path: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The image is larger than the store's size cap.
-    #[error("the image is larger than the size cap of {limit} bytes")]
-    TooLarge {
-        /// The cap.
-        limit: u64,
-    },
-    /// No image of that name.
-    #[error("no image named {0:?}")]
-    NotFound(String),
-    /// A name that cannot name an image.
-    #[error("{0:?} is not a valid image name")]
-    BadName(String),
-    /// Containers still use the image (their roots stack its layers).
-    #[error("image {name:?} is used by container(s) {containers}: remove them first")]
-    InUse {
-        /// The image.
-        name: String,
-        /// Their ids.
-        containers: String,
-    },
-    /// A registry pull failed (network, registry refusal, no such image).
-    #[error("pull failed: {0}")]
-    Pull(String),
-}
-
-impl ImageError {
-    fn io<'a>(
-        what: &'static str,
-        path: &'a Path,
-    ) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
-        move |source| ImageError::Io {
-            what,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
-    fn json(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> ImageError {
-        let what = what.into();
-        move |source| ImageError::Json { what, source }
-    }
-}
 
 /// One layer of an image, bottom first in [`ImageRecord::layers`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

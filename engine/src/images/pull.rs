@@ -13,7 +13,10 @@ use oci_client::{Client, Reference};
 use serde_json::Value;
 
 use super::format::{self, ANNOTATION_REF_NAME, MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX};
-use super::{ImageError, ImageProgressSink, ImageRecord, ImageStore, ImportProgress, ImportStage};
+use super::{
+    FormatError, ImageError, ImageProgressSink, ImageRecord, ImageStore, ImportProgress,
+    ImportStage, PullError, RegistryFault,
+};
 
 /// Manifest types we ask the registry for.
 const ACCEPTED: &[&str] = &[
@@ -41,12 +44,15 @@ pub(super) fn pull(
 ) -> Result<ImageRecord, ImageError> {
     let reference: Reference = reference
         .parse()
-        .map_err(|e| ImageError::Pull(format!("'{reference}' is not an image reference: {e}")))?;
+        .map_err(|source| PullError::BadReference {
+            reference: reference.to_string(),
+            source,
+        })?;
     if protocol == RegistryProtocol::Http && !is_loopback(reference.resolve_registry()) {
-        return Err(ImageError::Pull(format!(
-            "plain HTTP is only for a registry on this machine (localhost, 127.0.0.1, [::1]), not {}",
-            reference.resolve_registry()
-        )));
+        return Err(PullError::PlainHttpRemote {
+            registry: reference.resolve_registry().to_string(),
+        }
+        .into());
     }
     // Not in the store's tmp/: an import clears that.
     let nanos = std::time::SystemTime::now()
@@ -62,7 +68,7 @@ pub(super) fn pull(
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| ImageError::Pull(format!("cannot start the network runtime: {e}")))?;
+            .map_err(PullError::NetworkRuntime)?;
         rt.block_on(fetch_layout(
             &reference,
             name,
@@ -92,7 +98,14 @@ fn pull_err(
     reference: &Reference,
 ) -> impl FnOnce(oci_client::errors::OciDistributionError) -> ImageError {
     let reference = reference.to_string();
-    move |e| ImageError::Pull(format!("{what} of {reference}: {e}"))
+    move |e| {
+        PullError::Registry {
+            what,
+            reference,
+            source: RegistryFault(e),
+        }
+        .into()
+    }
 }
 
 async fn fetch_layout(
@@ -133,15 +146,13 @@ async fn fetch_layout(
                         && d["platform"]["architecture"] == format::host_arch()
                 })
             })
-            .ok_or_else(|| {
-                ImageError::Pull(format!(
-                    "{reference} has no linux/{} image",
-                    format::host_arch()
-                ))
+            .ok_or_else(|| PullError::NoPlatform {
+                reference: reference.to_string(),
+                arch: format::host_arch(),
             })?;
-        let digest = entry["digest"]
-            .as_str()
-            .ok_or_else(|| ImageError::Format("index entry without a digest".into()))?;
+        let digest = entry["digest"].as_str().ok_or(FormatError::MissingDigest {
+            what: "index entry",
+        })?;
         let by_digest = reference.clone_with_digest(digest.to_string());
         let (bytes, d) = client
             .pull_manifest_raw(&by_digest, &auth, ACCEPTED)
@@ -213,9 +224,9 @@ fn media_type(v: &Value, default_kind: &str) -> String {
 }
 
 fn descriptor(v: &Value) -> Result<(String, u64), ImageError> {
-    let digest = v["digest"]
-        .as_str()
-        .ok_or_else(|| ImageError::Format("manifest entry without a digest".into()))?;
+    let digest = v["digest"].as_str().ok_or(FormatError::MissingDigest {
+        what: "manifest entry",
+    })?;
     format::digest_hex(digest)?;
     Ok((digest.to_string(), v["size"].as_u64().unwrap_or(0)))
 }

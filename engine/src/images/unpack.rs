@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use super::format::to_hex;
-use super::ImageError;
+use super::{ArchiveFault, ImageError};
 
 /// Most entries a layer may have (an inode-exhaustion guard).
 pub const MAX_ENTRIES: u64 = 2_000_000;
@@ -378,20 +378,8 @@ fn tar_err(e: io::Error, limit: u64) -> ImageError {
     if e.get_ref().is_some_and(|i| i.is::<TooLargeMarker>()) {
         ImageError::TooLarge { limit }
     } else {
-        ImageError::Corrupt(short_reason(&e.to_string()))
+        ArchiveFault::Read(e).into()
     }
-}
-
-/// The tar crate quotes the bytes it choked on, which for a file that is
-/// not an archive at all means a page of its contents: keep the first line,
-/// shortened, printable.
-fn short_reason(s: &str) -> String {
-    let line = s.lines().next().unwrap_or_default();
-    let mut out: String = line.chars().filter(|c| !c.is_control()).take(100).collect();
-    if line.chars().count() > 100 {
-        out.push('…');
-    }
-    out
 }
 
 struct DeferredDir {
@@ -531,7 +519,7 @@ pub(crate) fn unpack_tar(
                 let copied = io::copy(&mut (&mut entry).take(size), &mut file)
                     .map_err(|e| tar_err(e, limit))?;
                 if copied != size {
-                    return Err(ImageError::Corrupt(format!("{shown}: truncated")));
+                    return Err(ArchiveFault::Truncated { entry: shown }.into());
                 }
                 file.flush().map_err(io_fail("write"))?;
                 if opts.chown {
@@ -744,9 +732,7 @@ fn write_whiteout(dir: BorrowedFd<'_>, name: &CString, form: WhiteoutForm) -> io
 pub(crate) fn decompress<'a, R: io::BufRead + 'a>(
     mut r: R,
 ) -> Result<Box<dyn Read + 'a>, ImageError> {
-    let head = r
-        .fill_buf()
-        .map_err(|e| ImageError::Corrupt(short_reason(&e.to_string())))?;
+    let head = r.fill_buf().map_err(ArchiveFault::Read)?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -765,7 +751,7 @@ struct ZstdFrames<R: io::BufRead> {
 
 impl<R: io::BufRead> ZstdFrames<R> {
     fn new(r: R) -> Result<Self, ImageError> {
-        let dec = ZstdDecoder::new(r).map_err(|e| ImageError::Corrupt(format!("zstd: {e}")))?;
+        let dec = ZstdDecoder::new(r).map_err(ArchiveFault::Zstd)?;
         Ok(Self { dec: Some(dec) })
     }
 }

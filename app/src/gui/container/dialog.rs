@@ -195,7 +195,9 @@ impl ContainerDialogState {
             .filter(|(_, r)| !r.is_empty())
             .map(|(i, r)| r.parse(i + 1))
             .collect::<Result<_, _>>()?;
-        c.validate().map_err(|e| e.to_string())?;
+        // The whole chain: the reason is the error's source.
+        c.validate()
+            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
         Ok(c)
     }
 }
