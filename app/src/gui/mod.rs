@@ -9,7 +9,6 @@ pub mod command;
 pub mod container;
 pub mod shell;
 pub mod state;
-pub mod terminal;
 pub mod vm;
 pub mod widgets;
 

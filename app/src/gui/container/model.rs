@@ -9,7 +9,7 @@ use hangar_engine::containers::{ContainerConfig, ContainerExit, ContainerRecord}
 use hangar_engine::{Stats, StatsDetail, WorkloadId, WorkloadState};
 
 use crate::gui::container::logs_tab::ContainerLogView;
-use crate::gui::terminal::TerminalView;
+use crate::gui::widgets::terminal::TerminalView;
 
 /// How many stats samples (one a second) a container keeps for its
 /// Overview's plots: a little over the two minutes they show.

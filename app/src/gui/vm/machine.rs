@@ -10,9 +10,9 @@ use hangar_engine::{
     BootSource, KernelKind, MachineDefinition, Stats, StatsDetail, VmExit, VmStats, WorkloadState,
 };
 
-use crate::gui::terminal::TerminalView;
 use crate::gui::vm::display_tab::Screen;
 use crate::gui::vm::overview_tab::OverviewState;
+use crate::gui::widgets::terminal::TerminalView;
 
 /// How many stats samples (one a second) the Overview keeps: ten minutes.
 pub const STATS_HISTORY: usize = 600;

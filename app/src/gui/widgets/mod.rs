@@ -1,3 +1,4 @@
 //! Widgets more than one panel uses.
 
 pub mod port_forwards;
+pub mod terminal;

@@ -353,8 +353,8 @@ pub(super) fn is_blank(cell: &Cell) -> bool {
 mod tests {
     use egui_kittest::Harness;
 
-    use crate::gui::terminal::tests::view_with;
-    use crate::gui::terminal::TerminalView;
+    use crate::gui::widgets::terminal::tests::view_with;
+    use crate::gui::widgets::terminal::TerminalView;
 
     #[test]
     fn row_layout_groups_runs_and_isolates_misfits() {

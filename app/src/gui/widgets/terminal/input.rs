@@ -287,8 +287,8 @@ mod tests {
     use egui::{Event, Key, Modifiers, Vec2};
     use egui_kittest::kittest::Queryable;
 
-    use crate::gui::terminal::tests::{console_harness, key_down, Console};
-    use crate::gui::terminal::ACCESSIBLE_LABEL;
+    use crate::gui::widgets::terminal::tests::{console_harness, key_down, Console};
+    use crate::gui::widgets::terminal::ACCESSIBLE_LABEL;
 
     #[test]
     fn typing_sends_bytes_to_the_guest() {

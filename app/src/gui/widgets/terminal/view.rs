@@ -379,8 +379,8 @@ mod tests {
     use egui_kittest::Harness;
 
     use super::*;
-    use crate::gui::terminal::tests::{console_harness, view_with, Console};
-    use crate::gui::terminal::{MAX_COLS, MAX_ROWS, MIN_COLS, MIN_ROWS};
+    use crate::gui::widgets::terminal::tests::{console_harness, view_with, Console};
+    use crate::gui::widgets::terminal::{MAX_COLS, MAX_ROWS, MIN_COLS, MIN_ROWS};
 
     #[test]
     fn widget_fills_space_and_takes_focus_when_shown() {

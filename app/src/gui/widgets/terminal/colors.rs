@@ -117,7 +117,7 @@ pub(super) fn cell_colors(cell: &Cell, colors: &Colors) -> (Color32, Color32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gui::terminal::tests::{cell, view_with};
+    use crate::gui::widgets::terminal::tests::{cell, view_with};
 
     #[test]
     fn colours_map_named_indexed_and_truecolor() {
