@@ -1411,6 +1411,7 @@ fn containers_of_a_crashed_app_are_cleaned_up_and_listed() {
     assert_eq!(previous.len(), 1, "{previous:?}");
     let rec = &previous[0];
     assert_eq!(rec.id.0, id);
+    assert_eq!(rec.version, hangar_engine::containers::RECORD_VERSION);
     let exit = rec.exit.clone().unwrap();
     assert!(exit.ended_with_app, "{exit:?}");
     assert!(

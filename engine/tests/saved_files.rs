@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use hangar_engine::config::{DiskFormat, PortForward};
-use hangar_engine::containers::{HelperCommand, NetworkMode, RuntimePaths};
+use hangar_engine::containers::{HelperCommand, NetworkMode, RuntimePaths, RECORD_VERSION};
 use hangar_engine::{
     ContainerSetup, Engine, EngineOptions, MachineStore, StoredMachine, VmConfig, WorkloadState,
 };
@@ -178,4 +178,44 @@ fn container_records_of_release_0_1_load() {
     let port = killed.config.ports[0];
     assert_eq!((port.host_port, port.container_port), (18081, 80));
     assert_eq!(killed.error, None);
+    // Release 0.1 wrote no layout version: read as 0, the same layout.
+    assert_eq!((exited.version, killed.version), (0, 0));
+}
+
+#[test]
+fn a_container_record_of_a_newer_hangar_is_left_alone() {
+    let copy = copy_of("0.1");
+    let data = copy.join("data");
+    let record = data.join("containers/419ab81b0142/container.json");
+    let newer = std::fs::read_to_string(&record).unwrap().replacen(
+        '{',
+        &format!("{{\"version\": {},", RECORD_VERSION + 1),
+        1,
+    );
+    std::fs::write(&record, &newer).unwrap();
+    let options = EngineOptions {
+        containers: Ok(ContainerSetup {
+            paths: RuntimePaths {
+                data_dir: data.clone(),
+                run_dir: data.join("run"),
+            },
+            helper: HelperCommand {
+                program: env!("CARGO_BIN_EXE_hangar-container-helper").into(),
+                args: vec![],
+            },
+        }),
+        library: hangar_engine::Library::none(),
+    };
+    let (engine, _events) = Engine::new(options, || {});
+    let ids: Vec<String> = engine
+        .previous_containers()
+        .into_iter()
+        .map(|r| r.id.0)
+        .collect();
+    assert_eq!(ids, ["8d374ac1dd29"]);
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        newer,
+        "untouched"
+    );
 }

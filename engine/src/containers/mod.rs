@@ -34,7 +34,7 @@ pub use error::{
 pub use helper::{helper_main, HelperCommand, HELPER_FD_ENV};
 pub use network::PortForward;
 pub(crate) use runtime::ContainerRuntime;
-pub use runtime::{ContainerRecord, RuntimePaths, BUILT_IN_IMAGES};
+pub use runtime::{ContainerRecord, RuntimePaths, BUILT_IN_IMAGES, RECORD_VERSION};
 pub use spec::{
     runtime_spec_json, SpecInputs, SpecNetwork, BLOCKED_SYSCALLS, DEFAULT_CAPABILITIES,
 };

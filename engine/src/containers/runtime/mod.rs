@@ -48,7 +48,7 @@ use exec::ExecSession;
 use stats::STATS_INTERVAL;
 use stdio::{output_fds, poll, pollfd, read_some, resize, write_input, Stdio};
 
-pub use records::ContainerRecord;
+pub use records::{ContainerRecord, RECORD_VERSION};
 pub use run::BUILT_IN_IMAGES;
 
 /// Where the runtime keeps things.

@@ -13,9 +13,16 @@ use crate::containers::{
     error_chain, ContainerConfig, ContainerError, ContainerExit, InternalError,
 };
 
+/// The layout of `container.json` this build writes. 0 (no field) is the
+/// first release's, which reads the same.
+pub const RECORD_VERSION: u32 = 1;
+
 /// What `container.json` keeps of a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerRecord {
+    /// Layout version ([`RECORD_VERSION`] when written by this build).
+    #[serde(default)]
+    pub version: u32,
     /// Its id.
     pub id: WorkloadId,
     /// What it was asked to run.
@@ -84,6 +91,17 @@ pub(super) fn load_previous(paths: &RuntimePaths) -> HashMap<WorkloadId, Contain
                 continue;
             }
         };
+        if rec.version > RECORD_VERSION {
+            // A newer Hangar's record may mean something else by the same
+            // names: not listed, and left for that Hangar.
+            log::warn!(
+                "container {name}: {} is of a newer Hangar (layout {}, this one reads up to \
+                 {RECORD_VERSION}); not listed",
+                path.display(),
+                rec.version
+            );
+            continue;
+        }
         if rec.id.0 != name {
             log::warn!(
                 "container {name}: its record names '{}'; not listed",
@@ -97,6 +115,8 @@ pub(super) fn load_previous(paths: &RuntimePaths) -> HashMap<WorkloadId, Contain
                 &paths.run_dir.join(format!("{name}.netns")),
             );
             let _ = std::fs::remove_dir_all(paths.run_dir.join(&name));
+            // Rewritten below in this build's layout.
+            rec.version = RECORD_VERSION;
             rec.exit = Some(ContainerExit {
                 code: 128 + libc::SIGKILL,
                 signal: Some(libc::SIGKILL),
@@ -135,6 +155,7 @@ impl Supervisor {
         error: Option<String>,
     ) -> Result<(), ContainerError> {
         ContainerRecord {
+            version: RECORD_VERSION,
             id: self.id.clone(),
             config: self.config.clone(),
             created: self.created.as_secs(),
