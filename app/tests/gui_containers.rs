@@ -388,7 +388,7 @@ fn ports_volumes_working_directory_and_user_reach_the_container() {
         c.config.ports,
         vec![PortForward {
             host_port,
-            container_port: 8080
+            guest_port: 8080
         }]
     );
     assert_eq!(

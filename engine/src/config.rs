@@ -162,12 +162,15 @@ pub const MAX_DISKS: usize = 16;
 
 pub use hangar_block::{DiskConfig, DiskFormat};
 
-/// A TCP port of the host's loopback forwarded into the guest.
+/// A TCP port of the host's loopback forwarded into a workload: a VM's
+/// guest or a container. One type for every kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortForward {
     /// Port on the host's 127.0.0.1.
     pub host_port: u16,
-    /// Port in the guest.
+    /// Port in the guest (the VM, or the container).
+    // Release 0.1's container.json called it `container_port`.
+    #[serde(alias = "container_port")]
     pub guest_port: u16,
 }
 

@@ -1029,7 +1029,7 @@ fn user_network_reaches_host_loopback_and_forwards_a_port() {
     c.network = hangar_engine::containers::NetworkMode::User;
     c.ports = vec![hangar_engine::containers::PortForward {
         host_port,
-        container_port: 8080,
+        guest_port: 8080,
     }];
     let id = h.start(c);
     let mut fetched = String::new();
@@ -1343,7 +1343,7 @@ fn crashing_app() {
     c.network = hangar_engine::containers::NetworkMode::User;
     c.ports = vec![hangar_engine::containers::PortForward {
         host_port: port,
-        container_port: 8080,
+        guest_port: 8080,
     }];
     let id = Engine::new_container_id();
     engine

@@ -176,7 +176,7 @@ fn container_records_of_release_0_1_load() {
     assert!(killed.config.terminal);
     assert_eq!(killed.config.network, NetworkMode::User);
     let port = killed.config.ports[0];
-    assert_eq!((port.host_port, port.container_port), (18081, 80));
+    assert_eq!((port.host_port, port.guest_port), (18081, 80));
     assert_eq!(killed.error, None);
     // Release 0.1 wrote no layout version: read as 0, the same layout.
     assert_eq!((exited.version, killed.version), (0, 0));

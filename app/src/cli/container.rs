@@ -137,7 +137,7 @@ fn parse_port(s: &str) -> anyhow::Result<PortForward> {
     };
     Ok(PortForward {
         host_port: port(h)?,
-        container_port: port(c)?,
+        guest_port: port(c)?,
     })
 }
 
@@ -351,7 +351,7 @@ mod tests {
     #[test]
     fn ports_parse() {
         let p = parse_port("8080:80").unwrap();
-        assert_eq!((p.host_port, p.container_port), (8080, 80));
+        assert_eq!((p.host_port, p.guest_port), (8080, 80));
         assert!(parse_port("8080").is_err());
         assert!(parse_port("0:80").is_err());
         assert!(parse_port("70000:80").is_err());

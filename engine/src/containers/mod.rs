@@ -172,10 +172,10 @@ impl ContainerConfig {
             return Err(ConfigError::PortsWithoutNetwork);
         }
         for (i, p) in self.ports.iter().enumerate() {
-            if p.host_port == 0 || p.container_port == 0 {
+            if p.host_port == 0 || p.guest_port == 0 {
                 return Err(ConfigError::PortZero {
                     host_port: p.host_port,
-                    container_port: p.container_port,
+                    container_port: p.guest_port,
                 });
             }
             if self.ports[..i].iter().any(|q| q.host_port == p.host_port) {

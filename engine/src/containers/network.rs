@@ -18,8 +18,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use serde::{Deserialize, Serialize};
-
 use super::{ContainerError, HostError, InternalError, PastaError};
 
 /// The address a container with user-mode networking sends DNS queries to
@@ -27,14 +25,9 @@ use super::{ContainerError, HostError, InternalError, PastaError};
 /// first name server, so the container resolves names as the host does.
 pub const DNS_FORWARD_ADDR: &str = "169.254.1.1";
 
-/// A host port on 127.0.0.1 forwarded to a port inside the container (TCP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortForward {
-    /// Port on the host's 127.0.0.1.
-    pub host_port: u16,
-    /// Port inside the container.
-    pub container_port: u16,
-}
+/// A host port on 127.0.0.1 forwarded to a port inside the container
+/// (TCP): the one port-forward type every kind shares.
+pub use crate::config::PortForward;
 
 /// The pasta process serving a container's network namespace; dropping it
 /// stops pasta.
@@ -93,7 +86,7 @@ impl UserNetwork {
         }
         for p in ports {
             args.push("-t".into());
-            args.push(format!("127.0.0.1/{}:{}", p.host_port, p.container_port));
+            args.push(format!("127.0.0.1/{}:{}", p.host_port, p.guest_port));
         }
         if !root {
             args.push(pid.to_string());

@@ -85,7 +85,7 @@ impl PortRow {
         };
         Ok(PortForward {
             host_port: port(&self.host, "host")?,
-            container_port: port(&self.container, "container")?,
+            guest_port: port(&self.container, "container")?,
         })
     }
 }
@@ -586,7 +586,7 @@ mod tests {
             c.ports,
             vec![PortForward {
                 host_port: 8080,
-                container_port: 80
+                guest_port: 80
             }],
             "the empty row is ignored"
         );

@@ -99,7 +99,7 @@ fn details_ui(ui: &mut egui::Ui, c: &Container) {
                 config
                     .ports
                     .iter()
-                    .map(|p| format!("127.0.0.1:{} -> {}", p.host_port, p.container_port))
+                    .map(|p| format!("127.0.0.1:{} -> {}", p.host_port, p.guest_port))
                     .collect::<Vec<_>>()
                     .join("\n")
             };
