@@ -89,8 +89,16 @@ pub fn delete_rows<'a>(
                 Some("the file is gone".to_string())
             } else if !inside {
                 Some("outside the machine's own folder: kept".to_string())
+            } else if let Some((name, _)) = user {
+                Some(format!("also used by \"{name}\": kept"))
+            } else if matches!(
+                disks::lock(&disk.path, true),
+                Err(disks::DiskError::InUse(_))
+            ) {
+                // Held by a machine running here or in another Hangar.
+                Some("in use by a running machine: kept".to_string())
             } else {
-                user.map(|(name, _)| format!("also used by \"{name}\": kept"))
+                None
             };
             DiskFileRow {
                 path: disk.path.clone(),

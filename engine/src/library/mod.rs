@@ -417,7 +417,7 @@ impl Library {
         let disks = doomed
             .into_iter()
             .map(|path| {
-                let result = std::fs::remove_file(&path);
+                let result = remove_unused(&path);
                 (path, result)
             })
             .collect();
@@ -473,6 +473,23 @@ impl Library {
             .map(templates::available)
             .unwrap_or_default()
     }
+}
+
+/// Remove a disk file no running machine holds: its lock is taken first
+/// (a machine that started since the plan was made keeps its disk).
+fn remove_unused(path: &Path) -> io::Result<()> {
+    let _lock = match disks::lock(path, true) {
+        Ok(lock) => lock,
+        Err(DiskError::InUse(_)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "a running machine uses it; kept",
+            ))
+        }
+        Err(DiskError::Io { source, .. }) => return Err(source),
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    std::fs::remove_file(path)
 }
 
 /// Change `config` as `edit` says; `created` gets a disk file made on the

@@ -309,6 +309,34 @@ fn delete_removes_only_own_unshared_disks() {
 }
 
 #[test]
+fn a_disk_a_running_machine_holds_is_never_deleted() {
+    let f = fixture("library-delete-busy");
+    let def = saved(&f, "Busy");
+    let (with_disk, _) = f
+        .library
+        .edit_machine(
+            &def.id,
+            MachineEdit::AddDisk(DiskRequest::New {
+                format: DiskFormat::Raw,
+                size: MIB,
+            }),
+        )
+        .unwrap();
+    let disk = with_disk.config.disks[0].path.clone();
+    // What a VM holds while it runs, here or in another Hangar.
+    let held = disks::lock(&disk, true).unwrap();
+    let plan = f.library.delete_plan(&def.id).unwrap();
+    assert_eq!(
+        plan[0].kept_because.as_deref(),
+        Some("in use by a running machine: kept")
+    );
+    let deleted = f.library.delete_machine(&def.id, true).unwrap();
+    assert!(deleted.disks.is_empty(), "{:?}", deleted.disks);
+    assert!(disk.is_file());
+    drop(held);
+}
+
+#[test]
 fn delete_without_disks_keeps_every_file() {
     let f = fixture("library-delete-keep");
     let def = saved(&f, "Keeper");
