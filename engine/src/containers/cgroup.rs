@@ -271,7 +271,7 @@ fn parse_keyed(text: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containers::error_chain;
+    use crate::api::error_text;
 
     #[test]
     fn keyed_files_parse() {
@@ -342,7 +342,7 @@ mod tests {
         assert_eq!(read("h/x/cpu.max"), "50000 100000");
         // A missing cgroup is an error that names the file.
         let gone = CgroupFiles::with_root(&dir, "/h/none");
-        let e = error_chain(&gone.apply_limits(&limits, 100_000).unwrap_err());
+        let e = error_text(&gone.apply_limits(&limits, 100_000).unwrap_err());
         assert!(e.contains("memory.max"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -351,7 +351,7 @@ mod tests {
     fn rootless_parent_v1_must_be_delegated() {
         let dir = std::env::temp_dir().join(format!("hangar-cgd-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("memory")).unwrap();
-        let e = error_chain(&rootless_parent_in(&dir, 4242, "").unwrap_err());
+        let e = error_text(&rootless_parent_in(&dir, 4242, "").unwrap_err());
         assert!(e.contains("delegate-cgroup"), "{e}");
         std::fs::create_dir_all(dir.join("memory/hangar/user-4242")).unwrap();
         assert_eq!(
@@ -367,8 +367,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cgroup.controllers"), "memory pids cpu\n").unwrap();
         let own = "/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope";
-        let e =
-            error_chain(&rootless_parent_in(&dir, 1000, "/system.slice/x.service").unwrap_err());
+        let e = error_text(&rootless_parent_in(&dir, 1000, "/system.slice/x.service").unwrap_err());
         assert!(e.contains("user@1000.service"), "{e}");
         let p = rootless_parent_in(&dir, 1000, own).unwrap();
         assert_eq!(p, "/user.slice/user-1000.slice/user@1000.service/hangar");

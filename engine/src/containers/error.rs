@@ -1,7 +1,7 @@
 //! Container errors. Each says what was being done and keeps the cause as
 //! its source, so a message never repeats its source's text; one-line
 //! reports (events, records, logs) join the chain with ": "
-//! ([`error_chain`]). The helper process's failures arrive as its own
+//! ([`crate::api::error_text`]). The helper process's failures arrive as its own
 //! text ([`HelperReported`]): an error cannot cross the socket as a value.
 
 use std::path::PathBuf;
@@ -482,11 +482,10 @@ pub enum InternalError {
     },
 }
 
-pub(crate) use crate::api::error_text as error_chain;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::error_text;
 
     #[test]
     fn messages_say_what_was_done_and_the_chain_says_why() {
@@ -494,14 +493,14 @@ mod tests {
             ContainerError::io("create", "/x/y")(std::io::Error::from_raw_os_error(libc::EACCES));
         assert_eq!(e.to_string(), "cannot create /x/y");
         assert!(
-            error_chain(&e).starts_with("cannot create /x/y: Permission denied"),
+            error_text(&e).starts_with("cannot create /x/y: Permission denied"),
             "{}",
-            error_chain(&e)
+            error_text(&e)
         );
         let e = ContainerError::runtime("start", "exec failed: no such file".into());
         assert_eq!(e.to_string(), "container runtime: cannot start");
         assert_eq!(
-            error_chain(&e),
+            error_text(&e),
             "container runtime: cannot start: exec failed: no such file"
         );
         let e = ContainerError::from(HelperError::LostContact {
@@ -509,7 +508,7 @@ mod tests {
             source: std::io::Error::other("it closed its socket"),
         });
         assert_eq!(
-            error_chain(&e),
+            error_text(&e),
             "container helper process: lost contact: it closed its socket"
         );
     }
@@ -524,7 +523,7 @@ mod tests {
             source: std::io::Error::other(Repeating(std::io::Error::other("bad digest"))),
         });
         assert_eq!(
-            error_chain(&e),
+            error_text(&e),
             "container helper process: cannot start /h: digest error: bad digest"
         );
     }

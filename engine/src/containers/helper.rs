@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{error_chain, ContainerError, HelperError, HelperReported};
+use super::{error_text, ContainerError, HelperError, HelperReported};
 
 /// The fd number of the helper's end of the socket.
 pub const HELPER_FD: RawFd = 3;
@@ -436,7 +436,7 @@ pub fn helper_main() -> i32 {
     let first = match &setup_error {
         None => Reply::Ready,
         Some(e) => Reply::Failed {
-            message: error_chain(e),
+            message: error_text(e),
         },
     };
     if send_msg(sock.as_fd(), &first, &[]).is_err() {
@@ -554,7 +554,7 @@ impl Helper {
         if let Some(e) = &self.setup_error {
             return (
                 Reply::Failed {
-                    message: error_chain(e),
+                    message: error_text(e),
                 },
                 vec![],
             );
@@ -593,7 +593,7 @@ impl Helper {
         r.unwrap_or_else(|e| {
             (
                 Reply::Failed {
-                    message: error_chain(&e),
+                    message: error_text(&e),
                 },
                 vec![],
             )

@@ -26,8 +26,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use crate::api::error_text;
 pub use cgroup::CgroupCounters;
-pub(crate) use error::error_chain;
 pub use error::{
     ConfigError, ContainerError, HelperError, HelperReported, HostError, InternalError, PastaError,
 };
@@ -279,7 +279,7 @@ mod tests {
             ),
             "{err:?}"
         );
-        assert!(error_chain(&err).contains("memory"), "{err:?}");
+        assert!(error_text(&err).contains("memory"), "{err:?}");
         let mut c = ok.clone();
         c.limits.cpus = Some(f64::NAN);
         assert!(c.validate().is_err());
@@ -310,7 +310,7 @@ mod tests {
             ),
             "{err:?}"
         );
-        assert!(error_chain(&err).contains("does not exist"), "{err:?}");
+        assert!(error_text(&err).contains("does not exist"), "{err:?}");
         let mut c = ok;
         c.image = " ".into();
         assert!(c.validate().is_err());

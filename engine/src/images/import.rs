@@ -17,7 +17,7 @@ use super::{
     remove_tree, FormatError, ImageError, ImageProgressSink, ImageRecord, ImageStore,
     ImportProgress, ImportStage, LayerRecord, RECORD_VERSION,
 };
-use crate::containers::error_chain;
+use crate::api::error_text;
 
 /// Largest JSON document (index, manifest, config) read into memory.
 const MAX_JSON: u64 = 4 << 20;
@@ -35,7 +35,7 @@ impl Drop for Undo {
         if !self.done {
             for p in self.paths.iter().rev() {
                 if let Err(e) = remove_tree(p) {
-                    log::warn!("cannot clean up after a failed import: {}", error_chain(&e));
+                    log::warn!("cannot clean up after a failed import: {}", error_text(&e));
                 }
             }
         }
@@ -48,7 +48,7 @@ struct Scratch(PathBuf);
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Err(e) = remove_tree(&self.0) {
-            log::warn!("{}", error_chain(&e));
+            log::warn!("{}", error_text(&e));
         }
     }
 }

@@ -340,10 +340,7 @@ impl Library {
     /// True if a valid machine is called `name` (case and surrounding
     /// blanks ignored).
     pub fn name_taken(&self, name: &str) -> Result<bool, LibraryError> {
-        Ok(self
-            .valid_machines()?
-            .iter()
-            .any(|d| d.config.name.trim().eq_ignore_ascii_case(name.trim())))
+        Ok(name_in(&self.valid_machines()?, name))
     }
 
     /// Save a new machine.
@@ -354,12 +351,16 @@ impl Library {
     /// Save a copy of machine `id` named "NAME (copy)" (or "(copy) 2", …,
     /// whichever is free). Its disks are the same files.
     pub fn duplicate_machine(&self, id: &str) -> Result<Duplicate, LibraryError> {
-        let original = self.machine(id)?;
+        let all = self.valid_machines()?;
+        let original = all
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| LibraryError::NoSuchMachine(id.to_string()))?;
         let mut config = original.config.clone();
         let base = format!("{} (copy)", config.name);
         let mut name = base.clone();
         let mut n = 2;
-        while self.name_taken(&name)? {
+        while name_in(&all, &name) {
             name = format!("{base} {n}");
             n += 1;
         }
@@ -369,7 +370,7 @@ impl Library {
         self.create_machine(&def)?;
         Ok(Duplicate {
             def,
-            original: original.config.name,
+            original: original.config.name.clone(),
             shared_disks,
         })
     }
@@ -473,6 +474,14 @@ impl Library {
             .map(templates::available)
             .unwrap_or_default()
     }
+}
+
+/// True if one of `machines` is called `name` (case and surrounding blanks
+/// ignored).
+fn name_in(machines: &[MachineDefinition], name: &str) -> bool {
+    machines
+        .iter()
+        .any(|d| d.config.name.trim().eq_ignore_ascii_case(name.trim()))
 }
 
 /// Remove a disk file no running machine holds: its lock is taken first

@@ -266,16 +266,7 @@ fn delete_removes_only_own_unshared_disks() {
     let f = fixture("library-delete");
     let doomed = saved(&f, "Doomed");
     let own = f.library.machine_dir(&doomed.id).unwrap();
-    let (with_disk, _) = f
-        .library
-        .edit_machine(
-            &doomed.id,
-            MachineEdit::AddDisk(DiskRequest::New {
-                format: DiskFormat::Qcow2,
-                size: 4 * MIB,
-            }),
-        )
-        .unwrap();
+    let with_disk = add_new_disk(&f, &doomed.id, DiskFormat::Qcow2, 4 * MIB);
     let mine = with_disk.config.disks[0].path.clone();
     let shared = f.data.join("shared.raw");
     std::fs::write(&shared, vec![0u8; 4096]).unwrap();
@@ -308,20 +299,19 @@ fn delete_removes_only_own_unshared_disks() {
     ));
 }
 
+/// Add a new empty disk to machine `id` through the library.
+fn add_new_disk(f: &Fixture, id: &str, format: DiskFormat, size: u64) -> MachineDefinition {
+    f.library
+        .edit_machine(id, MachineEdit::AddDisk(DiskRequest::New { format, size }))
+        .unwrap()
+        .0
+}
+
 #[test]
 fn a_disk_a_running_machine_holds_is_never_deleted() {
     let f = fixture("library-delete-busy");
     let def = saved(&f, "Busy");
-    let (with_disk, _) = f
-        .library
-        .edit_machine(
-            &def.id,
-            MachineEdit::AddDisk(DiskRequest::New {
-                format: DiskFormat::Raw,
-                size: MIB,
-            }),
-        )
-        .unwrap();
+    let with_disk = add_new_disk(&f, &def.id, DiskFormat::Raw, MIB);
     let disk = with_disk.config.disks[0].path.clone();
     // What a VM holds while it runs, here or in another Hangar.
     let held = disks::lock(&disk, true).unwrap();
@@ -340,16 +330,7 @@ fn a_disk_a_running_machine_holds_is_never_deleted() {
 fn delete_without_disks_keeps_every_file() {
     let f = fixture("library-delete-keep");
     let def = saved(&f, "Keeper");
-    let (with_disk, _) = f
-        .library
-        .edit_machine(
-            &def.id,
-            MachineEdit::AddDisk(DiskRequest::New {
-                format: DiskFormat::Raw,
-                size: MIB,
-            }),
-        )
-        .unwrap();
+    let with_disk = add_new_disk(&f, &def.id, DiskFormat::Raw, MIB);
     let deleted = f.library.delete_machine(&def.id, false).unwrap();
     assert!(deleted.disks.is_empty());
     assert!(with_disk.config.disks[0].path.is_file());

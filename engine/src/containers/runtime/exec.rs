@@ -12,7 +12,7 @@ use super::{unexpected, LoopState, Supervisor};
 use crate::api::{ContainerEvent, Event};
 use crate::containers::helper::{HelperProcess, Reply, Request};
 use crate::containers::{
-    error_chain, CgroupCounters, ConfigError, ContainerError, HelperError, InternalError,
+    error_text, CgroupCounters, ConfigError, ContainerError, HelperError, InternalError,
 };
 
 /// A process started in a running container.
@@ -56,7 +56,7 @@ impl Supervisor {
                 id: self.id.clone(),
                 message: format!(
                     "cannot run process {n} in the container: {}",
-                    error_chain(&e)
+                    error_text(&e)
                 ),
                 registers: None,
             }),

@@ -9,7 +9,7 @@ use super::{LoopEnd, LoopState, Supervisor};
 use crate::api::{ContainerEvent, Event, Exit, WorkloadState};
 use crate::containers::cgroup::CgroupFiles;
 use crate::containers::helper::{HelperProcess, Reply, Request};
-use crate::containers::{error_chain, CgroupCounters, ContainerError, ContainerExit};
+use crate::containers::{error_text, CgroupCounters, ContainerError, ContainerExit};
 
 impl Supervisor {
     /// Cleans up after the main loop and reports how it ended.
@@ -44,7 +44,7 @@ impl Supervisor {
             LoopEnd::HelperLost(e) => {
                 self.emit(Event::Error {
                     id: self.id.clone(),
-                    message: error_chain(&e),
+                    message: error_text(&e),
                     registers: None,
                 });
                 None
@@ -59,7 +59,7 @@ impl Supervisor {
             Ok((Reply::Done, _)) => {}
             Ok((Reply::Failed { message }, _)) => self.emit(Event::Error {
                 id: self.id.clone(),
-                message: error_chain(&ContainerError::runtime(
+                message: error_text(&ContainerError::runtime(
                     "clean up the container's runtime state",
                     message,
                 )),
@@ -90,7 +90,7 @@ impl Supervisor {
         };
         exit.ended_with_app = st.ended_with_app;
         if let Err(e) = self.record(Some(exit.clone()), None) {
-            log::warn!("container {}: {}", self.id, error_chain(&e));
+            log::warn!("container {}: {}", self.id, error_text(&e));
         }
         // The state changes before anyone hears of the exit, so a Remove
         // sent in answer to the event is accepted.

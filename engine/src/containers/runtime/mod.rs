@@ -40,7 +40,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::cgroup::{self, CgroupFiles};
 use super::helper::{HelperCommand, HelperProcess, Reply};
 use super::network::UserNetwork;
-use super::{error_chain, ContainerConfig, ContainerError, HelperError, HostError, InternalError};
+use super::{error_text, ContainerConfig, ContainerError, HelperError, HostError, InternalError};
 use crate::api::{ContainerEvent, Event, EventSink, OutputStream, WorkloadId, WorkloadState};
 use crate::images::ImageStore;
 
@@ -155,7 +155,7 @@ impl Shared {
                 Ok(h) => *w = Some(h),
                 Err(e) => log::warn!(
                     "could not start a spare container helper: {}",
-                    error_chain(&e)
+                    error_text(&e)
                 ),
             }
         }
@@ -413,13 +413,13 @@ impl Supervisor {
                 // Only if the directory is there: a container refused
                 // before anything was made leaves nothing behind.
                 if self.dir.join("container.json").exists() {
-                    if let Err(e) = self.record(None, Some(error_chain(&e))) {
-                        log::warn!("container {}: {}", self.id, error_chain(&e));
+                    if let Err(e) = self.record(None, Some(error_text(&e))) {
+                        log::warn!("container {}: {}", self.id, error_text(&e));
                     }
                 }
                 self.emit(Event::Error {
                     id: self.id.clone(),
-                    message: error_chain(&e),
+                    message: error_text(&e),
                     registers: None,
                 });
                 self.network = None;

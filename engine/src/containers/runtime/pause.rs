@@ -2,9 +2,9 @@
 //! `cgroup.freeze`) stops every process of the container where it is.
 
 use super::{LoopState, Supervisor};
+use crate::api::error_text;
 use crate::api::{Event, WorkloadState};
 use crate::containers::cgroup::CgroupFiles;
-use crate::containers::error_chain;
 
 impl Supervisor {
     /// Control::Pause: freezes it, unless it is frozen or being stopped.
@@ -17,7 +17,7 @@ impl Supervisor {
                 }
                 Err(e) => self.emit(Event::Error {
                     id: self.id.clone(),
-                    message: format!("cannot pause the container: {}", error_chain(&e)),
+                    message: format!("cannot pause the container: {}", error_text(&e)),
                     registers: None,
                 }),
             }
@@ -42,7 +42,7 @@ impl Supervisor {
             Ok(()) => *frozen = false,
             Err(e) => self.emit(Event::Error {
                 id: self.id.clone(),
-                message: format!("cannot resume the container: {}", error_chain(&e)),
+                message: format!("cannot resume the container: {}", error_text(&e)),
                 registers: None,
             }),
         }

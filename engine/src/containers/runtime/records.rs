@@ -10,7 +10,7 @@ use super::{valid_id, ContainerRuntime, RuntimePaths, Supervisor};
 use crate::api::{WorkloadId, WorkloadState};
 use crate::containers::network::UserNetwork;
 use crate::containers::{
-    error_chain, ContainerConfig, ContainerError, ContainerExit, InternalError,
+    error_text, ContainerConfig, ContainerError, ContainerExit, InternalError,
 };
 
 /// The layout of `container.json` this build writes. 0 (no field) is the
@@ -124,7 +124,7 @@ pub(super) fn load_previous(paths: &RuntimePaths) -> HashMap<WorkloadId, Contain
                 ..Default::default()
             });
             if let Err(e) = rec.save(&cdir) {
-                log::warn!("container {name}: {}", error_chain(&e));
+                log::warn!("container {name}: {}", error_text(&e));
             }
         }
         found.insert(rec.id.clone(), rec);

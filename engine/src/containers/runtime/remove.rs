@@ -8,7 +8,7 @@ use super::{ContainerRuntime, Control, LoopState, Supervisor};
 use crate::api::{Event, WorkloadId, WorkloadState};
 use crate::containers::cgroup::CgroupFiles;
 use crate::containers::helper::HelperProcess;
-use crate::containers::{error_chain, ContainerError, InternalError};
+use crate::containers::{error_text, ContainerError, InternalError};
 
 impl ContainerRuntime {
     /// Deletes an exited (or, forced, a running) container: its writable
@@ -66,7 +66,7 @@ impl ContainerRuntime {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => events.emit(Event::Removed(id)),
                 Err(e) => events.emit(Event::Error {
                     id,
-                    message: error_chain(&ContainerError::io("remove", &dir)(e)),
+                    message: error_text(&ContainerError::io("remove", &dir)(e)),
                     registers: None,
                 }),
             })
@@ -116,7 +116,7 @@ impl Supervisor {
             }
             Err(e) => self.emit(Event::Error {
                 id: self.id.clone(),
-                message: error_chain(&ContainerError::io("remove", &self.dir)(e)),
+                message: error_text(&ContainerError::io("remove", &self.dir)(e)),
                 registers: None,
             }),
         }

@@ -332,7 +332,7 @@ fn merge_env(image: &[String], user: &[String], hostname: &str, terminal: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containers::error_chain;
+    use crate::api::error_text;
 
     #[test]
     fn the_users_environment_overrides_the_images() {
@@ -371,9 +371,9 @@ mod tests {
             "{err:?}"
         );
         assert!(
-            error_chain(&err).contains("rootless container runs as root"),
+            error_text(&err).contains("rootless container runs as root"),
             "{}",
-            error_chain(&err)
+            error_text(&err)
         );
     }
 }

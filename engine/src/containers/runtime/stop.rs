@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use super::{LoopState, Supervisor};
+use crate::api::error_text;
 use crate::api::{Event, WorkloadState};
 use crate::containers::cgroup::CgroupFiles;
-use crate::containers::error_chain;
 use crate::containers::helper::{HelperProcess, Reply, Request};
 
 impl Supervisor {
@@ -81,7 +81,7 @@ impl Supervisor {
             Ok(_) => {}
             Err(e) => self.emit(Event::Error {
                 id: self.id.clone(),
-                message: error_chain(&e),
+                message: error_text(&e),
                 registers: None,
             }),
         }
