@@ -11,6 +11,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::pci::MsixMessage;
+use crate::virtio::pci::driver_spec::*;
 use crate::virtio::{MemoryDisk, QueuePosition, QueueSetupError};
 
 const MEM_SIZE: usize = 0x10_0000;
@@ -20,24 +21,6 @@ const BAR: u64 = PCI_MMIO_START;
 /// Its PCI device number: the host bridge has 0.
 const VIRTIO_SLOT: u32 = 1;
 
-// virtio-PCI common configuration and status bits (virtio 1.2, 4.1.4.3).
-const DRIVER_FEATURE_SELECT: u64 = 0x08;
-const DRIVER_FEATURE: u64 = 0x0c;
-const MSIX_CONFIG: u64 = 0x10;
-const DEVICE_STATUS: u64 = 0x14;
-const QUEUE_SELECT: u64 = 0x16;
-const QUEUE_SIZE: u64 = 0x18;
-const QUEUE_MSIX_VECTOR: u64 = 0x1a;
-const QUEUE_ENABLE: u64 = 0x1c;
-const QUEUE_DESC: u64 = 0x20;
-const QUEUE_DRIVER: u64 = 0x28;
-const QUEUE_DEVICE: u64 = 0x30;
-const ACKNOWLEDGE: u8 = 1;
-const DRIVER: u8 = 2;
-const DRIVER_OK: u8 = 4;
-const FEATURES_OK: u8 = 8;
-const F_FLUSH: u64 = 1 << 9;
-const F_VERSION_1: u64 = 1 << 32;
 const MSIX_TABLE: u64 = 0x4000;
 const MSIX_ENABLE: u8 = 0x80;
 

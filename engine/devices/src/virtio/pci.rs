@@ -1234,4 +1234,6 @@ impl BusDevice for PciMmioWindow {
 }
 
 #[cfg(test)]
+pub(crate) mod driver_spec;
+#[cfg(test)]
 mod tests;

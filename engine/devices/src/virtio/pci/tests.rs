@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::driver_spec::*;
 use super::*;
 use crate::pci::PciDevice;
 use crate::virtio::blk::BlkState;
@@ -37,39 +38,6 @@ const USED: u64 = 0x3000;
 const HDR: u64 = 0x1_0000;
 const DATA: u64 = 0x1_1000;
 const STATUS: u64 = 0x1_2000;
-
-// Common configuration registers (virtio 1.2, 4.1.4.3).
-const DEVICE_FEATURE_SELECT: u64 = 0x00;
-const DEVICE_FEATURE: u64 = 0x04;
-const DRIVER_FEATURE_SELECT: u64 = 0x08;
-const DRIVER_FEATURE: u64 = 0x0c;
-const MSIX_CONFIG: u64 = 0x10;
-const NUM_QUEUES: u64 = 0x12;
-const DEVICE_STATUS: u64 = 0x14;
-const CONFIG_GENERATION: u64 = 0x15;
-const QUEUE_SELECT: u64 = 0x16;
-const QUEUE_SIZE: u64 = 0x18;
-const QUEUE_MSIX_VECTOR: u64 = 0x1a;
-const QUEUE_ENABLE: u64 = 0x1c;
-const QUEUE_NOTIFY_OFF: u64 = 0x1e;
-const QUEUE_DESC: u64 = 0x20;
-const QUEUE_DRIVER: u64 = 0x28;
-const QUEUE_DEVICE: u64 = 0x30;
-
-// device_status bits.
-const ACKNOWLEDGE: u8 = 1;
-const DRIVER: u8 = 2;
-const DRIVER_OK: u8 = 4;
-const FEATURES_OK: u8 = 8;
-const NEEDS_RESET: u8 = 0x40;
-const FAILED: u8 = 0x80;
-
-// Feature bits.
-const F_BARRIER: u64 = 1 << 0;
-const F_FLUSH: u64 = 1 << 9;
-const F_EVENT_IDX: u64 = 1 << 29;
-const F_VERSION_1: u64 = 1 << 32;
-const F_ACCESS_PLATFORM: u64 = 1 << 33;
 
 // virtio-blk request types and descriptor flags.
 const T_IN: u32 = 0;
