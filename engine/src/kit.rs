@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{BootSource, DisplayConfig, KernelBoot, VmConfig};
 
-/// Environment variable that overrides Hangar's data directory.
-pub const DATA_DIR_ENV: &str = "HANGAR_DATA_DIR";
+pub use hangar_api::dirs::{data_dir, NoDataDir, DATA_DIR_ENV};
 
 /// Kernel command line of the default kit: the boot log on the screen
 /// (fbcon) and the serial console, which stays /dev/console (named last);
@@ -39,21 +38,11 @@ pub struct DefaultKit {
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
     /// No home or data directory could be determined.
-    #[error("cannot determine Hangar's data directory (is HOME set?)")]
-    NoDataDir,
+    #[error(transparent)]
+    NoDataDir(#[from] NoDataDir),
     /// A kit file is missing.
     #[error("the default guest kit is missing {0}: run packaging/setup.sh to build it")]
     Missing(PathBuf),
-}
-
-/// Hangar's data directory: `$HANGAR_DATA_DIR`, else the XDG data dir.
-pub fn data_dir() -> Result<PathBuf, KitError> {
-    if let Some(d) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d));
-    }
-    directories::ProjectDirs::from("", "", "hangar")
-        .map(|p| p.data_dir().to_path_buf())
-        .ok_or(KitError::NoDataDir)
 }
 
 impl DefaultKit {

@@ -7,13 +7,15 @@
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod config;
+/// What a VM is made of (crate `hangar-api`).
+pub use hangar_api::config;
 pub mod containers;
+/// A VM's screen as the app reads it (crate `hangar-api`).
+pub use hangar_api::display;
 /// Disk images: inspect, create, grow, lock, open (crate `hangar-block`).
 pub use hangar_block::disks;
 /// The device models (crate `hangar-devices`).
 pub use hangar_devices as devices;
-pub mod display;
 pub mod host;
 pub mod images;
 pub(crate) mod kinds;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::api::{WorkloadId, WorkloadState};
 use crate::images::ImageError;
-use crate::kit::KitError;
+pub use hangar_api::container::ConfigError;
 
 /// Container errors.
 #[derive(Debug, thiserror::Error)]
@@ -110,138 +110,12 @@ impl From<InternalError> for ContainerError {
     }
 }
 
-/// Settings that cannot work, found before anything runs.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The image name is blank.
-    #[error("no image given")]
-    NoImage,
-    /// A memory limit too small for anything to run, or absurd.
-    #[error("memory limit {mib} MiB is out of range (4 MiB or more)")]
-    MemoryOutOfRange {
-        /// The limit asked for.
-        mib: u64,
-    },
-    /// A memory limit whose bytes do not fit in 64 bits.
-    #[error("memory limit {mib} MiB is too large")]
-    MemoryTooLarge {
-        /// The limit asked for.
-        mib: u64,
-    },
-    /// A CPU limit that is not a number of CPUs from 0.01 to 1024.
-    #[error("CPU limit {cpus} is out of range (0.01 to 1024 CPUs)")]
-    CpusOutOfRange {
-        /// The limit asked for.
-        cpus: f64,
-    },
-    /// A pids limit of 0.
-    #[error("pids limit must be at least 1")]
-    NoPids,
-    /// An environment entry without a name.
-    #[error("environment entry '{entry}' is not NAME=value")]
-    BadEnv {
-        /// The entry.
-        entry: String,
-    },
-    /// A volume's target that is relative or climbs with `..`.
-    #[error("volume target '{target}' must be an absolute path without '..'")]
-    VolumeTarget {
-        /// The target asked for.
-        target: String,
-    },
-    /// A volume's host path that is relative.
-    #[error("volume source '{}' must be an absolute path", path.display())]
-    VolumeSourceRelative {
-        /// The host path.
-        path: PathBuf,
-    },
-    /// A volume's host path that is not there.
-    #[error("volume source '{}' does not exist", path.display())]
-    VolumeSourceMissing {
-        /// The host path.
-        path: PathBuf,
-    },
-    /// Port forwards without the network they forward into.
-    #[error("port forwards need user-mode networking (network 'user')")]
-    PortsWithoutNetwork,
-    /// A port forward naming port 0.
-    #[error("port forward {host_port}:{container_port} uses port 0")]
-    PortZero {
-        /// The host's side.
-        host_port: u16,
-        /// The container's side.
-        container_port: u16,
-    },
-    /// Two forwards of one host port.
-    #[error("host port {port} is forwarded twice")]
-    PortTwice {
-        /// The host port.
-        port: u16,
-    },
-    /// A relative working directory.
-    #[error("working directory '{dir}' must be absolute")]
-    RelativeWorkdir {
-        /// The directory asked for.
-        dir: String,
-    },
-    /// An id that cannot name a container's directory.
-    #[error("container id '{id}' must be 1-64 characters of a-z, 0-9, '_' or '-'")]
-    BadId {
-        /// The id.
-        id: WorkloadId,
-    },
-    /// A built-in image that neither the store nor the set-up script's
-    /// build has.
-    #[error(
-        "the image '{name}' is not in the store and {} does not exist: run packaging/setup.sh",
-        dir.display()
-    )]
-    BuiltInImageMissing {
-        /// The image's name.
-        name: String,
-        /// Where the set-up script builds it.
-        dir: PathBuf,
-    },
-    /// Neither the settings nor the image name a command.
-    #[error("the image '{image}' names no command: give one")]
-    NoCommand {
-        /// The image.
-        image: String,
-    },
-    /// An exec without a command.
-    #[error("no command given")]
-    NoExecCommand,
-    /// A user other than root for a rootless container.
-    #[error(
-        "user '{user}': a rootless container runs as root inside (only your own user is mapped into it)"
-    )]
-    RootlessUser {
-        /// The user asked for.
-        user: String,
-    },
-    /// A user name the image does not have.
-    #[error("user '{user}' is not in the image's /etc/passwd")]
-    UnknownUser {
-        /// The name.
-        user: String,
-    },
-    /// A group name the image does not have.
-    #[error("group '{group}' is not in the image's /etc/group")]
-    UnknownGroup {
-        /// The name.
-        group: String,
-    },
-    /// An image without layers: nothing to make a root of.
-    #[error("the image has no layers")]
-    NoLayers,
-}
-
 /// What the host lacks for containers.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// No data directory for the containers' files.
     #[error("no data directory")]
-    NoDataDir(#[source] KitError),
+    NoDataDir(#[source] hangar_api::dirs::NoDataDir),
     /// Rootless without a session's runtime directory for the OCI
     /// runtime's state.
     #[error("XDG_RUNTIME_DIR is not set (no user session)")]

@@ -156,9 +156,9 @@ impl ImageStore {
         })
     }
 
-    /// Opens the store in Hangar's data directory ([`crate::kit::data_dir`]).
+    /// Opens the store in Hangar's data directory ([`hangar_api::dirs::data_dir`]).
     pub fn open_default() -> Result<Self, ImageError> {
-        let dir = crate::kit::data_dir().map_err(|_| ImageError::NoDataDir)?;
+        let dir = hangar_api::dirs::data_dir().map_err(|_| ImageError::NoDataDir)?;
         Self::open(&dir)
     }
 

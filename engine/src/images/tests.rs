@@ -989,7 +989,7 @@ fn test_images_import_umoci_image_and_skopeo_docker_archive() {
 fn test_images_import_default_image_built_by_setup() {
     // packaging/setup.sh builds this layout (CI runs it before the tests);
     // it is imported into a temp store, never into the real one.
-    let src = match crate::kit::data_dir() {
+    let src = match hangar_api::dirs::data_dir() {
         Ok(d) => d.join("images-src/default"),
         Err(e) => {
             eprintln!("SKIPPED test_images_import_default_image_built_by_setup: {e}");

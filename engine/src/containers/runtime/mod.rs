@@ -65,7 +65,7 @@ impl RuntimePaths {
     /// Hangar's data directory and `/run/hangar/containers` (root) or
     /// `$XDG_RUNTIME_DIR/hangar/containers`.
     pub fn locate() -> Result<Self, ContainerError> {
-        let data_dir = crate::kit::data_dir().map_err(HostError::NoDataDir)?;
+        let data_dir = hangar_api::dirs::data_dir().map_err(HostError::NoDataDir)?;
         // SAFETY: geteuid has no preconditions.
         let run_dir = if unsafe { libc::geteuid() } == 0 {
             PathBuf::from("/run/hangar/containers")

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::vm::{VmExit, VmStats};
-use crate::containers::{ContainerExit, ContainerLimits};
+use crate::container::{ContainerExit, ContainerLimits};
+use crate::vm::{VmExit, VmStats};
 
 /// Names a workload of any kind. A VM's is its machine id (chosen by the
 /// caller); a container's is 12 random hex digits
-/// ([`crate::Engine::new_container_id`]).
+/// (`Engine::new_container_id` in `hangar-engine`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WorkloadId(pub String);
 

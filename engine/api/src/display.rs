@@ -3,8 +3,8 @@
 //! from the guest's framebuffer, only where KVM's dirty log says the guest
 //! wrote, and the rectangles that changed since the app last looked.
 //!
-//! The app gets the handle once ([`crate::Engine::display`]) and, on each
-//! [`crate::Event::DisplayUpdated`], reads the changes with
+//! The app gets the handle once (the engine's `display` call) and, on each
+//! [`crate::VmEvent::DisplayUpdated`], reads the changes with
 //! [`Display::take_changes`]; nothing is allocated per frame on either side
 //! of the lock (the rectangles' vector keeps its capacity).
 
@@ -105,8 +105,9 @@ pub struct Display {
 }
 
 impl Display {
-    /// A black screen of `width` × `height`.
-    pub(crate) fn new(width: u32, height: u32) -> Self {
+    /// A black screen of `width` × `height` (the VMM makes one per VM
+    /// with a screen).
+    pub fn new(width: u32, height: u32) -> Self {
         let n = width as usize * height as usize;
         Self {
             screen: Arc::new(Mutex::new(Screen {
@@ -199,8 +200,8 @@ impl Display {
     /// rectangle around the pixels whose value differs (a page can be
     /// written with what it held, and a page holds whole rows but the guest
     /// may have drawn only a few columns). Returns whether anything changed.
-    /// Allocates nothing.
-    pub(crate) fn update_from(
+    /// Allocates nothing. The VMM's framebuffer calls it.
+    pub fn update_from(
         &self,
         read: &dyn Fn(usize, &mut [u8]),
         stride: usize,
@@ -255,7 +256,7 @@ impl Display {
 /// dirty pages of a framebuffer of `height` rows, `stride` bytes each,
 /// overlap, adjacent bands merged, top to bottom. A row is dirty if any of
 /// its bytes lies in a dirty page.
-pub(crate) fn for_each_dirty_band(
+fn for_each_dirty_band(
     pages: &[u64],
     stride: usize,
     height: usize,

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::i8042::MouseButtons;
-use crate::devices::keymap::GuestKey;
+use hangar_devices::i8042::MouseButtons;
+use hangar_devices::keymap::GuestKey;
 
 /// The marker value the default kit's `/init` writes when it starts.
 pub const MARKER_INIT_REACHED: u8 = 1;
@@ -104,7 +104,7 @@ pub struct DeviceIo {
     pub name: String,
     /// Bytes and requests so far (for a network card: read = received by
     /// the guest, written = sent by it).
-    pub counters: crate::devices::virtio::IoCountersSnapshot,
+    pub counters: hangar_devices::virtio::IoCountersSnapshot,
 }
 
 /// What only a VM reports.
@@ -118,7 +118,7 @@ pub enum VmEvent {
         since_start: Duration,
     },
     /// The guest drew on its screen: read the changes from
-    /// [`crate::Engine::display`]'s [`crate::Display::take_changes`]. At
+    /// the engine's `display` handle's [`crate::Display::take_changes`]. At
     /// most one per screen refresh (60 a second), none while the screen is
     /// still.
     DisplayUpdated,
