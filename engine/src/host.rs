@@ -88,7 +88,7 @@ impl HostProbe {
 
     /// Probe with these paths.
     pub fn run(&self) -> HostCapability {
-        if let Err(e) = crate::vmm::open_kvm(self.kvm_device) {
+        if let Err(e) = hangar_vmm::open_kvm(self.kvm_device) {
             let reason = if Path::new(self.kvm_device).exists() {
                 format!("{} cannot be opened: {e}", self.kvm_device)
             } else {

@@ -9,21 +9,22 @@
 pub mod api;
 /// What a VM is made of (crate `hangar-api`).
 pub use hangar_api::config;
-pub mod containers;
 /// A VM's screen as the app reads it (crate `hangar-api`).
 pub use hangar_api::display;
 /// Disk images: inspect, create, grow, lock, open (crate `hangar-block`).
 pub use hangar_block::disks;
+/// Containers and their runtime (crate `hangar-containers`).
+pub use hangar_containers as containers;
 /// The device models (crate `hangar-devices`).
 pub use hangar_devices as devices;
 pub mod host;
-pub mod images;
+/// The container image store (crate `hangar-containers`).
+pub use hangar_containers::images;
 pub(crate) mod kinds;
 pub mod kit;
 pub mod library;
 pub mod store;
 pub mod templates;
-pub(crate) mod vmm;
 
 pub use api::{
     error_text, Command, ContainerCommand, ContainerEvent, ContainerSetup, ContainerStats,

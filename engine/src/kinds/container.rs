@@ -8,8 +8,10 @@ use super::Workloads;
 use crate::api::{
     ContainerCommand, ContainerSetup, EngineError, EventSink, WorkloadId, WorkloadState,
 };
-use crate::containers::runtime::Control;
-use crate::containers::{ContainerConfig, ContainerError, ContainerRecord, ContainerRuntime};
+
+use crate::containers::{
+    ContainerConfig, ContainerError, ContainerRecord, ContainerRuntime, Control,
+};
 use crate::images::ImageStore;
 
 /// The containers of one engine.

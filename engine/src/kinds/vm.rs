@@ -1,9 +1,8 @@
 //! The VM kind: each VM is a control thread with vCPU and I/O threads of
-//! its own (see [`crate::vmm::vm`]); this keeps their handles.
+//! its own (crate `hangar-vmm`); this keeps their handles.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use crate::api::{EngineError, EventSink, VmCommand, WorkloadId, WorkloadKind, Wo
 use crate::config::{ConfigError, HostLimits, VmConfig};
 use crate::display::Display;
 use crate::host::HostCapability;
-use crate::vmm::vm::{spawn_vm, ControlMsg, VmLaunch, VmRequest};
+use hangar_vmm::vm::{spawn_vm, VmLaunch, VmRequest, VmRequests};
 
 /// Why a VM command was refused.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +52,7 @@ pub enum VmError {
 }
 
 struct VmHandle {
-    tx: Sender<ControlMsg>,
+    requests: VmRequests,
     thread: Option<JoinHandle<()>>,
     display: Option<Display>,
     state: Arc<Mutex<WorkloadState>>,
@@ -91,22 +90,20 @@ impl Vms {
         if !self.capability.has_kvm() {
             return Err(VmError::HostCannotRun(self.capability.clone()));
         }
-        let max_vcpus = crate::vmm::max_vcpus().map_err(VmError::KvmUnusable)?;
+        let max_vcpus = hangar_vmm::max_vcpus().map_err(VmError::KvmUnusable)?;
         let kind = config.validate(&HostLimits::with_max_vcpus(max_vcpus))?;
         // Refuse at once rather than after a minute of instruction emulation.
         if kind.is_linux() && !self.capability.can_run_linux() {
             return Err(VmError::HostCannotRun(self.capability.clone()));
         }
-        let (tx, rx) = std::sync::mpsc::channel();
         let display = config.display.map(|d| Display::new(d.width, d.height));
         let state = Arc::new(Mutex::new(WorkloadState::Starting));
-        let thread = spawn_vm(VmLaunch {
+        let (requests, thread) = spawn_vm(VmLaunch {
             id: id.clone(),
             config,
             kind,
             sink: self.sink.clone(),
             state: state.clone(),
-            channel: (tx.clone(), rx),
             started: accepted,
             display: display.clone(),
         })
@@ -114,7 +111,7 @@ impl Vms {
         vms.insert(
             id,
             VmHandle {
-                tx,
+                requests,
                 thread: Some(thread),
                 display,
                 state,
@@ -142,9 +139,11 @@ impl Vms {
         let mut vms = self.table();
         reap(&mut vms);
         let vm = vms.get(id).ok_or_else(|| VmError::UnknownVm(id.clone()))?;
-        vm.tx
-            .send(ControlMsg::Request(request))
-            .map_err(|_| VmError::VmGone(id.clone()))
+        if vm.requests.send(request) {
+            Ok(())
+        } else {
+            Err(VmError::VmGone(id.clone()))
+        }
     }
 
     /// The VM table; a panic while it was held loses nothing it guards.
@@ -228,9 +227,10 @@ impl Drop for Vms {
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for h in vms.values() {
-            let _ = h.tx.send(ControlMsg::Request(VmRequest::Stop {
+            // A VM whose control thread is gone has nothing left to stop.
+            let _ = h.requests.send(VmRequest::Stop {
                 timeout: Duration::ZERO,
-            }));
+            });
         }
         for (_, mut h) in vms.drain() {
             if let Some(t) = h.thread.take() {

@@ -1,6 +1,6 @@
 //! A container's Logs tab: everything it printed, as plain selectable
 //! monospace text, read from the `console.log` the runtime writes in the
-//! container's directory (see `engine/src/containers/runtime.rs`).
+//! container's directory (see `engine/containers/src/runtime/run.rs`).
 //!
 //! The file is read incrementally on the UI thread while the tab is drawn:
 //! the view remembers its offset, reads at most [`READ_CHUNK`] new bytes a
