@@ -310,6 +310,27 @@ impl Harness {
     }
 }
 
+/// A string instruction is one port access per element, as on a real
+/// bus: `rep insb` reads CMOS's one-byte data port three times (not one
+/// 3-byte read past it, which floats to 0xff: what this VMM did before),
+/// and `rep outsb` to COM1 prints the whole line, however KVM batches it.
+#[test]
+fn string_port_io_is_served_element_by_element() {
+    require_kvm!();
+    let mut h = Harness::new();
+    let vm = h.start("string-io", "string-io", 1);
+    let reason = h.wait_exit(&vm);
+    assert_eq!(reason, VmExit::GuestExit(0), "{}", h.history());
+    assert_eq!(
+        h.serial(&vm),
+        "string out\ninsb 90 90 90\n",
+        "{}",
+        h.history()
+    );
+    assert!(h.errors(&vm).is_empty(), "{}", h.history());
+    h.assert_clean_end(&vm);
+}
+
 #[test]
 fn hello_prints_marks_and_exits_zero() {
     require_kvm!();

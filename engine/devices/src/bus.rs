@@ -97,6 +97,46 @@ impl Bus {
             .ok_or(BusError::Unmapped(addr))?;
         Ok(lock(device).write(offset, data))
     }
+
+    /// Port input as an x86 string instruction makes it (`rep insb`,
+    /// `insw`, …): `data.len() / element` reads of `element` bytes each, all
+    /// at `addr`, filling `data` in order. A single `in` is one element.
+    /// Unmapped, or an `element` that does not divide `data`, is an error
+    /// that leaves `data` untouched.
+    pub fn read_each(&self, addr: u64, element: usize, data: &mut [u8]) -> Result<(), BusError> {
+        if element == 0 || !data.len().is_multiple_of(element) {
+            return Err(BusError::Unmapped(addr));
+        }
+        let (offset, device) = self.find(addr, element).ok_or(BusError::Unmapped(addr))?;
+        let mut device = lock(device);
+        for chunk in data.chunks_exact_mut(element) {
+            device.read(offset, chunk);
+        }
+        Ok(())
+    }
+
+    /// Port output as a string instruction makes it (`rep outsb`, …):
+    /// `data.len() / element` writes of `element` bytes each, all at
+    /// `addr`, in order. The first thing a write asks of the machine ends
+    /// the string there and is returned: the machine acts on it at once.
+    pub fn write_each(
+        &self,
+        addr: u64,
+        element: usize,
+        data: &[u8],
+    ) -> Result<Option<GuestRequest>, BusError> {
+        if element == 0 || !data.len().is_multiple_of(element) {
+            return Err(BusError::Unmapped(addr));
+        }
+        let (offset, device) = self.find(addr, element).ok_or(BusError::Unmapped(addr))?;
+        let mut device = lock(device);
+        for chunk in data.chunks_exact(element) {
+            if let Some(request) = device.write(offset, chunk) {
+                return Ok(Some(request));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Lock a device, recovering from a poisoned lock: a device's state stays
@@ -152,5 +192,63 @@ mod tests {
         // An access that runs past the end of a range is unmapped too.
         let mut w = [0u8; 2];
         assert_eq!(bus.read(0x64, &mut w), Err(BusError::Unmapped(0x64)));
+    }
+
+    /// Serves reads with a counter, so each access is seen separately.
+    struct Counter {
+        next: u8,
+        written: Vec<Vec<u8>>,
+    }
+
+    impl BusDevice for Counter {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data.fill(self.next);
+            self.next += 1;
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) -> Option<GuestRequest> {
+            self.written.push(data.to_vec());
+            (data == [0xff]).then_some(GuestRequest::Reset)
+        }
+    }
+
+    #[test]
+    fn string_port_io_is_one_access_per_element_at_the_same_port() {
+        let dev = Arc::new(Mutex::new(Counter {
+            next: 1,
+            written: vec![],
+        }));
+        let mut bus = Bus::new();
+        // A one-byte data port beside an index port, as CMOS's 0x70/0x71.
+        bus.insert(dev.clone(), 0x71, 1).unwrap();
+        // `rep insb` with count 4: four reads of the one port, not a
+        // 4-byte read that runs past it.
+        let mut four = [0u8; 4];
+        bus.read_each(0x71, 1, &mut four).unwrap();
+        assert_eq!(four, [1, 2, 3, 4]);
+        // `rep outsb`: each byte its own write.
+        assert_eq!(bus.write_each(0x71, 1, b"abc").unwrap(), None);
+        assert_eq!(
+            dev.lock().unwrap().written,
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        // A request ends the string where it was made.
+        dev.lock().unwrap().written.clear();
+        assert_eq!(
+            bus.write_each(0x71, 1, &[7, 0xff, 8]).unwrap(),
+            Some(GuestRequest::Reset)
+        );
+        assert_eq!(dev.lock().unwrap().written, vec![vec![7], vec![0xff]]);
+        // Elements wider than the device, or not dividing the data, are
+        // unmapped and leave the data as it was.
+        let mut words = [9u8; 4];
+        assert_eq!(
+            bus.read_each(0x71, 2, &mut words),
+            Err(BusError::Unmapped(0x71))
+        );
+        assert_eq!(
+            bus.read_each(0x71, 3, &mut words),
+            Err(BusError::Unmapped(0x71))
+        );
+        assert_eq!(words, [9; 4]);
     }
 }

@@ -422,35 +422,9 @@ impl VcpuRunner {
         self.exits.fetch_add(1, Ordering::Relaxed);
         // Copy what we need out of the exit: it borrows the vCPU.
         let outcome = match exit {
-            VcpuExit::IoIn(port, data) => {
-                self.history.push(ExitRecord::access(
-                    number,
-                    ExitKind::PortIn,
-                    u64::from(port),
-                    data,
-                ));
-                if self.io_bus.read(u64::from(port), data).is_err() {
-                    // Like an empty ISA bus: floating lines read all-ones.
-                    data.fill(0xff);
-                }
-                None
-            }
-            VcpuExit::IoOut(port, data) => {
-                self.history.push(ExitRecord::access(
-                    number,
-                    ExitKind::PortOut,
-                    u64::from(port),
-                    data,
-                ));
-                match self.io_bus.write(u64::from(port), data) {
-                    Ok(Some(req)) => self.guest_request(req),
-                    Ok(None) => None,
-                    Err(_) => {
-                        log::trace!("vcpu{}: write to unmapped port {port:#x}", self.index);
-                        None
-                    }
-                }
-            }
+            // The exit's own data area is the whole string; served
+            // element by element below.
+            VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => self.port_io(number),
             VcpuExit::MmioRead(addr, data) => {
                 self.history
                     .push(ExitRecord::access(number, ExitKind::MmioRead, addr, data));
@@ -517,6 +491,49 @@ impl VcpuRunner {
             self.sync_history_regs();
         }
         outcome
+    }
+
+    /// Serves the port I/O exit KVM just returned. KVM reports a string
+    /// instruction (`rep insb`, `outsw`, …) as `count` elements of `size`
+    /// bytes in one data area, and each element is its own access to the
+    /// port, as on a real bus; kvm-ioctls' exit gives only the whole area.
+    fn port_io(&mut self, number: u64) -> Option<VcpuOutcome> {
+        let run = self.vcpu.get_kvm_run();
+        // SAFETY: the exit reason is KVM_EXIT_IO (the caller matched
+        // VcpuExit::IoIn or IoOut), so `io` is the valid member of the
+        // exit union.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let element = usize::from(io.size);
+        let len = element * io.count as usize;
+        let base = std::ptr::from_mut::<kvm_run>(run).cast::<u8>();
+        // SAFETY: for KVM_EXIT_IO, KVM puts `size * count` bytes of data at
+        // `data_offset` inside this vCPU's kvm_run mapping, which spans
+        // KVM_GET_VCPU_MMAP_SIZE bytes and lives as long as the vCPU;
+        // kvm-ioctls' VcpuFd::run builds the same slice. It is borrowed
+        // from `self.vcpu` mutably, so nothing else aliases it.
+        let data =
+            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        let port = u64::from(io.port);
+        if u32::from(io.direction) == kvm_bindings::KVM_EXIT_IO_OUT {
+            self.history
+                .push(ExitRecord::access(number, ExitKind::PortOut, port, data));
+            match self.io_bus.write_each(port, element, data) {
+                Ok(Some(req)) => self.guest_request(req),
+                Ok(None) => None,
+                Err(_) => {
+                    log::trace!("vcpu{}: write to unmapped port {port:#x}", self.index);
+                    None
+                }
+            }
+        } else {
+            self.history
+                .push(ExitRecord::access(number, ExitKind::PortIn, port, data));
+            if self.io_bus.read_each(port, element, data).is_err() {
+                // Like an empty ISA bus: floating lines read all-ones.
+                data.fill(0xff);
+            }
+            None
+        }
     }
 
     /// The registers KVM synced at this exit, for the history.
