@@ -11,7 +11,9 @@
 //! resize) are shared; what only one kind does goes through its own command
 //! and event variants ([`VmCommand`], [`ContainerCommand`], [`VmEvent`],
 //! [`ContainerEvent`]). Each kind is a module of [`crate::kinds`] behind one
-//! internal trait; a new kind is one more module and one more variant here.
+//! internal trait; a new kind is one more module there and one more
+//! variant in the plain data of `hangar-api`, which this module
+//! re-exports.
 
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
